@@ -1,0 +1,302 @@
+"""Configuration dataclasses, one per concern. Each validates itself in `__post_init__`.
+
+A profile (see `nextgpt/profiles.py`) is a `ProfileConfig` that names every component and its local path.
+Services read environment variables into these same dataclasses; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from nextgpt.errors import ConfigError
+from nextgpt.types import MODALITIES, Modality
+
+Device = str  # "cpu", "cuda", "cuda:1", ...
+DTypeName = Literal["float32", "float16", "bfloat16"]
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass
+class Placement:
+    """Where one component runs."""
+
+    device: Device = "cpu"
+    """torch device string: "cpu", "cuda" or "cuda:N"."""
+    dtype: DTypeName = "float32"
+    """Weights and activations dtype. fp16/bf16 only make sense on a GPU."""
+
+    def __post_init__(self) -> None:
+        _check(self.dtype in _DTYPES, f"dtype={self.dtype!r} is not one of {sorted(_DTYPES)}")
+        _check(
+            self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
+            f"device={self.device!r}: use 'cpu', 'cuda' or 'cuda:N'",
+        )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def resolve(self) -> Placement:
+        """Fall back to CPU/fp32 with the same object shape when CUDA is asked for but absent."""
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            return Placement("cpu", "float32")
+        return self
+
+
+@dataclass
+class EncoderConfig:
+    """The frozen ImageBind encoder."""
+
+    checkpoint: Path
+    """ImageBind state dict saved with torch.save (e.g. `imagebind_huge.pth`)."""
+    arch: str = "huge"
+    """Architecture preset in `nextgpt.encoders.imagebind.ARCHS` ("huge" or "tiny")."""
+    embed_dim: int = 1024
+    """Width of the joint embedding space (1024 for ImageBind-huge)."""
+    placement: Placement = field(default_factory=Placement)
+    model_id: str = "imagebind-huge"
+    """Names the weights in cache keys: change it whenever the weights change."""
+
+    def __post_init__(self) -> None:
+        self.checkpoint = Path(self.checkpoint)
+        _check(self.embed_dim > 0, f"encoder embed_dim={self.embed_dim} must be positive")
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA on the LLM's attention projections (released checkpoint: r=32, alpha=32, dropout 0.1)."""
+
+    r: int = 32
+    """Rank of the low-rank update."""
+    alpha: int = 32
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.1
+    """Dropout on the LoRA input during training (inactive at inference)."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        _check(self.r > 0, f"lora r={self.r} must be positive")
+        _check(0.0 <= self.dropout < 1.0, f"lora dropout={self.dropout} must be in [0, 1)")
+
+
+@dataclass
+class LLMConfig:
+    """The Vicuna base model and how prompts and signal tokens look."""
+
+    base_dir: Path
+    """Hugging Face Llama directory (config.json, weights, tokenizer) of the *base* model."""
+    signal_layout: Literal["legacy", "v1.5"] = "legacy"
+    """Which signal tokens to add: legacy `[IMG0]..` (32038 vocab) or v1.5 `<image_00>..` (32036)."""
+    prompt_format: Literal["legacy", "v1.5"] = "legacy"
+    """`### Human: ... ### Assistant:` (legacy) or Vicuna v1 `USER: ... ASSISTANT:` (v1.5)."""
+    lora: LoRAConfig | None = field(default_factory=LoRAConfig)
+    """LoRA shape in the delta checkpoint; None when the checkpoint carries no LoRA."""
+    placement: Placement = field(default_factory=Placement)
+    max_context: int = 2048
+    """Prompt plus generated tokens may not exceed this."""
+
+    def __post_init__(self) -> None:
+        self.base_dir = Path(self.base_dir)
+        _check(self.signal_layout in ("legacy", "v1.5"), f"signal_layout={self.signal_layout!r}")
+        _check(self.prompt_format in ("legacy", "v1.5"), f"prompt_format={self.prompt_format!r}")
+        _check(self.max_context > 0, f"max_context={self.max_context} must be positive")
+
+
+@dataclass
+class InputProjectorConfig:
+    """Maps encoder embeddings into the LLM's input space."""
+
+    kind: Literal["linear", "group"] = "linear"
+    """"linear": 1 token per input (legacy). "group": patch tokens -> `num_tokens` tokens (v1.5)."""
+    in_dim: int = 1024
+    out_dim: int = 4096
+    num_tokens: int = 1
+    """LLM tokens per input medium (1 for linear, 8 for group)."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("linear", "group"), f"input projector kind={self.kind!r}")
+        _check(self.kind == "group" or self.num_tokens == 1, "a linear input projector makes 1 token")
+
+
+@dataclass
+class OutputProjectorConfig:
+    """One modality's transformer output projector (design 1.4)."""
+
+    in_dim: int = 4096
+    """LLM hidden size."""
+    num_signal_tokens: int = 4
+    """Signal tokens in this modality's span (image 4, video 24, audio 8)."""
+    d_model: int = 512
+    nhead: int = 4
+    num_encoder_layers: int = 4
+    num_decoder_layers: int = 4
+    dim_feedforward: int = 2048
+    num_queries: int = 77
+    """Q: rows of the produced conditioning (77 for SD/Zeroscope, 1 for AudioLDM)."""
+    out_dim: int = 768
+    """D_out: width of the decoder's text-encoder embedding (768 SD1.5, 1024 Zeroscope, 512 CLAP)."""
+    normalize: bool = False
+    """L2-normalise the output (AudioLDM does not normalise embeddings passed to it)."""
+
+    def __post_init__(self) -> None:
+        _check(self.d_model % self.nhead == 0, f"d_model={self.d_model} not divisible by nhead={self.nhead}")
+        for name in ("in_dim", "num_signal_tokens", "d_model", "num_queries", "out_dim"):
+            _check(getattr(self, name) > 0, f"output projector {name}={getattr(self, name)} must be positive")
+
+
+@dataclass
+class DecodeDefaults:
+    """Default diffusion settings of one decoder; a request may override each."""
+
+    steps: int = 50
+    guidance_scale: float = 7.5
+    height: int = 512
+    width: int = 512
+    num_frames: int = 24
+    """Video only."""
+    fps: int = 8
+    """Video only: frames per second of the written MP4."""
+    audio_seconds: float = 9.0
+    """Audio only."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.steps <= 1000, f"steps={self.steps} must be in [1, 1000]")
+        _check(self.guidance_scale >= 0, f"guidance_scale={self.guidance_scale} must be >= 0")
+        _check(self.height % 8 == 0 and self.width % 8 == 0, f"size {self.height}x{self.width}: use /8")
+
+
+@dataclass
+class DecoderConfig:
+    """One modality's diffusion decoder."""
+
+    pipeline_dir: Path
+    """diffusers pipeline directory (model_index.json + components)."""
+    placement: Placement = field(default_factory=Placement)
+    offload: bool = False
+    """Keep the pipeline on CPU between requests and move it to `placement.device` while it runs."""
+    defaults: DecodeDefaults = field(default_factory=DecodeDefaults)
+
+    def __post_init__(self) -> None:
+        self.pipeline_dir = Path(self.pipeline_dir)
+
+
+@dataclass
+class ProfileConfig:
+    """Every component of one deployment and its local path."""
+
+    name: str
+    encoder: EncoderConfig
+    llm: LLMConfig
+    input_projector: InputProjectorConfig
+    output_projectors: dict[Modality, OutputProjectorConfig]
+    decoders: dict[Modality, DecoderConfig]
+    delta_checkpoint: Path | None
+    """NExT-GPT delta (`pytorch_model.pt`): input projector, new token rows, LoRA, output projectors."""
+    projector_placement: Placement = field(default_factory=Placement)
+    """Device of the input and output projectors (next to the LLM by default)."""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.delta_checkpoint is not None:
+            self.delta_checkpoint = Path(self.delta_checkpoint)
+        _check(set(self.output_projectors) == set(MODALITIES), "need an output projector per modality")
+        _check(set(self.decoders) == set(MODALITIES), "need a decoder per modality")
+        _check(
+            self.input_projector.in_dim == self.encoder.embed_dim,
+            f"input projector in_dim={self.input_projector.in_dim} != encoder embed_dim="
+            f"{self.encoder.embed_dim}",
+        )
+
+    def paths(self) -> dict[str, Path]:
+        """Every file or directory the profile needs, by component name."""
+        found = {"encoder": self.encoder.checkpoint, "llm": self.llm.base_dir}
+        if self.delta_checkpoint is not None:
+            found["delta"] = self.delta_checkpoint
+        for modality, dec in self.decoders.items():
+            found[f"decoder.{modality}"] = dec.pipeline_dir
+        return found
+
+    def missing_paths(self) -> dict[str, Path]:
+        return {name: p for name, p in self.paths().items() if not p.exists()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass
+class DecodeOptions:
+    """Per-request diffusion settings for one modality; None means the decoder's default."""
+
+    steps: int | None = None
+    guidance_scale: float | None = None
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    audio_seconds: float | None = None
+
+    def resolve(self, defaults: DecodeDefaults) -> DecodeDefaults:
+        """Merge over the decoder defaults; the result validates itself."""
+        merged = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return dataclasses.replace(defaults, **merged)
+
+
+@dataclass
+class GenerationOptions:
+    """Options of one `NextGPT.generate` call."""
+
+    max_new_tokens: int = 246
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 0.01
+    seed: int | None = None
+    """Seeds LLM sampling and every diffusion call: the same request gives the same bytes."""
+    modalities: tuple[str, ...] = ("text",)
+    """Requested outputs, like OpenAI's `modalities`. A listed image/video/audio is guaranteed: when the
+    model does not emit that span, it is made to (constrained continuation)."""
+    max_media_per_modality: int = 1
+    """Spans decoded per modality; further spans are reported in warnings and skipped."""
+    image: DecodeOptions = field(default_factory=DecodeOptions)
+    video: DecodeOptions = field(default_factory=DecodeOptions)
+    audio: DecodeOptions = field(default_factory=DecodeOptions)
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        _check(1 <= self.max_new_tokens <= 4096, f"max_new_tokens={self.max_new_tokens} not in [1, 4096]")
+        _check(self.temperature >= 0, f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        _check(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]")
+        _check(0 <= self.max_media_per_modality <= 8, "max_media_per_modality must be in [0, 8]")
+        unknown = set(self.modalities) - {"text", *MODALITIES}
+        _check(not unknown, f"modalities {sorted(unknown)} unknown; use text, image, video, audio")
+
+    @property
+    def requested_media(self) -> list[Modality]:
+        return [m for m in MODALITIES if m in self.modalities]
+
+    def decode_options(self, modality: Modality) -> DecodeOptions:
+        return getattr(self, modality)

@@ -1,0 +1,1 @@
+"""Builders for the `tiny` profile: random models written in the *real* on-disk formats."""
