@@ -1,0 +1,186 @@
+"""The `nextgpt` command line: build the tiny profile, list profiles, generate, prepare Vicuna."""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nextgpt.errors import NextGPTError
+from nextgpt.types import MODALITIES, MediaItem, Message, Modality
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+EXTENSIONS = {"image/png": ".png", "video/mp4": ".mp4", "audio/wav": ".wav"}
+
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="profile name (default: tiny)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/TOML file overriding the profile")]
+ModelsOpt = Annotated[Path | None, typer.Option("--models-dir", help="root of model dirs (default ./models)")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command("init-tiny")
+def init_tiny_cmd(
+    models_dir: Annotated[Path, typer.Argument(help="where to write models/tiny")] = Path("models"),
+    force: Annotated[bool, typer.Option(help="rebuild even if a current build exists")] = False,
+) -> None:
+    """Write the tiny profile's model directories (random weights, real formats, fixed seed)."""
+    from nextgpt.tiny.build import init_tiny
+
+    root = init_tiny(models_dir, force=force)
+    console.print(f"tiny profile ready at [bold]{root}[/bold]")
+
+
+@app.command("profiles")
+def profiles_cmd(models_dir: ModelsOpt = None) -> None:
+    """List the profiles and whether their files are present."""
+    from nextgpt.profiles import BUILTIN_PROFILES, load_profile
+
+    table = Table("profile", "component", "path", "present")
+    for name in BUILTIN_PROFILES:
+        profile = load_profile(name, models_dir=models_dir, env={})
+        for component, path in profile.paths().items():
+            table.add_row(name, component, str(path), "yes" if path.exists() else "[red]missing[/red]")
+    Console().print(table)
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="the user's text")],
+    image: Annotated[list[Path] | None, typer.Option(help="input image (repeatable)")] = None,
+    audio: Annotated[list[Path] | None, typer.Option(help="input audio (repeatable)")] = None,
+    video: Annotated[list[Path] | None, typer.Option(help="input video (repeatable)")] = None,
+    modalities: Annotated[
+        str, typer.Option(help="outputs wanted, e.g. text,image (listed media are guaranteed)")
+    ] = "text",
+    out: Annotated[Path, typer.Option(help="directory for generated media")] = Path("out"),
+    seed: Annotated[int | None, typer.Option(help="seed for sampling and diffusion")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 246,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 1.0,
+    top_p: Annotated[float, typer.Option()] = 0.01,
+    steps: Annotated[int | None, typer.Option(help="diffusion steps for every medium")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON result")] = False,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    models_dir: ModelsOpt = None,
+) -> None:
+    """Answer one prompt with optional media inputs; print the reply and write generated media."""
+    from nextgpt.config import DecodeOptions, GenerationOptions
+    from nextgpt.pipeline import NextGPT
+    from nextgpt.profiles import load_profile
+
+    try:
+        media = [
+            read_media_file(path, modality)
+            for modality, paths in (("image", image), ("audio", audio), ("video", video))
+            for path in paths or []
+        ]
+        decode = DecodeOptions(steps=steps)
+        options = GenerationOptions(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
+            image=decode,
+            video=decode,
+            audio=decode,
+        )
+        resolved = load_profile(profile, config_file=config, models_dir=models_dir)
+        model = NextGPT.from_profile(resolved, progress=not as_json)
+        result = model.generate([Message("user", prompt, media)], options, progress=not as_json)
+    except NextGPTError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    paths = write_media(result.media, out)
+    if as_json:
+        print(json.dumps(result_summary(result, paths), indent=2))
+        return
+    print(result.text)
+    for path in paths:
+        console.print(f"wrote {path}")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    for error in result.errors:
+        console.print(f"[red]{error.modality} failed:[/red] {error.message}")
+
+
+@app.command("prepare-vicuna")
+def prepare_vicuna_cmd(
+    base: Annotated[Path, typer.Option(help="LLaMA-7B directory in Hugging Face format")],
+    delta: Annotated[Path, typer.Option(help="Vicuna-7B v0 delta directory")],
+    out: Annotated[Path, typer.Option(help="where to write Vicuna-7B v0")],
+) -> None:
+    """Apply the Vicuna v0 delta to LLaMA-7B (the base NExT-GPT 7b_tiva_v0 was trained on)."""
+    from nextgpt.vicuna import apply_vicuna_delta
+
+    try:
+        apply_vicuna_delta(base, delta, out)
+    except NextGPTError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"Vicuna written to [bold]{out}[/bold]")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="directory for the demo's media")] = Path("out/demo"),
+    profile: ProfileOpt = None,
+    models_dir: ModelsOpt = None,
+) -> None:
+    """Run a few any-to-any requests in one process and save the media."""
+    from nextgpt.demo import run_demo
+
+    run_demo(out, profile=profile, models_dir=models_dir)
+
+
+def read_media_file(path: Path, modality: Modality) -> MediaItem:
+    if not path.is_file():
+        raise NextGPTError(f"{modality} file {path} does not exist")
+    mime = mimetypes.guess_type(path.name)[0] or f"{modality}/octet-stream"
+    return MediaItem(modality=modality, data=path.read_bytes(), mime_type=mime)
+
+
+def write_media(media: list[MediaItem], out: Path, prefix: str = "") -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    counts = dict.fromkeys(MODALITIES, 0)
+    for item in media:
+        counts[item.modality] += 1
+        ext = EXTENSIONS.get(item.mime_type, "")
+        path = out / f"{prefix}{item.modality}-{counts[item.modality]}{ext}"
+        path.write_bytes(item.data)
+        paths.append(path)
+    return paths
+
+
+def result_summary(result, paths: list[Path]) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "text": result.text,
+        "media": [{"modality": m.modality, "path": str(p)} for m, p in zip(result.media, paths, strict=True)],
+        "errors": [{"modality": e.modality, "message": e.message} for e in result.errors],
+        "warnings": result.warnings,
+        "forced_modalities": result.forced_modalities,
+        "finish_reason": result.finish_reason,
+        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
+        "timings": result.timings,
+    }
+
+
+if __name__ == "__main__":
+    app()
