@@ -199,7 +199,7 @@ class NextGPTLanguageModel:
         if needed > budget:
             raise InvalidInput(
                 f"{budget} new tokens cannot hold the requested spans ({', '.join(force)}: {needed} signal "
-                f"tokens); raise max_new_tokens to at least {needed + 1}"
+                f"tokens); raise max_new_tokens to at least {needed}"
             )
         generator = _make_generator(options.seed, self.device)
         eos = self.tokenizer.eos_token_id
