@@ -1,0 +1,73 @@
+"""The few lines every diffusion decoder shares: load a pipeline onto its placement, seed a generator,
+check a conditioning tensor. Everything model-specific stays in `image.py`, `video.py`, `audio.py`."""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+import torch
+from diffusers import DiffusionPipeline
+
+from nextgpt.config import DecoderConfig, Placement
+from nextgpt.errors import InvalidInput, ModelNotReady
+
+logger = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=DiffusionPipeline)
+
+
+def load_pipeline(pipeline_cls: type[P], cfg: DecoderConfig, what: str) -> tuple[P, Placement]:
+    """`from_pretrained` from a local directory onto `cfg.placement` (CPU/fp32 when CUDA is absent).
+
+    With `cfg.offload` on CUDA, diffusers' model CPU offload keeps the weights in host memory and moves
+    each sub-model to the GPU only while it runs; on CPU offloading means nothing and is skipped.
+    """
+    path = cfg.pipeline_dir
+    if not (path / "model_index.json").is_file():
+        raise ModelNotReady(
+            f"{what} decoder: no diffusers pipeline at {path} (model_index.json missing); build the tiny "
+            "ones with `nextgpt init-tiny` or put the real pipeline directory there"
+        )
+    placement = cfg.placement.resolve()
+    if placement != cfg.placement:
+        logger.warning("%s decoder: %s unavailable, running on cpu/float32", what, cfg.placement.device)
+    pipe = pipeline_cls.from_pretrained(path, dtype=placement.torch_dtype)
+    if cfg.offload and placement.device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=placement.device)
+    else:
+        pipe.to(placement.device)
+    pipe.set_progress_bar_config(disable=True)
+    logger.info("%s decoder: loaded %s from %s on %s", what, pipeline_cls.__name__, path, placement)
+    return pipe, placement
+
+
+def execution_device(pipe: DiffusionPipeline) -> torch.device:
+    """Where the pipeline computes: the GPU even while offloaded weights rest on the CPU."""
+    device: torch.device = getattr(pipe, "_execution_device")  # noqa: B009 (private, but stable)
+    return device
+
+
+def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    """Seeded generator on the compute device; `seed=None` draws a fresh random seed."""
+    generator = torch.Generator(device)
+    if seed is None:
+        seed = generator.seed()
+        logger.debug("drew random diffusion seed %d", seed)
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def check_cond(cond: torch.Tensor, expected: tuple[int, ...], what: str) -> None:
+    """Raise `InvalidInput` unless `cond` is (B, *expected) with B >= 1 and finite values."""
+    if not isinstance(cond, torch.Tensor):
+        raise InvalidInput(f"{what} decoder: conditioning must be a torch.Tensor, got {type(cond).__name__}")
+    if cond.ndim != len(expected) + 1 or tuple(cond.shape[1:]) != expected or cond.shape[0] < 1:
+        raise InvalidInput(
+            f"{what} decoder: conditioning shape {tuple(cond.shape)} does not fit this pipeline, which "
+            f"expects (B, {', '.join(map(str, expected))}); check that the output projector's out_dim and "
+            "num_queries match the decoder's text encoder (e.g. SD 1.5 is 77x768, Zeroscope 77x1024)"
+        )
+    if not torch.isfinite(cond).all():
+        raise InvalidInput(f"{what} decoder: conditioning contains NaN or Inf values")

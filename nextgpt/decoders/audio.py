@@ -1,0 +1,116 @@
+"""Audio decoder: AudioLDM driven by the audio output projector's CLAP-space embedding, written as WAV.
+
+AudioLDM conditions its UNet on the CLAP *text projection* (one D-vector per prompt, 512 for
+AudioLDM-l-full), used as class labels rather than cross-attention states. The pipeline L2-normalises
+the embeddings it computes itself but not the ones passed in, so this decoder normalises `cond`, the
+negative embedding and the `encode_text` targets the same way. The text encoder stays loaded even though
+prompts are never tokenised at decode time: the pipeline reads its dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Self
+
+import torch
+import torch.nn.functional as F
+from diffusers import AudioLDMPipeline
+
+from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
+from nextgpt.decoders._pipeline import check_cond, execution_device, load_pipeline, make_generator
+from nextgpt.errors import InvalidInput
+from nextgpt.media.encode import WAV_MIME, encode_wav
+from nextgpt.types import MediaItem
+
+logger = logging.getLogger(__name__)
+
+
+class AudioDecoder:
+    """AudioLDM (CLAP text projection -> latent diffusion over mel -> HiFi-GAN) from a local directory."""
+
+    def __init__(self, pipe: AudioLDMPipeline, cfg: DecoderConfig, placement: Placement) -> None:
+        self.pipe = pipe
+        self.cfg = cfg
+        self.placement = placement
+        # Pipelines are not reentrant (the scheduler keeps per-call timesteps): one decode at a time.
+        self._lock = threading.Lock()
+        self.negative_embeds = self._encode([""])  # (1, D), unit norm, on the compute device
+
+    @classmethod
+    def load(cls, cfg: DecoderConfig) -> Self:
+        pipe, placement = load_pipeline(AudioLDMPipeline, cfg, "audio")
+        return cls(pipe, cfg, placement)
+
+    @property
+    def cond_shape(self) -> tuple[int]:
+        """(D,): width of the CLAP text projection, e.g. (512,)."""
+        return (self.pipe.text_encoder.config.projection_dim,)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.pipe.vocoder.config.sampling_rate)
+
+    @property
+    def defaults(self) -> DecodeDefaults:
+        return self.cfg.defaults
+
+    @torch.no_grad()
+    def _encode(self, captions: list[str]) -> torch.Tensor:
+        """As the pipeline encodes a prompt: padded to the tokenizer's max length, with attention mask,
+        CLAP `text_embeds`, then L2-normalised."""
+        device = execution_device(self.pipe)
+        tokens = self.pipe.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        out = self.pipe.text_encoder(
+            tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
+        )
+        return F.normalize(out.text_embeds, dim=-1)  # (B, D)
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Normalised CLAP text embeddings of `captions`: the stage-2 targets for the audio projector.
+        (B, D) float32 on the CPU, ready to cache."""
+        if not captions:
+            raise InvalidInput("encode_text needs at least one caption")
+        with self._lock:
+            return self._encode(list(captions)).float().cpu()
+
+    def decode(
+        self, cond: torch.Tensor, options: DecodeDefaults, seed: int | None, progress: bool = False
+    ) -> list[MediaItem]:
+        """One WAV (options.audio_seconds at the vocoder's rate, 16 kHz) per row of `cond`, in a single
+        pipeline call. `cond` is (B, D); the projector's (B, 1, D) is accepted too. The batch shares one
+        generator: fixed (cond, seed, options) give the same bytes, but a row's audio depends on its
+        batch position and on B."""
+        # 1. Check inputs; the audio projector has one query row, so (B, 1, D) is squeezed.
+        if isinstance(cond, torch.Tensor) and cond.ndim == 3 and cond.shape[1] == 1:
+            cond = cond[:, 0]
+        check_cond(cond, self.cond_shape, "audio")
+        if options.audio_seconds <= 0:
+            raise InvalidInput(f"audio_seconds={options.audio_seconds} must be positive")
+        batch = cond.shape[0]
+        with self._lock:
+            # 2. Normalised conditioning (the pipeline won't) and the empty-prompt negative.
+            device = execution_device(self.pipe)
+            cond = F.normalize(cond.to(device=device, dtype=self.pipe.text_encoder.dtype), dim=-1)  # (B, D)
+            negative = self.negative_embeds.expand(batch, -1)  # (B, D)
+            # 3. Denoise the mel latents, decode to a mel spectrogram, vocode.
+            self.pipe.set_progress_bar_config(disable=not progress)
+            with torch.no_grad():
+                audios = self.pipe(
+                    prompt_embeds=cond,
+                    negative_prompt_embeds=negative,
+                    audio_length_in_s=options.audio_seconds,
+                    num_inference_steps=options.steps,
+                    guidance_scale=options.guidance_scale,
+                    generator=make_generator(device, seed),
+                    output_type="np",
+                ).audios  # (B, N) float
+        # 4. Encode.
+        rate = self.sample_rate
+        return [MediaItem("audio", encode_wav(audio, sample_rate=rate), WAV_MIME) for audio in audios]

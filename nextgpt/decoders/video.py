@@ -1,0 +1,96 @@
+"""Video decoder: Zeroscope (diffusers' TextToVideoSDPipeline) driven by the video output projector's
+77 x D conditioning (Zeroscope v2: 77 x 1024, not SD's 768), written as an H.264 MP4.
+
+As for images, the negative embedding for classifier-free guidance is the text encoder's own embedding
+of "", and `encode_text` gives stage 2's alignment targets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Self
+
+import torch
+from diffusers import TextToVideoSDPipeline
+
+from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
+from nextgpt.decoders._pipeline import check_cond, execution_device, load_pipeline, make_generator
+from nextgpt.errors import InvalidInput
+from nextgpt.media.encode import MP4_MIME, encode_mp4
+from nextgpt.types import MediaItem
+
+logger = logging.getLogger(__name__)
+
+
+class VideoDecoder:
+    """Zeroscope / ModelScope text-to-video loaded from a local diffusers directory."""
+
+    def __init__(self, pipe: TextToVideoSDPipeline, cfg: DecoderConfig, placement: Placement) -> None:
+        self.pipe = pipe
+        self.cfg = cfg
+        self.placement = placement
+        # Pipelines are not reentrant (the scheduler keeps per-call timesteps): one decode at a time.
+        self._lock = threading.Lock()
+        self.negative_embeds = self._encode([""])  # (1, 77, D), on the compute device
+
+    @classmethod
+    def load(cls, cfg: DecoderConfig) -> Self:
+        pipe, placement = load_pipeline(TextToVideoSDPipeline, cfg, "video")
+        return cls(pipe, cfg, placement)
+
+    @property
+    def cond_shape(self) -> tuple[int, int]:
+        """(tokens, width) of the text states the 3D UNet cross-attends to, e.g. (77, 1024)."""
+        config = self.pipe.text_encoder.config
+        return (config.max_position_embeddings, config.hidden_size)
+
+    @property
+    def defaults(self) -> DecodeDefaults:
+        return self.cfg.defaults
+
+    @torch.no_grad()
+    def _encode(self, captions: list[str]) -> torch.Tensor:
+        embeds, _ = self.pipe.encode_prompt(
+            captions, execution_device(self.pipe), num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return embeds  # (B, 77, D)
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Text states of `captions`: the stage-2 targets for the video projector. (B, 77, D) float32 on
+        the CPU, ready to cache."""
+        if not captions:
+            raise InvalidInput("encode_text needs at least one caption")
+        with self._lock:
+            return self._encode(list(captions)).float().cpu()
+
+    def decode(
+        self, cond: torch.Tensor, options: DecodeDefaults, seed: int | None, progress: bool = False
+    ) -> list[MediaItem]:
+        """One MP4 (options.num_frames frames at options.fps) per row of `cond` (B, 77, D), in a single
+        pipeline call. The batch shares one generator: fixed (cond, seed, options) give the same bytes,
+        but a row's video depends on its batch position and on B."""
+        # 1. Check inputs.
+        check_cond(cond, self.cond_shape, "video")
+        batch = cond.shape[0]
+        with self._lock:
+            # 2. Conditioning and the empty-prompt negative on the compute device.
+            device = execution_device(self.pipe)
+            cond = cond.to(device=device, dtype=self.pipe.text_encoder.dtype)  # (B, 77, D)
+            negative = self.negative_embeds.expand(batch, -1, -1)  # (B, 77, D)
+            # 3. Denoise and decode latents frame by frame.
+            self.pipe.set_progress_bar_config(disable=not progress)
+            with torch.no_grad():
+                videos = self.pipe(
+                    prompt_embeds=cond,
+                    negative_prompt_embeds=negative,
+                    height=options.height,
+                    width=options.width,
+                    num_frames=options.num_frames,
+                    num_inference_steps=options.steps,
+                    guidance_scale=options.guidance_scale,
+                    generator=make_generator(device, seed),
+                    output_type="np",
+                ).frames  # (B, T, H, W, 3) float in [0, 1]
+        # 4. Encode.
+        return [MediaItem("video", encode_mp4(video, fps=options.fps), MP4_MIME) for video in videos]
