@@ -17,7 +17,7 @@ from nextgpt.errors import NextGPTError
 from nextgpt.types import MODALITIES, MediaItem, Message, Modality
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 EXTENSIONS = {"image/png": ".png", "video/mp4": ".mp4", "audio/wav": ".wav"}
 

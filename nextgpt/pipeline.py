@@ -129,8 +129,8 @@ class NextGPT:
         # 3. build the prompt and run the LLM, forcing the spans the request asked for
         started = time.perf_counter()
         segments = build_prompt(messages, media_embeds, self.profile.llm.prompt_format)
-        prompt_embeds = self.llm.embed(segments)
-        out = self.llm.generate(prompt_embeds, options, force=options.requested_media, on_text=on_text)
+        prompt = self.llm.embed(segments)
+        out = self.llm.generate(prompt.embeds, options, force=options.requested_media, on_text=on_text)
         timings["llm"] = time.perf_counter() - started
         # 4. decode each complete span, at most `max_media_per_modality` per modality
         started = time.perf_counter()
@@ -182,7 +182,7 @@ class NextGPT:
                 continue
             try:
                 cond = self.project_spans(modality, spans)
-                settings = options.decode_options(modality).resolve(decoder.config.defaults)
+                settings = options.decode_options(modality).resolve(decoder.defaults)
                 media.extend(decoder.decode(cond, settings, seed=options.seed, progress=progress))
             except NextGPTError as exc:  # a failed medium degrades the answer, never fails it
                 logger.warning("%s decoding failed: %s", modality, exc)

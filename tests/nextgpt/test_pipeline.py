@@ -59,7 +59,7 @@ def test_text_to_image_is_deterministic_with_a_seed(tiny_model):
 
 def test_mixed_inputs_and_all_three_outputs_in_one_call(tiny_model):
     message = Message("user", "Describe these and answer with all media.", [_image(), _audio(), _video()])
-    options = GenerationOptions(seed=1, max_new_tokens=24, modalities=("text", "image", "video", "audio"))
+    options = GenerationOptions(seed=1, max_new_tokens=48, modalities=("text", "image", "video", "audio"))
     result = tiny_model.generate([message], options)
     assert sorted(m.modality for m in result.media) == ["audio", "image", "video"]
     assert not result.errors
@@ -84,7 +84,7 @@ def test_failing_decoder_degrades_to_text_plus_error(tiny_model, monkeypatch):
         raise NextGPTError("video decoder exploded")
 
     monkeypatch.setattr(tiny_model.decoders["video"], "decode", broken)
-    options = GenerationOptions(seed=2, max_new_tokens=12, modalities=("text", "image", "video"))
+    options = GenerationOptions(seed=2, max_new_tokens=40, modalities=("text", "image", "video"))
     result = tiny_model.generate([Message("user", "A picture and a video, please.")], options)
     assert [m.modality for m in result.media] == ["image"]
     assert [(e.modality, e.message) for e in result.errors] == [("video", "video decoder exploded")]
