@@ -36,7 +36,7 @@ models: setup
 demo: models
 	$(BIN)/nextgpt demo --out out/demo
 
-test: models
+test: models lint
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -32,6 +32,20 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    quiet_libraries(verbose)
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Our own progress bars cover loading; the libraries' per-file bars and deprecation notices
+    (diffusers moved AudioLDM/TextToVideoSD under `deprecated/`) only add noise unless asked for."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+    if not verbose:
+        transformers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.set_verbosity_error()
 
 
 @app.command("init-tiny")

@@ -43,8 +43,12 @@ def run_demo(out: Path, *, profile: str | None = None, models_dir: Path | None =
     requests = [
         ("text-to-image", Message("user", "Show me a picture of a yellow sun."), ("text", "image")),
         ("image-to-text", Message("user", "What is in this image?", [inputs["image"]]), ("text",)),
-        ("audio-to-video", Message("user", "Make a video for this sound.", [inputs["audio"]]), ("text", "video")),
-        ("text-to-audio", Message("user", "Play the sound of rain.", [])  , ("text", "audio")),
+        (
+            "audio-to-video",
+            Message("user", "Make a video for this sound.", [inputs["audio"]]),
+            ("text", "video"),
+        ),
+        ("text-to-audio", Message("user", "Play the sound of rain.", []), ("text", "audio")),
     ]
     written: list[Path] = []
     summary = []

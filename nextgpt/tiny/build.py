@@ -51,7 +51,10 @@ def init_tiny(models_dir: Path, *, force: bool = False, seed: int = dims.SEED, p
     steps: list[tuple[str, Callable[[], object]]] = [
         ("llm", lambda: build_tiny_llama(profile.llm.base_dir, seed)),
         ("imagebind", lambda: build_tiny_imagebind(profile.encoder.checkpoint.parent, seed)),
-        ("stable-diffusion", lambda: build_tiny_stable_diffusion(profile.decoders["image"].pipeline_dir, seed)),
+        (
+            "stable-diffusion",
+            lambda: build_tiny_stable_diffusion(profile.decoders["image"].pipeline_dir, seed),
+        ),
         ("zeroscope", lambda: build_tiny_zeroscope(profile.decoders["video"].pipeline_dir, seed)),
         ("audioldm", lambda: build_tiny_audioldm(profile.decoders["audio"].pipeline_dir, seed)),
         (
