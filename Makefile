@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 export OMP_NUM_THREADS := 1
 export NEXTGPT_MODELS_DIR := $(abspath $(MODELS_DIR))
 
-.PHONY: setup models demo test lint format clean help
+.PHONY: setup models demo test lint format protos clean help
 
 help:
 	@echo "make demo   - set up, build the tiny profile, run any-to-any requests, media in out/demo/"
@@ -42,6 +42,9 @@ test: models lint
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+protos: setup
+	$(BIN)/python scripts/gen_protos.py
 
 format: setup
 	$(BIN)/ruff format .

@@ -1,0 +1,106 @@
+"""Dynamic batching: concurrent requests wait a few milliseconds and run as one batch.
+
+Items are grouped by a key (e.g. modality, or equal diffusion settings); only items with the same key
+share a batch. The batch function runs in a worker thread so the event loop keeps accepting calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from prometheus_client import Gauge, Histogram
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher(Generic[T, R]):
+    """`await batcher.submit(key, item)` -> result of `run_batch(key, items)[i]` for that item.
+
+    One batch runs at a time (the model is one device); while it runs, new items queue up and form the
+    next batch. A batch closes after `max_wait_s` from its first item or at `max_batch` items."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[Hashable, list[T]], Sequence[R]],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        queue_gauge: Gauge,
+        batch_histogram: Histogram,
+        labels: tuple[str, ...] = (),
+    ) -> None:
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._queues: dict[Hashable, list[_Pending[T, R]]] = {}
+        self._wakeup = asyncio.Event()
+        self._queue_gauge = queue_gauge.labels(*labels) if labels else queue_gauge
+        self._batch_histogram = batch_histogram.labels(*labels) if labels else batch_histogram
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    @property
+    def depth(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    async def submit(self, key: Hashable, item: T) -> R:
+        self.start()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append(_Pending(item, future))
+        self._queue_gauge.set(self.depth)
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self.depth:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            key = min(self._queues, key=lambda k: self._queues[k][0].enqueued)
+            wait = self._queues[key][0].enqueued + self.max_wait_s - time.perf_counter()
+            while wait > 0 and len(self._queues[key]) < self.max_batch:
+                await asyncio.sleep(min(wait, 0.002))
+                wait = self._queues[key][0].enqueued + self.max_wait_s - time.perf_counter()
+            pending = self._queues[key][: self.max_batch]
+            del self._queues[key][: self.max_batch]
+            if not self._queues[key]:
+                del self._queues[key]
+            pending = [p for p in pending if not p.future.cancelled()]
+            self._queue_gauge.set(self.depth)
+            if not pending:
+                continue
+            self._batch_histogram.observe(len(pending))
+            try:
+                results = await asyncio.to_thread(self.run_batch, key, [p.item for p in pending])
+            except Exception as exc:  # noqa: BLE001 - every waiter gets the batch's error
+                for p in pending:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, result in zip(pending, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)

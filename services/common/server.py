@@ -1,0 +1,204 @@
+"""What every gRPC service shares: error mapping, request ids, metrics, health, reflection, drain.
+
+One interceptor maps domain exceptions to status codes (KServe style), so servicers never build
+error responses themselves, and records request counts and latencies per method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram, start_http_server
+
+from nextgpt.errors import CheckpointError, ConfigError, InvalidInput, ModelNotReady, NextGPTError
+from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""Media and video frames pass through: raise gRPC's 4 MiB default."""
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+RPC_REQUESTS = Counter(
+    "nextgpt_grpc_requests_total", "gRPC requests served, by method and status code", ["method", "code"]
+)
+RPC_LATENCY = Histogram(
+    "nextgpt_grpc_request_seconds",
+    "gRPC request latency, by method",
+    ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+
+def status_code_for(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, InvalidInput | ConfigError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, ModelNotReady):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, CheckpointError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.INTERNAL
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and value:
+            return str(value)
+    return new_request_id()
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps `NextGPTError`s to status codes, sets the request id, counts and times every call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, token = _begin(context)
+                try:
+                    response = await inner(request, context)
+                except BaseException as exc:  # noqa: BLE001 - re-raised or mapped below
+                    await _fail(method, exc, context, started, token)
+                    raise
+                _end(method, "OK", started, token)
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started, token = _begin(context)
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except BaseException as exc:  # noqa: BLE001
+                    await _fail(method, exc, context, started, token)
+                    raise
+                _end(method, "OK", started, token)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+def _begin(context: grpc.aio.ServicerContext) -> tuple[float, Any]:
+    return time.perf_counter(), request_id_var.set(_request_id(context))
+
+
+def _end(method: str, code: str, started: float, token: Any) -> None:
+    RPC_REQUESTS.labels(method, code).inc()
+    RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+    request_id_var.reset(token)
+
+
+async def _fail(
+    method: str, exc: BaseException, context: grpc.aio.ServicerContext, started: float, token: Any
+) -> None:
+    """Record the failure; abort with the mapped status for domain errors (abort raises)."""
+    if isinstance(exc, asyncio.CancelledError):
+        _end(method, "CANCELLED", started, token)
+        return
+    if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, NextGPTError | TimeoutError):
+        code = context.code() if isinstance(exc, grpc.aio.AbortError) else grpc.StatusCode.INTERNAL
+        name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+        if not isinstance(exc, grpc.aio.AbortError):
+            logger.exception("%s failed", method)
+        _end(method, name, started, token)
+        return
+    code = status_code_for(exc)
+    logger.info("%s -> %s: %s", method, code.name, exc)
+    _end(method, code.name, started, token)
+    await context.abort(code, str(exc))
+
+
+@dataclass
+class ServiceServer:
+    """A started gRPC server with its health servicer."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+    port: int
+
+    async def set_serving(self, serving: bool = True) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def serve_until_signal(
+        self, grace_s: float = 30.0, on_drain: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Run until SIGTERM/SIGINT, then drain: NOT_SERVING first (probes fail, traffic moves away),
+        then let in-flight calls finish for up to `grace_s` seconds."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logger.info("draining (grace %.0fs)", grace_s)
+        await self.set_serving(False)
+        if on_drain is not None:
+            await on_drain()
+        await self.server.stop(grace_s)
+        logger.info("stopped")
+
+
+async def start_server(
+    port: int,
+    add_servicers: Callable[[grpc.aio.Server], Iterable[str]],
+    *,
+    host: str = "0.0.0.0",
+    metrics_port: int | None = None,
+) -> ServiceServer:
+    """Start a gRPC server with health (NOT_SERVING until `set_serving`), reflection and metrics.
+
+    `add_servicers` registers the servicers and returns their full service names."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=CHANNEL_OPTIONS)
+    names = tuple(add_servicers(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    await server.start()
+    if metrics_port is not None:
+        start_http_server(metrics_port)
+    result = ServiceServer(server, health_servicer, names, bound)
+    await result.set_serving(False)
+    logger.info("gRPC on %s:%d (metrics on %s)", host, bound, metrics_port)
+    return result
+
+
+def channel(target: str) -> grpc.aio.Channel:
+    """A client channel with the raised message limits."""
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
