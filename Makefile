@@ -10,11 +10,12 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 export OMP_NUM_THREADS := 1
 export NEXTGPT_MODELS_DIR := $(abspath $(MODELS_DIR))
 
-.PHONY: setup models demo test lint format protos clean help
+.PHONY: setup models demo up test lint format protos clean help
 
 help:
 	@echo "make demo   - set up, build the tiny profile, run any-to-any requests, media in out/demo/"
 	@echo "make test   - set up and run the whole test suite"
+	@echo "make up     - run the local cluster (Redis, services, gateway) until Ctrl-C"
 	@echo "make lint   - ruff"
 	@echo "make clean  - remove the venv, models and outputs"
 
@@ -32,6 +33,9 @@ $(VENV)/.stamp-setup: requirements/core.txt requirements/nodeps.txt requirements
 
 models: setup
 	$(BIN)/nextgpt init-tiny $(MODELS_DIR)
+
+up: models
+	$(BIN)/nextgpt up
 
 demo: models
 	$(BIN)/nextgpt demo --out out/demo

@@ -151,6 +151,36 @@ def prepare_vicuna_cmd(
     console.print(f"Vicuna written to [bold]{out}[/bold]")
 
 
+@app.command("up")
+def up_cmd(
+    profile: ProfileOpt = None,
+    models_dir: ModelsOpt = None,
+    redis: Annotated[bool, typer.Option(help="start Debian's redis-server if installed")] = True,
+    log_dir: Annotated[Path, typer.Option(help="where each process writes its log")] = Path("out/cluster"),
+) -> None:
+    """Start Redis, every service and the gateway locally; Ctrl-C stops them all cleanly."""
+    import signal
+    import threading
+
+    from services.launcher import LocalCluster
+
+    cluster = LocalCluster(models_dir=models_dir, profile=profile, log_dir=log_dir, use_redis=redis)
+    console.print("starting the cluster (each service loads its models; this takes a few seconds)...")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with cluster:
+        table = Table("endpoint", "address")
+        for name, url in cluster.describe().items():
+            table.add_row(name, url)
+        Console().print(table)
+        console.print("cluster is up; press Ctrl-C to stop")
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        console.print("stopping...")
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="directory for the demo's media")] = Path("out/demo"),

@@ -1,0 +1,328 @@
+"""`nextgpt up`: the whole cluster on one machine — Redis, every service and the gateway as processes.
+
+Each service is started exactly as in production (`python -m services.<name>.server`), with its port
+and the models directory passed by environment variables, and the launcher waits until each reports
+SERVING on grpc.health.v1. Stopping sends SIGTERM (graceful drain) and SIGKILL only after a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common import ports
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("image", "video", "audio")
+
+
+@dataclass
+class ClusterPorts:
+    """Where each part listens. `free()` picks unused ports (tests); defaults are the documented ones."""
+
+    gateway_http: int = ports.GATEWAY_HTTP
+    gateway_grpc: int = ports.GATEWAY_GRPC
+    encoder: int = ports.ENCODER
+    llm: int = ports.LLM
+    decoders: dict[str, int] = field(default_factory=lambda: dict(ports.DECODERS))
+    redis: int = ports.REDIS
+    encoder_metrics: int = ports.ENCODER_METRICS
+    llm_metrics: int = ports.LLM_METRICS
+    decoder_metrics: dict[str, int] = field(default_factory=lambda: dict(ports.DECODER_METRICS))
+
+    @classmethod
+    def free(cls) -> ClusterPorts:
+        picked = iter(free_ports(13))
+        return cls(
+            gateway_http=next(picked),
+            gateway_grpc=next(picked),
+            encoder=next(picked),
+            llm=next(picked),
+            decoders={m: next(picked) for m in MODALITIES},
+            redis=next(picked),
+            encoder_metrics=next(picked),
+            llm_metrics=next(picked),
+            decoder_metrics={m: next(picked) for m in MODALITIES},
+        )
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    health_target: str | None
+    env: dict[str, str]
+
+
+class LocalCluster:
+    """Start and stop the local cluster. Use as a context manager or call `start()` / `stop()`."""
+
+    def __init__(
+        self,
+        *,
+        models_dir: Path | None = None,
+        profile: str | None = None,
+        cluster_ports: ClusterPorts | None = None,
+        log_dir: Path | None = None,
+        use_redis: bool = True,
+        extra_env: dict[str, str] | None = None,
+        engine: str = "hf",
+    ) -> None:
+        self.models_dir = Path(models_dir or os.environ.get("NEXTGPT_MODELS_DIR", "models")).resolve()
+        self.profile = profile
+        self.ports = cluster_ports or ClusterPorts()
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="nextgpt-cluster-"))
+        self.use_redis = use_redis
+        self.extra_env = extra_env or {}
+        self.engine = engine
+        self.children: dict[str, Child] = {}
+        self.redis_url = ""
+
+    # ------------------------------------------------------------------ urls
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gateway_http}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.ports.gateway_grpc}"
+
+    def describe(self) -> dict[str, str]:
+        urls = {
+            "REST (OpenAI-compatible)": f"{self.rest_url}/v1/chat/completions",
+            "API docs": f"{self.rest_url}/docs",
+            "gateway gRPC (nextgpt.v1.NextGPT)": self.grpc_target,
+            "encoder gRPC": f"127.0.0.1:{self.ports.encoder}",
+            "llm gRPC": f"127.0.0.1:{self.ports.llm}",
+        }
+        for m in MODALITIES:
+            urls[f"{m} decoder gRPC"] = f"127.0.0.1:{self.ports.decoders[m]}"
+        urls["metrics"] = f"{self.rest_url}/metrics (+ :{self.ports.encoder_metrics}..)"
+        urls["redis"] = self.redis_url or "not running (in-process LRU cache)"
+        urls["logs"] = str(self.log_dir)
+        return urls
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        """Start everything and wait until every service is SERVING; on failure stop what started."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis()
+            self._spawn_all()
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_redis(self) -> None:
+        if not self.use_redis:
+            return
+        binary = shutil.which("redis-server")
+        if binary is None:
+            logger.warning("redis-server not found: the encoder falls back to its in-process LRU cache")
+            return
+        args = [binary, "--port", str(self.ports.redis), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+        args += [
+            "no",
+            "--maxmemory",
+            "256mb",
+            "--maxmemory-policy",
+            "allkeys-lru",
+            "--dir",
+            str(self.log_dir),
+        ]
+        self._spawn("redis", args, health_target=None)
+        self.redis_url = f"redis://127.0.0.1:{self.ports.redis}/0"
+        _wait_for_port(self.ports.redis, 20.0, self.children["redis"])
+
+    def stop_redis(self) -> None:
+        """Stop Redis only (tests use this to show the cluster survives without it)."""
+        child = self.children.pop("redis", None)
+        if child is not None:
+            _terminate([child], 10.0)
+
+    def _spawn_all(self) -> None:
+        p = self.ports
+        py = [sys.executable, "-m"]
+        self._spawn(
+            "encoder",
+            py
+            + ["services.encoder.server", "--port", str(p.encoder), "--metrics-port", str(p.encoder_metrics)],
+            env={"NEXTGPT_ENCODER_REDIS_URL": self.redis_url},
+            health_target=f"127.0.0.1:{p.encoder}",
+        )
+        self._spawn(
+            "llm",
+            py
+            + ["services.llm.server", "--port", str(p.llm), "--metrics-port", str(p.llm_metrics)]
+            + ["--engine", self.engine],
+            health_target=f"127.0.0.1:{p.llm}",
+        )
+        for m in MODALITIES:
+            args = ["services.decoders.server", "--modality", m, "--port", str(p.decoders[m])]
+            args += ["--metrics-port", str(p.decoder_metrics[m])]
+            self._spawn(f"decoder-{m}", py + args, health_target=f"127.0.0.1:{p.decoders[m]}")
+        gateway_env = {
+            "NEXTGPT_GATEWAY_ENCODER_TARGET": f"127.0.0.1:{p.encoder}",
+            "NEXTGPT_GATEWAY_LLM_TARGET": f"127.0.0.1:{p.llm}",
+            **{
+                f"NEXTGPT_GATEWAY_{m.upper()}_DECODER_TARGET": f"127.0.0.1:{p.decoders[m]}"
+                for m in MODALITIES
+            },
+        }
+        self._spawn(
+            "gateway",
+            py + ["gateway.server", "--http-port", str(p.gateway_http), "--grpc-port", str(p.gateway_grpc)],
+            env=gateway_env,
+            health_target=f"127.0.0.1:{p.gateway_grpc}",
+        )
+
+    def _spawn(
+        self, name: str, args: list[str], *, health_target: str | None, env: dict | None = None
+    ) -> None:
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", "NEXTGPT_MODELS_DIR": str(self.models_dir)}
+        if self.profile:
+            full_env["NEXTGPT_PROFILE"] = self.profile
+        full_env.update(self.extra_env)
+        full_env.update(env or {})
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=_repo_root(),
+                start_new_session=True,
+            )
+        self.children[name] = Child(name, process, log_path, health_target, full_env)
+        logger.info("started %s (pid %d), log %s", name, process.pid, log_path)
+
+    def restart(self, name: str, timeout_s: float = 120.0) -> None:
+        """Start a stopped service again with its original command line (tests: kill then revive)."""
+        child = self.children[name]
+        if child.process.poll() is None:
+            return
+        with open(child.log_path, "ab") as log:
+            child.process = subprocess.Popen(
+                child.process.args,  # type: ignore[arg-type]
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child.env,
+                cwd=_repo_root(),
+                start_new_session=True,
+            )
+        self.wait_ready(timeout_s, names=[name])
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one service (fault injection: no drain)."""
+        child = self.children[name]
+        child.process.kill()
+        child.process.wait(10)
+
+    def wait_ready(self, timeout_s: float, names: list[str] | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = [
+            c for c in self.children.values() if c.health_target and (names is None or c.name in names)
+        ]
+        while pending:
+            for child in list(pending):
+                if child.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{child.name} exited with code {child.process.returncode} during start; "
+                        f"last log lines:\n{_tail(child.log_path)}"
+                    )
+                if is_serving(child.health_target or ""):
+                    pending.remove(child)
+            if pending and time.monotonic() > deadline:
+                names_left = ", ".join(c.name for c in pending)
+                raise TimeoutError(
+                    f"not SERVING after {timeout_s:.0f}s: {names_left} (logs in {self.log_dir})"
+                )
+            if pending:
+                time.sleep(0.2)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM everything (gateway first, Redis last), SIGKILL what is left after `timeout_s`."""
+        order = ["gateway", "llm", "encoder", *(f"decoder-{m}" for m in MODALITIES), "redis"]
+        children = [self.children[n] for n in order if n in self.children]
+        _terminate(children, timeout_s)
+        self.children.clear()
+
+
+def _terminate(children: list[Child], timeout_s: float) -> None:
+    for child in children:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        try:
+            child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %.0fs: killing it", child.name, timeout_s)
+            child.process.kill()
+            child.process.wait(10)
+
+
+def is_serving(target: str, timeout_s: float = 1.0) -> bool:
+    try:
+        with grpc.insecure_channel(target) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _wait_for_port(port: int, timeout_s: float, child: Child) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise RuntimeError(f"{child.name} exited during start:\n{_tail(child.log_path)}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{child.name} did not open port {port} in {timeout_s:.0f}s")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
