@@ -1,0 +1,1 @@
+"""The ImageBind encoder service: `python -m services.encoder.server` (see `server.py`)."""

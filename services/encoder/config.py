@@ -1,0 +1,54 @@
+"""Settings of the encoder service: flags > `NEXTGPT_ENCODER_*` env vars > these defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nextgpt.errors import ConfigError
+from services.common import ports
+
+ENV_PREFIX = "NEXTGPT_ENCODER_"
+
+
+@dataclass
+class EncoderServiceSettings:
+    """The ImageBind encoder service (gRPC nextgpt.v1.EncoderService)."""
+
+    port: int = ports.ENCODER
+    """gRPC port to listen on (0 picks a free one)."""
+    host: str = "0.0.0.0"
+    """Interface to bind the gRPC port on."""
+    metrics_port: int | None = ports.ENCODER_METRICS
+    """Port of the Prometheus /metrics HTTP endpoint ("none" disables it)."""
+    profile: str | None = None
+    """Model profile whose `encoder` section is loaded (default: NEXTGPT_PROFILE or "tiny")."""
+    config_file: str | None = None
+    """YAML/TOML profile overrides (default: NEXTGPT_CONFIG)."""
+    models_dir: str | None = None
+    """Directory holding the weights (default: NEXTGPT_MODELS_DIR or ./models)."""
+    max_batch: int = 16
+    """Most inputs of one modality that run through ImageBind as one batch."""
+    max_wait_ms: float = 5.0
+    """How long the first input of a batch waits for others to join, in milliseconds."""
+    max_inputs: int = 16
+    """Most inputs one Encode request may carry."""
+    max_media_bytes: int = 32 * 1024 * 1024
+    """Largest accepted input (file bytes, or UTF-8 bytes for text); larger is INVALID_ARGUMENT."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis holding the shared embedding cache; empty = no Redis (in-process LRU only). Run Redis with
+    `maxmemory` and `maxmemory-policy allkeys-lru` (the launcher does): that bounds its size."""
+    cache_ttl_s: int = 7 * 24 * 3600
+    """Lifetime of a cached embedding in Redis, in seconds."""
+    cache_max_entries: int = 4096
+    """Entries of the in-process LRU cache (fallback and warm standby for Redis)."""
+    grace_s: float = 30.0
+    """On SIGTERM, how long in-flight requests may take to finish, in seconds."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_inputs", "max_media_bytes", "cache_ttl_s", "cache_max_entries"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.max_wait_ms < 0 or self.grace_s < 0:
+            raise ConfigError(f"max_wait_ms={self.max_wait_ms} and grace_s={self.grace_s} must be >= 0")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port={self.port} is not a TCP port")

@@ -1,0 +1,85 @@
+"""`python -m services.encoder.server [--port 50061] [--redis-url ...]`: the ImageBind encoder service.
+
+settings -> logging -> gRPC server (health NOT_SERVING) -> load weights -> connect the cache ->
+SERVING -> on SIGTERM: NOT_SERVING, finish in-flight requests (their batches included), exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from nextgpt._proto import encoder_pb2_grpc
+from nextgpt.errors import ConfigError, NextGPTError
+from nextgpt.profiles import load_profile
+from services.common.logs import setup_logging
+from services.common.server import ServiceServer, start_server
+from services.common.settings import load_settings
+from services.encoder.cache import make_cache
+from services.encoder.config import ENV_PREFIX, EncoderServiceSettings
+from services.encoder.core import EncoderCore
+from services.encoder.servicer import SERVICE_NAME, EncoderServicer
+
+logger = logging.getLogger(__name__)
+
+
+def build_core(settings: EncoderServiceSettings) -> EncoderCore:
+    """The core with its cache, weights not loaded yet."""
+    cache = make_cache(settings.redis_url, ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries)
+    return EncoderCore(settings, cache)
+
+
+async def start(settings: EncoderServiceSettings, core: EncoderCore) -> ServiceServer:
+    """Serve `core` on gRPC; health stays NOT_SERVING until the caller calls `set_serving()`."""
+
+    def add(server: grpc.aio.Server) -> list[str]:
+        encoder_pb2_grpc.add_EncoderServiceServicer_to_server(EncoderServicer(core), server)
+        return [SERVICE_NAME]
+
+    return await start_server(settings.port, add, host=settings.host, metrics_port=settings.metrics_port)
+
+
+async def serve(settings: EncoderServiceSettings) -> None:
+    profile = load_profile(settings.profile, config_file=settings.config_file, models_dir=settings.models_dir)
+    core = build_core(settings)
+    # 1. listen first, so probes see NOT_SERVING (not a refused port) while the weights load
+    server = await start(settings, core)
+    try:
+        # 2. weights, then the cache (a missing Redis is logged; the LRU takes over)
+        await core.load(profile.encoder)
+        await core.cache.connect()
+        logger.info(
+            "encoder %s ready (preprocess %s, cache %s)",
+            core.model_id,
+            core.preprocess_version,
+            core.cache.state(),
+        )
+        # 3. serve until SIGTERM/SIGINT, then drain in-flight requests
+        await server.set_serving()
+        await server.serve_until_signal(settings.grace_s)
+    finally:
+        await server.server.stop(0)
+        await core.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(EncoderServiceSettings, ENV_PREFIX, sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"encoder service: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("encoder")
+    try:
+        asyncio.run(serve(settings))
+    except NextGPTError as exc:  # missing weights, bad profile: say why and exit non-zero
+        logger.error("encoder service cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
