@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from nextgpt._proto import common_pb2 as nextgpt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18nextgpt/v1/encoder.proto\x12\nnextgpt.v1\x1a\x17nextgpt/v1/common.proto\"J\n\x0b\x45ncodeInput\x12\"\n\x05media\x18\x01 \x01(\x0b\x32\x11.nextgpt.v1.MediaH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"8\n\rEncodeRequest\x12\'\n\x06inputs\x18\x01 \x03(\x0b\x32\x17.nextgpt.v1.EncodeInput\"U\n\tEmbedding\x12%\n\tembedding\x18\x01 \x01(\x0b\x32\x12.nextgpt.v1.Tensor\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"i\n\x0e\x45ncodeResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.nextgpt.v1.Embedding\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x1a\n\x12preprocess_version\x18\x03 \x01(\t2Q\n\x0e\x45ncoderService\x12?\n\x06\x45ncode\x12\x19.nextgpt.v1.EncodeRequest\x1a\x1a.nextgpt.v1.EncodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18nextgpt/v1/encoder.proto\x12\nnextgpt.v1\x1a\x17nextgpt/v1/common.proto\"J\n\x0b\x45ncodeInput\x12\"\n\x05media\x18\x01 \x01(\x0b\x32\x11.nextgpt.v1.MediaH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"8\n\rEncodeRequest\x12\'\n\x06inputs\x18\x01 \x03(\x0b\x32\x17.nextgpt.v1.EncodeInput\"U\n\tEmbedding\x12%\n\tembedding\x18\x01 \x01(\x0b\x32\x12.nextgpt.v1.Tensor\x12\x11\n\tcache_hit\x18\x02 \x01(\x08\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"i\n\x0e\x45ncodeResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.nextgpt.v1.Embedding\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x1a\n\x12preprocess_version\x18\x03 \x01(\t\"\x14\n\x12\x43\x61\x63heStatusRequest\"_\n\x0b\x43\x61\x63heStatus\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x17\n\x0fredis_connected\x18\x02 \x01(\x08\x12\x11\n\tredis_url\x18\x03 \x01(\t\x12\x13\n\x0blru_entries\x18\x04 \x01(\x03\x32\x9c\x01\n\x0e\x45ncoderService\x12?\n\x06\x45ncode\x12\x19.nextgpt.v1.EncodeRequest\x1a\x1a.nextgpt.v1.EncodeResponse\x12I\n\x0eGetCacheStatus\x12\x1e.nextgpt.v1.CacheStatusRequest\x1a\x17.nextgpt.v1.CacheStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDING']._serialized_end=284
   _globals['_ENCODERESPONSE']._serialized_start=286
   _globals['_ENCODERESPONSE']._serialized_end=391
-  _globals['_ENCODERSERVICE']._serialized_start=393
-  _globals['_ENCODERSERVICE']._serialized_end=474
+  _globals['_CACHESTATUSREQUEST']._serialized_start=393
+  _globals['_CACHESTATUSREQUEST']._serialized_end=413
+  _globals['_CACHESTATUS']._serialized_start=415
+  _globals['_CACHESTATUS']._serialized_end=510
+  _globals['_ENCODERSERVICE']._serialized_start=513
+  _globals['_ENCODERSERVICE']._serialized_end=669
 # @@protoc_insertion_point(module_scope)

@@ -41,3 +41,19 @@ class EncodeResponse(_message.Message):
     model_id: str
     preprocess_version: str
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model_id: _Optional[str] = ..., preprocess_version: _Optional[str] = ...) -> None: ...
+
+class CacheStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CacheStatus(_message.Message):
+    __slots__ = ("backend", "redis_connected", "redis_url", "lru_entries")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    REDIS_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    REDIS_URL_FIELD_NUMBER: _ClassVar[int]
+    LRU_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    redis_connected: bool
+    redis_url: str
+    lru_entries: int
+    def __init__(self, backend: _Optional[str] = ..., redis_connected: _Optional[bool] = ..., redis_url: _Optional[str] = ..., lru_entries: _Optional[int] = ...) -> None: ...

@@ -40,6 +40,11 @@ class EncoderServiceStub:
                 request_serializer=nextgpt_dot_v1_dot_encoder__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=nextgpt_dot_v1_dot_encoder__pb2.EncodeResponse.FromString,
                 _registered_method=True)
+        self.GetCacheStatus = channel.unary_unary(
+                '/nextgpt.v1.EncoderService/GetCacheStatus',
+                request_serializer=nextgpt_dot_v1_dot_encoder__pb2.CacheStatusRequest.SerializeToString,
+                response_deserializer=nextgpt_dot_v1_dot_encoder__pb2.CacheStatus.FromString,
+                _registered_method=True)
 
 
 class EncoderServiceServicer:
@@ -52,6 +57,13 @@ class EncoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCacheStatus(self, request, context):
+        """Where embeddings are cached right now (for readiness details).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +71,11 @@ def add_EncoderServiceServicer_to_server(servicer, server):
                     servicer.Encode,
                     request_deserializer=nextgpt_dot_v1_dot_encoder__pb2.EncodeRequest.FromString,
                     response_serializer=nextgpt_dot_v1_dot_encoder__pb2.EncodeResponse.SerializeToString,
+            ),
+            'GetCacheStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCacheStatus,
+                    request_deserializer=nextgpt_dot_v1_dot_encoder__pb2.CacheStatusRequest.FromString,
+                    response_serializer=nextgpt_dot_v1_dot_encoder__pb2.CacheStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +105,33 @@ class EncoderService:
             '/nextgpt.v1.EncoderService/Encode',
             nextgpt_dot_v1_dot_encoder__pb2.EncodeRequest.SerializeToString,
             nextgpt_dot_v1_dot_encoder__pb2.EncodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCacheStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextgpt.v1.EncoderService/GetCacheStatus',
+            nextgpt_dot_v1_dot_encoder__pb2.CacheStatusRequest.SerializeToString,
+            nextgpt_dot_v1_dot_encoder__pb2.CacheStatus.FromString,
             options,
             channel_credentials,
             insecure,

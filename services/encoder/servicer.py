@@ -40,6 +40,17 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             preprocess_version=self.core.preprocess_version,
         )
 
+    async def GetCacheStatus(
+        self, request: encoder_pb2.CacheStatusRequest, context: grpc.aio.ServicerContext
+    ) -> encoder_pb2.CacheStatus:
+        state = self.core.cache.state()
+        return encoder_pb2.CacheStatus(
+            backend=state["backend"],
+            redis_connected=bool(state["connected"]),
+            redis_url=state["url"],
+            lru_entries=int(state["entries"]),
+        )
+
 
 def inputs_from_proto(request: encoder_pb2.EncodeRequest) -> list[EncodeInput]:
     inputs: list[EncodeInput] = []

@@ -241,12 +241,17 @@ def test_service_survives_redis_stopping_mid_run(
             await stub.Encode(request(MEDIA["image"]), timeout=30)
             again = await stub.Encode(request(MEDIA["image"]), timeout=30)
             assert again.embeddings[0].cache_hit
+            status = await stub.GetCacheStatus(encoder_pb2.CacheStatusRequest(), timeout=5)
+            assert (status.backend, status.redis_connected) == ("redis", True)
             assert metric("nextgpt_encoder_cache_hits_total", backend="redis") == redis_hits + 1
             redis_process.stop()
             during = await stub.Encode(request(MEDIA["image"], "new text"), timeout=30)
             assert [e.cache_hit for e in during.embeddings] == [True, False]  # LRU, then the model
             assert during.embeddings[0].embedding.data == again.embeddings[0].embedding.data
             assert cache.state()["serving_from"] == "lru"
+            status = await stub.GetCacheStatus(encoder_pb2.CacheStatusRequest(), timeout=5)
+            assert (status.backend, status.redis_connected) == ("redis", False)
+            assert status.lru_entries >= 2 and status.redis_url.startswith("redis://")
 
     asyncio.run(main())
 
