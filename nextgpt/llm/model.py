@@ -177,8 +177,12 @@ class NextGPTLanguageModel:
         *,
         force: list[Modality] | tuple[Modality, ...] = (),
         on_text: Callable[[str], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> LLMOutput:
-        """Decode a reply from (T, H) prompt embeddings (see the module docstring)."""
+        """Decode a reply from (T, H) prompt embeddings (see the module docstring).
+
+        `on_step(n)` runs before each decode step with the number of tokens generated so far; it may
+        raise to abandon the request (the services' cancellation: the exception propagates)."""
         # 1. check inputs and the token budget
         prompt_len = int(prompt_embeds.shape[0])
         force = [m for m in MODALITIES if m in force]
@@ -221,6 +225,8 @@ class NextGPTLanguageModel:
 
         # 3. decode one token per step
         while True:
+            if on_step is not None:
+                on_step(len(ids))
             if not queue:
                 reserve = sum(len(self.ids.spans[m]) for m in missing())
                 if len(ids) + reserve >= budget or len(ids) >= budget:

@@ -1,0 +1,53 @@
+"""Settings of the LLM service: flags > `NEXTGPT_LLM_*` env vars > defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nextgpt.errors import ConfigError
+from services.common import ports
+
+ENV_PREFIX = "NEXTGPT_LLM_"
+ENGINES = ("hf",)
+"""Engines this build can run; "vllm" comes with its own issue."""
+
+
+@dataclass
+class LLMServiceSettings:
+    """The LLM service: input projector + Vicuna with LoRA and signal tokens, over gRPC."""
+
+    host: str = "0.0.0.0"
+    """Interface the gRPC server binds."""
+    port: int = ports.LLM
+    """gRPC port (0 picks a free one)."""
+    metrics_port: int | None = ports.LLM_METRICS
+    """Port of the Prometheus /metrics endpoint; none to disable."""
+    profile: str | None = None
+    """Model profile name (default: NEXTGPT_PROFILE or "tiny")."""
+    config_file: str | None = None
+    """YAML/TOML file overriding profile fields (default: NEXTGPT_CONFIG)."""
+    models_dir: str | None = None
+    """Directory holding the profile's weights (default: NEXTGPT_MODELS_DIR or ./models)."""
+    engine: str = "hf"
+    """Generation engine: "hf" (transformers, one request at a time)."""
+    adapters_dir: str | None = None
+    """Directory of extra PEFT LoRA adapters, one subdirectory per adapter name."""
+    max_queue: int = 64
+    """Requests allowed to wait for the engine; more get UNAVAILABLE (retry or another replica)."""
+    grace_s: float = 30.0
+    """Seconds in-flight generations may take to finish after SIGTERM."""
+    log_level: str = "INFO"
+    """Log level of the JSON logs."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(
+                f"engine={self.engine!r} is not available; use one of {list(ENGINES)} "
+                "(the vLLM engine is not part of this build)"
+            )
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port={self.port} must be in [0, 65535]")
+        if self.max_queue < 1:
+            raise ConfigError(f"max_queue={self.max_queue} must be at least 1")
+        if self.grace_s < 0:
+            raise ConfigError(f"grace_s={self.grace_s} must be >= 0")

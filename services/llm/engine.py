@@ -1,0 +1,133 @@
+"""The engine interface of the LLM service, its request/event types and the metrics every engine shares.
+
+An engine turns a conversation (text turns + projected-to-be ImageBind embeddings) into a reply. It is
+async and streaming so that one interface fits both the HF engine (a worker thread, one request at a
+time) and the vLLM engine of a later issue (continuous batching in its own process pair):
+
+    async for event in engine.generate(request):   # TextDelta ..., then one LLMOutput
+        ...
+
+Cancellation is the consumer's business: when it stops iterating (client gone, deadline passed) it closes
+the async generator (`aclose()`, or task cancellation), and the engine stops decoding promptly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from prometheus_client import Counter, Gauge, Histogram
+
+from nextgpt.config import GenerationOptions
+from nextgpt.errors import ModelNotReady
+from nextgpt.llm.signal_tokens import SignalLayout
+from nextgpt.types import LLMOutput, MediaItem, Message, Modality
+
+REQUESTS_IN_FLIGHT = Gauge(
+    "nextgpt_llm_requests_in_flight", "Generate calls being served (queued or running)"
+)
+QUEUE_DEPTH = Gauge("nextgpt_llm_queue_depth", "Requests waiting for the engine")
+GENERATED_TOKENS = Counter(
+    "nextgpt_llm_generated_tokens_total", "Tokens decoded, counted as they are produced (cancelled too)"
+)
+PROMPT_TOKENS = Counter("nextgpt_llm_prompt_tokens_total", "Prompt tokens (text + media) prefilled")
+TIME_TO_FIRST_TOKEN = Histogram(
+    "nextgpt_llm_time_to_first_token_seconds",
+    "From the request's arrival to its first streamed event",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+STAGE_SECONDS = Histogram(
+    "nextgpt_llm_stage_seconds",
+    "Seconds per engine stage: queue (waiting), prompt (projection + embedding), decode",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+FORCED_SPANS = Counter(
+    "nextgpt_llm_forced_spans_total",
+    "Requested signal spans the model did not emit and had to be forced",
+    ["modality"],
+)
+
+
+@dataclass
+class TextDelta:
+    """Newly produced visible text (signal tokens never appear here)."""
+
+    text: str
+
+
+@dataclass
+class EngineRequest:
+    """One generation request, already validated at the edge."""
+
+    messages: list[Message]
+    """The conversation, text only (`media` is ignored); the last turn is the user's."""
+    media_embeds: list[list[torch.Tensor]]
+    """Per message, the ImageBind embeddings (E,) float32 of its input media, in order (user turns)."""
+    options: GenerationOptions
+    adapter: str | None = None
+    """LoRA adapter name; None means the default (the delta checkpoint's LoRA)."""
+    request_id: str = ""
+    generated: list[list[Modality]] = field(default_factory=list)
+    """Per message, the media an assistant turn generated (missing entries: none); see `prompt_messages`."""
+
+
+class QueueFull(ModelNotReady):
+    """Too many requests are waiting; UNAVAILABLE, so that clients retry (or another replica takes it)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the servicer needs from an engine."""
+
+    @property
+    def embed_dim(self) -> int:
+        """E: width of the ImageBind embeddings the input projector takes."""
+        ...
+
+    def adapters(self) -> list[str]:
+        """Adapter names accepted in `EngineRequest.adapter`; the first is the default."""
+        ...
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[TextDelta | LLMOutput]:
+        """Text deltas while decoding, then the final `LLMOutput`. Raises `InvalidInput` (before the first
+        event) for an unknown adapter or a prompt that does not fit, `QueueFull` when overloaded."""
+        ...
+
+    async def close(self) -> None:
+        """Stop work and free the model; called once, after the server drained."""
+        ...
+
+
+def signal_text(layout: SignalLayout, modality: Modality) -> str:
+    """A modality's span as raw text, e.g. "[IMG0][IMG1][IMG2][IMG3]" (legacy layout)."""
+    return "".join(layout.tokens[modality])
+
+
+def prompt_messages(request: EngineRequest, layout: SignalLayout) -> list[Message]:
+    """The messages `build_prompt` takes, from a request of text turns and embeddings.
+
+    - User turns get one placeholder `MediaItem` per embedding (the prompt builder counts them; the bytes
+      were never sent: the encoder service already turned them into the embedding).
+    - Assistant turns that generated media but whose text lacks the signal tokens (a client that kept
+      only the visible text) get each missing span appended as raw text, e.g. " [IMG0][IMG1][IMG2][IMG3]",
+      so the model sees what it produced in earlier turns, as the in-process pipeline's `raw_text` does.
+    """
+    out = []
+    for i, message in enumerate(request.messages):
+        if message.role == "user":
+            embeds = request.media_embeds[i] if i < len(request.media_embeds) else []
+            media = [MediaItem("image", b"", "") for _ in embeds]  # modality does not change the prompt
+            out.append(Message("user", message.text, media))
+            continue
+        text = message.text
+        generated = request.generated[i] if i < len(request.generated) else []
+        for modality in dict.fromkeys(generated):
+            span = signal_text(layout, modality)
+            missing = generated.count(modality) - text.count(span)
+            if missing > 0:
+                text = " ".join([text.rstrip(), *[span] * missing]).strip()
+        out.append(Message("assistant", text))
+    return out
