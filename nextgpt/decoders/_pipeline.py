@@ -4,6 +4,7 @@ check a conditioning tensor. Everything model-specific stays in `image.py`, `vid
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TypeVar
 
 import torch
@@ -57,6 +58,28 @@ def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
     else:
         generator.manual_seed(seed)
     return generator
+
+
+def item_seeds(batch: int, seed: int | None, seeds: Sequence[int | None] | None) -> list[int | None]:
+    """One seed per batch item: `seeds` as given (one per row), else `seed`, `seed + 1`, ... (all None
+    when `seed` is None). Row 0 of `seed=s` uses s itself, so a lone item decodes as it always did."""
+    if seeds is not None:
+        if seed is not None:
+            raise InvalidInput("pass either seed= (one for the batch) or seeds= (one per item), not both")
+        seeds = list(seeds)
+        if len(seeds) != batch:
+            raise InvalidInput(f"seeds has {len(seeds)} entries for a batch of {batch}; give one per item")
+        return seeds
+    if seed is None:
+        return [None] * batch
+    per_item: list[int | None] = [seed]
+    return per_item + [(seed + i) % 2**64 for i in range(1, batch)]
+
+
+def make_generators(device: torch.device, seeds: Sequence[int | None]) -> list[torch.Generator]:
+    """One generator per batch item: diffusers' `randn_tensor` draws item i's noise from generator i alone,
+    so an item's noise (and so its output) does not depend on the rest of the batch."""
+    return [make_generator(device, s) for s in seeds]
 
 
 def check_cond(cond: torch.Tensor, expected: tuple[int, ...], what: str) -> None:

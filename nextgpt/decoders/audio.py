@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Self
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AudioLDMPipeline
 
 from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
-from nextgpt.decoders._pipeline import check_cond, execution_device, load_pipeline, make_generator
+from nextgpt.decoders._pipeline import (
+    check_cond,
+    execution_device,
+    item_seeds,
+    load_pipeline,
+    make_generators,
+)
 from nextgpt.errors import InvalidInput
 from nextgpt.media.encode import WAV_MIME, encode_wav
 from nextgpt.types import MediaItem
@@ -81,12 +89,30 @@ class AudioDecoder:
             return self._encode(list(captions)).float().cpu()
 
     def decode(
-        self, cond: torch.Tensor, options: DecodeDefaults, seed: int | None, progress: bool = False
+        self,
+        cond: torch.Tensor,
+        options: DecodeDefaults,
+        seed: int | None = None,
+        progress: bool = False,
+        *,
+        seeds: Sequence[int | None] | None = None,
     ) -> list[MediaItem]:
         """One WAV (options.audio_seconds at the vocoder's rate, 16 kHz) per row of `cond`, in a single
-        pipeline call. `cond` is (B, D); the projector's (B, 1, D) is accepted too. The batch shares one
-        generator: fixed (cond, seed, options) give the same bytes, but a row's audio depends on its
-        batch position and on B."""
+        pipeline call. `cond` is (B, D); the projector's (B, 1, D) is accepted too. Each row gets its own
+        generator (`seeds[i]`, or `seed + i` from a single `seed`), so a row's audio does not depend on the
+        rest of the batch (up to float rounding of batched kernels)."""
+        return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
+
+    def diffuse(
+        self,
+        cond: torch.Tensor,
+        options: DecodeDefaults,
+        seed: int | None = None,
+        progress: bool = False,
+        *,
+        seeds: Sequence[int | None] | None = None,
+    ) -> np.ndarray:
+        """The pipeline call of `decode`: (B, samples) float waveforms, not yet encoded."""
         # 1. Check inputs; the audio projector has one query row, so (B, 1, D) is squeezed.
         if isinstance(cond, torch.Tensor) and cond.ndim == 3 and cond.shape[1] == 1:
             cond = cond[:, 0]
@@ -94,6 +120,7 @@ class AudioDecoder:
         if options.audio_seconds <= 0:
             raise InvalidInput(f"audio_seconds={options.audio_seconds} must be positive")
         batch = cond.shape[0]
+        per_item = item_seeds(batch, seed, seeds)
         with self._lock:
             # 2. Normalised conditioning (the pipeline won't) and the empty-prompt negative.
             device = execution_device(self.pipe)
@@ -102,15 +129,18 @@ class AudioDecoder:
             # 3. Denoise the mel latents, decode to a mel spectrogram, vocode.
             self.pipe.set_progress_bar_config(disable=not progress)
             with torch.no_grad():
-                audios = self.pipe(
+                audios: np.ndarray = self.pipe(
                     prompt_embeds=cond,
                     negative_prompt_embeds=negative,
                     audio_length_in_s=options.audio_seconds,
                     num_inference_steps=options.steps,
                     guidance_scale=options.guidance_scale,
-                    generator=make_generator(device, seed),
+                    generator=make_generators(device, per_item),
                     output_type="np",
                 ).audios  # (B, N) float
-        # 4. Encode.
+        return audios
+
+    def to_media(self, audios: np.ndarray, options: DecodeDefaults) -> list[MediaItem]:
+        """(B, samples) floats -> one 16-bit WAV each at the vocoder's rate."""
         rate = self.sample_rate
         return [MediaItem("audio", encode_wav(audio, sample_rate=rate), WAV_MIME) for audio in audios]

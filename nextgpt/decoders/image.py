@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Self
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
 from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
-from nextgpt.decoders._pipeline import check_cond, execution_device, load_pipeline, make_generator
+from nextgpt.decoders._pipeline import (
+    check_cond,
+    execution_device,
+    item_seeds,
+    load_pipeline,
+    make_generators,
+)
 from nextgpt.errors import InvalidInput
 from nextgpt.media.encode import PNG_MIME, encode_png
 from nextgpt.types import MediaItem
@@ -65,16 +73,36 @@ class ImageDecoder:
             return self._encode(list(captions)).float().cpu()
 
     def decode(
-        self, cond: torch.Tensor, options: DecodeDefaults, seed: int | None, progress: bool = False
+        self,
+        cond: torch.Tensor,
+        options: DecodeDefaults,
+        seed: int | None = None,
+        progress: bool = False,
+        *,
+        seeds: Sequence[int | None] | None = None,
     ) -> list[MediaItem]:
         """One PNG per row of `cond` (B, 77, D), in a single pipeline call.
 
-        The batch shares one generator, so item i's noise depends on B and i: a fixed (cond, seed, options)
-        always gives the same bytes, but the same row decoded alone or at another batch position differs.
+        Each row gets its own generator (`seeds[i]`, or `seed + i` from a single `seed`), so a row's image
+        depends only on its conditioning, its seed and the options, not on the rest of the batch
+        (up to float rounding of batched kernels; see `tests/services/test_decoder_service.py`).
         """
+        return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
+
+    def diffuse(
+        self,
+        cond: torch.Tensor,
+        options: DecodeDefaults,
+        seed: int | None = None,
+        progress: bool = False,
+        *,
+        seeds: Sequence[int | None] | None = None,
+    ) -> np.ndarray:
+        """The pipeline call of `decode`: (B, H, W, 3) float images in [0, 1], not yet encoded."""
         # 1. Check inputs.
         check_cond(cond, self.cond_shape, "image")
         batch = cond.shape[0]
+        per_item = item_seeds(batch, seed, seeds)
         with self._lock:
             # 2. Conditioning and the empty-prompt negative on the compute device.
             device = execution_device(self.pipe)
@@ -83,15 +111,18 @@ class ImageDecoder:
             # 3. Denoise and decode latents.
             self.pipe.set_progress_bar_config(disable=not progress)
             with torch.no_grad():
-                images = self.pipe(
+                images: np.ndarray = self.pipe(
                     prompt_embeds=cond,
                     negative_prompt_embeds=negative,
                     height=options.height,
                     width=options.width,
                     num_inference_steps=options.steps,
                     guidance_scale=options.guidance_scale,
-                    generator=make_generator(device, seed),
+                    generator=make_generators(device, per_item),
                     output_type="np",
                 ).images  # (B, H, W, 3) float in [0, 1]
-        # 4. Encode.
+        return images
+
+    def to_media(self, images: np.ndarray, options: DecodeDefaults) -> list[MediaItem]:
+        """(B, H, W, 3) floats -> one PNG each."""
         return [MediaItem("image", encode_png(image), PNG_MIME) for image in images]

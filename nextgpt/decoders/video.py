@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Self
 
+import numpy as np
 import torch
 from diffusers import TextToVideoSDPipeline
 
 from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
-from nextgpt.decoders._pipeline import check_cond, execution_device, load_pipeline, make_generator
+from nextgpt.decoders._pipeline import (
+    check_cond,
+    execution_device,
+    item_seeds,
+    load_pipeline,
+    make_generators,
+)
 from nextgpt.errors import InvalidInput
 from nextgpt.media.encode import MP4_MIME, encode_mp4
 from nextgpt.types import MediaItem
@@ -65,14 +73,35 @@ class VideoDecoder:
             return self._encode(list(captions)).float().cpu()
 
     def decode(
-        self, cond: torch.Tensor, options: DecodeDefaults, seed: int | None, progress: bool = False
+        self,
+        cond: torch.Tensor,
+        options: DecodeDefaults,
+        seed: int | None = None,
+        progress: bool = False,
+        *,
+        seeds: Sequence[int | None] | None = None,
     ) -> list[MediaItem]:
         """One MP4 (options.num_frames frames at options.fps) per row of `cond` (B, 77, D), in a single
-        pipeline call. The batch shares one generator: fixed (cond, seed, options) give the same bytes,
-        but a row's video depends on its batch position and on B."""
+        pipeline call. Each row gets its own generator (`seeds[i]`, or `seed + i` from a single `seed`), so
+        a row's video does not depend on the rest of the batch (up to float rounding of batched kernels)."""
+        return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
+
+    def diffuse(
+        self,
+        cond: torch.Tensor,
+        options: DecodeDefaults,
+        seed: int | None = None,
+        progress: bool = False,
+        *,
+        seeds: Sequence[int | None] | None = None,
+    ) -> np.ndarray:
+        """The pipeline call of `decode`: (B, T, H, W, 3) float frames in [0, 1], not yet encoded."""
         # 1. Check inputs.
         check_cond(cond, self.cond_shape, "video")
+        if options.num_frames < 1 or options.fps < 1:
+            raise InvalidInput(f"num_frames={options.num_frames} and fps={options.fps} must be >= 1")
         batch = cond.shape[0]
+        per_item = item_seeds(batch, seed, seeds)
         with self._lock:
             # 2. Conditioning and the empty-prompt negative on the compute device.
             device = execution_device(self.pipe)
@@ -81,7 +110,7 @@ class VideoDecoder:
             # 3. Denoise and decode latents frame by frame.
             self.pipe.set_progress_bar_config(disable=not progress)
             with torch.no_grad():
-                videos = self.pipe(
+                videos: np.ndarray = self.pipe(
                     prompt_embeds=cond,
                     negative_prompt_embeds=negative,
                     height=options.height,
@@ -89,8 +118,11 @@ class VideoDecoder:
                     num_frames=options.num_frames,
                     num_inference_steps=options.steps,
                     guidance_scale=options.guidance_scale,
-                    generator=make_generator(device, seed),
+                    generator=make_generators(device, per_item),
                     output_type="np",
                 ).frames  # (B, T, H, W, 3) float in [0, 1]
-        # 4. Encode.
+        return videos
+
+    def to_media(self, videos: np.ndarray, options: DecodeDefaults) -> list[MediaItem]:
+        """(B, T, H, W, 3) floats -> one H.264 MP4 each at options.fps."""
         return [MediaItem("video", encode_mp4(video, fps=options.fps), MP4_MIME) for video in videos]

@@ -1,0 +1,61 @@
+"""Settings of a decoder service: flags > `NEXTGPT_DECODER_*` env vars > these defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nextgpt.errors import ConfigError
+from nextgpt.types import MODALITIES
+from services.common import ports
+
+ENV_PREFIX = "NEXTGPT_DECODER_"
+
+
+@dataclass
+class DecoderServiceSettings:
+    """One modality's decoder service (gRPC nextgpt.v1.DecoderService): output projector + diffusion."""
+
+    modality: str = ""
+    """Required: which decoder this process serves, image, video or audio."""
+    port: int | None = None
+    """gRPC port to listen on (default by modality: image 50063, video 50064, audio 50065; 0 picks a
+    free one)."""
+    host: str = "0.0.0.0"
+    """Interface to bind the gRPC port on."""
+    metrics_port: int | None = None
+    """Port of the Prometheus /metrics HTTP endpoint (default by modality: 9163 / 9164 / 9165; 0
+    disables it)."""
+    profile: str | None = None
+    """Model profile whose projector and decoder are loaded (default: NEXTGPT_PROFILE or "tiny")."""
+    config_file: str | None = None
+    """YAML/TOML profile overrides (default: NEXTGPT_CONFIG)."""
+    models_dir: str | None = None
+    """Directory holding the weights (default: NEXTGPT_MODELS_DIR or ./models)."""
+    max_batch: int = 4
+    """Most requests (with equal settings) that run through one projector + pipeline call."""
+    max_wait_ms: float = 10.0
+    """How long the first request of a batch waits for others to join, in milliseconds."""
+    grace_s: float = 30.0
+    """On SIGTERM, how long in-flight batches may take to finish, in seconds."""
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ConfigError(
+                f"modality={self.modality!r}: pass --modality image|video|audio (or set {ENV_PREFIX}MODALITY)"
+            )
+        if self.port is None:
+            self.port = ports.DECODERS[self.modality]
+        if self.metrics_port is None:
+            self.metrics_port = ports.DECODER_METRICS[self.modality]
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch={self.max_batch} must be at least 1")
+        if self.max_wait_ms < 0 or self.grace_s < 0:
+            raise ConfigError(f"max_wait_ms={self.max_wait_ms} and grace_s={self.grace_s} must be >= 0")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise ConfigError(f"{name}={getattr(self, name)} is not a TCP port")
+
+    @property
+    def metrics_enabled_port(self) -> int | None:
+        """The /metrics port to start, or None when disabled (metrics_port 0)."""
+        return self.metrics_port or None
