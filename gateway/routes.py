@@ -1,0 +1,85 @@
+"""REST routes: short functions over `OpenAIServingChat` and `GatewayCore` (app.state)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.openai_serving import OpenAIServingChat
+from gateway.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from gateway.serving import GatewayCore
+from nextgpt.errors import NextGPTError
+
+
+class Unauthorized(Exception):
+    """No or a wrong API key (HTTP 401)."""
+
+
+def _core(request: Request) -> GatewayCore:
+    return request.app.state.core
+
+
+async def require_api_key(request: Request) -> None:
+    keys = _core(request).settings.api_keys
+    if not keys:
+        return
+    sent = request.headers.get("authorization", "")
+    if not (sent.startswith("Bearer ") and sent[len("Bearer ") :] in keys):
+        raise Unauthorized("missing or wrong API key: send the header Authorization: Bearer KEY")
+
+
+ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
+probes = APIRouter()
+
+
+@v1.post("/chat/completions", response_model=ChatCompletionResponse, response_model_exclude_none=True)
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    serving: OpenAIServingChat = request.app.state.serving_chat
+    result = await serving.create(body, request.state.request_id)
+    if isinstance(result, ChatCompletionResponse):
+        return JSONResponse(result.model_dump(exclude_none=True))
+    return StreamingResponse(result, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+@v1.get("/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    core = _core(request)
+    served = core.settings.model_name
+    now = int(time.time())
+    try:
+        adapters = await core.adapters(request.state.request_id)
+    except (NextGPTError, TimeoutError):  # the served model is listed even while the LLM is away
+        adapters = []
+    cards = [ModelCard(id=served, created=now, root=served)]
+    cards += [
+        ModelCard(id=name, created=now, root=served, parent=served) for name in adapters if name != served
+    ]
+    return ModelList(data=cards)
+
+
+@probes.get("/healthz")
+async def healthz() -> dict:
+    """Alive: the process answers (no backend is asked)."""
+    return {"status": "ok"}
+
+
+@probes.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """200 only when every backend reports SERVING; the body names what is missing."""
+    ready, details = await _core(request).readiness()
+    return JSONResponse(details, status_code=200 if ready else 503)
+
+
+@probes.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,389 @@
+"""The flow of one request across the services; gRPC and REST are thin adapters over `GatewayCore`.
+
+The same steps as `nextgpt.pipeline.NextGPT.generate`, split across processes: check inputs, encode
+every user-turn medium (one Encode call; the encoder's cache does the rest), stream the LLM, then send
+each complete signal span to its modality's decoder concurrently and hand out media as they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from gateway.backends import BackendError, Backends, CallInfo, GatewayTimeout
+from gateway.config import GatewaySettings
+from nextgpt._proto import common_pb2, decoder_pb2, encoder_pb2, llm_pb2
+from nextgpt.config import DecodeDefaults, GenerationOptions
+from nextgpt.errors import ConfigError, InvalidInput, ModelNotReady
+from nextgpt.media.decode import sniff_modality
+from nextgpt.pipeline import GenerateResult, MediaError, check_messages
+from nextgpt.types import MODALITIES, MediaItem, Message, Modality
+from services.common.convert import (
+    MODALITY_TO_PROTO,
+    PROTO_TO_MODALITY,
+    ROLE_TO_PROTO,
+    decode_options_to_proto,
+    generation_options_to_proto,
+    media_from_proto,
+)
+from services.common.logs import new_request_id, request_id_var
+
+logger = logging.getLogger(__name__)
+
+REQUESTS = Counter(
+    "nextgpt_gateway_requests_total", "Gateway requests, by API and outcome", ["api", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "nextgpt_gateway_request_seconds",
+    "Whole-request latency, by API",
+    ["api"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+STAGE_SECONDS = Histogram(
+    "nextgpt_gateway_stage_seconds",
+    "Seconds per stage of a request: encode, llm, decode",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+MEDIA_ERRORS = Counter(
+    "nextgpt_gateway_media_errors_total", "Requested media that could not be produced", ["modality"]
+)
+IN_FLIGHT = Gauge("nextgpt_gateway_in_flight", "Requests being served")
+
+
+# --- events of one request, in the order they happen ----------------------------------------------
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class MediaReady:
+    item: MediaItem
+    index: int
+    """Position of the medium's span among the decoded spans (the summary keeps this order)."""
+
+
+@dataclass
+class MediaFailed:
+    error: MediaError
+
+
+@dataclass
+class Done:
+    """The last event: everything, media included, in span order."""
+
+    result: GenerateResult
+    request_id: str
+
+
+Event = TextDelta | MediaReady | MediaFailed | Done
+
+
+def status_name(exc: BaseException) -> str:
+    """Metric label of a failed request."""
+    if isinstance(exc, InvalidInput | ConfigError):
+        return "invalid_argument"
+    if isinstance(exc, ModelNotReady):
+        return "unavailable"
+    if isinstance(exc, TimeoutError):
+        return "deadline_exceeded"
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "cancelled"
+    return "internal"
+
+
+def check_media(messages: list[Message], max_bytes: int) -> None:
+    """MIME type agrees with the modality and is one the encoder reads; size within the limit."""
+    for i, message in enumerate(messages):
+        for j, item in enumerate(message.media):
+            where = f"messages[{i}].media[{j}]"
+            try:
+                sniffed = sniff_modality(item.mime_type)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{where}: {exc}") from None
+            if sniffed != item.modality:
+                raise InvalidInput(
+                    f"{where}: MIME type {item.mime_type!r} is {sniffed}, but the item is sent as "
+                    f"{item.modality}; send {item.modality} data with a {item.modality}/* type"
+                )
+            if len(item.data) > max_bytes:
+                raise InvalidInput(
+                    f"{where}: the {item.modality} is {len(item.data)} bytes, over the gateway's limit of "
+                    f"{max_bytes} bytes (max_media_bytes); send a smaller file"
+                )
+
+
+def check_options(options: GenerationOptions) -> None:
+    """Diffusion settings are checked here, before any work: a decoder rejecting them later could only
+    give an error entry, while bad options are the client's error (400 / INVALID_ARGUMENT)."""
+    for modality in MODALITIES:
+        decode = options.decode_options(modality)
+        try:
+            decode.resolve(DecodeDefaults())
+        except ConfigError as exc:
+            raise InvalidInput(f"options.{modality}: {exc}") from None
+        for name in ("height", "width", "num_frames", "fps", "audio_seconds"):
+            value = getattr(decode, name)
+            if value is not None and value <= 0:
+                raise InvalidInput(f"options.{modality}.{name}={value} must be > 0")
+
+
+def select_spans(
+    spans: list[llm_pb2.SignalSpan], options: GenerationOptions
+) -> tuple[list[tuple[Modality, int, llm_pb2.SignalSpan]], list[str]]:
+    """At most `max_media_per_modality` spans per modality (the rule of `NextGPT.decode_spans`);
+    returns (modality, index within the modality, span) in span order, and warnings for the rest."""
+    chosen: list[tuple[Modality, int, llm_pb2.SignalSpan]] = []
+    warnings: list[str] = []
+    for modality in MODALITIES:
+        of_modality = [s for s in spans if PROTO_TO_MODALITY.get(s.modality) == modality]
+        if len(of_modality) > options.max_media_per_modality:
+            warnings.append(
+                f"the reply holds {len(of_modality)} {modality} spans; decoding the first "
+                f"{options.max_media_per_modality} (raise max_media_per_modality for more)"
+            )
+            of_modality = of_modality[: options.max_media_per_modality]
+        chosen.extend((modality, k, span) for k, span in enumerate(of_modality))
+    return chosen, warnings
+
+
+class GatewayCore:
+    """Runs requests through the backends; knows nothing of HTTP or the public proto."""
+
+    def __init__(self, settings: GatewaySettings, backends: Backends) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.draining = False
+
+    async def generate(
+        self,
+        messages: list[Message],
+        options: GenerationOptions,
+        lora: str | None = None,
+        request_id: str | None = None,
+        *,
+        timeout_s: float | None = None,
+        api: str = "python",
+    ) -> AsyncIterator[Event]:
+        """Events of one request: text deltas, each medium or media error as it happens, then `Done`.
+
+        `timeout_s` (e.g. the caller's gRPC deadline) shortens the configured request budget."""
+        request_id = request_id or new_request_id()
+        request_id_var.set(request_id)
+        budget = (
+            self.settings.request_timeout_s
+            if timeout_s is None
+            else min(timeout_s, self.settings.request_timeout_s)
+        )
+        started = time.perf_counter()
+        status: str | None = None
+        IN_FLIGHT.inc()
+        try:
+            async for event in self._run(messages, options, lora, request_id, time.monotonic() + budget):
+                if isinstance(event, Done):
+                    status = "ok"  # the caller may close the iterator once it has the summary
+                yield event
+        except BaseException as exc:
+            status = status or status_name(exc)
+            raise
+        finally:
+            IN_FLIGHT.dec()
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(api, status or "cancelled").inc()
+            REQUEST_SECONDS.labels(api).observe(elapsed)
+            logger.info("%s request %s in %.3fs", api, status or "cancelled", elapsed)
+
+    async def _run(
+        self,
+        messages: list[Message],
+        options: GenerationOptions,
+        lora: str | None,
+        request_id: str,
+        deadline: float,
+    ) -> AsyncIterator[Event]:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        # 1. check inputs
+        check_messages(messages)
+        check_media(messages, self.settings.max_media_bytes)
+        check_options(options)
+        # 2. encode every user-turn medium in one call
+        t0 = time.perf_counter()
+        embeddings = await self._encode(messages, self._call(request_id, deadline, "encode"))
+        timings["encode"] = time.perf_counter() - t0
+        # 3. stream the LLM
+        t0 = time.perf_counter()
+        request = llm_pb2.LLMGenerateRequest(
+            turns=_turns(messages, embeddings), options=generation_options_to_proto(options, lora or "")
+        )
+        result: llm_pb2.LLMResult | None = None
+        async for response in self.backends.generate(request, self._call(request_id, deadline, "llm")):
+            if response.HasField("result"):
+                result = response.result
+            elif response.text_delta:
+                yield TextDelta(response.text_delta)
+        if result is None:
+            raise BackendError("the llm service ended its stream without a result")
+        timings["llm"] = time.perf_counter() - t0
+        STAGE_SECONDS.labels("llm").observe(timings["llm"])
+        # 4. decode every chosen span concurrently; hand out each medium as soon as it is ready
+        t0 = time.perf_counter()
+        chosen, warnings = select_spans(list(result.spans), options)
+        media: dict[int, MediaItem] = {}
+        errors: list[MediaError] = []
+        tasks = [
+            asyncio.create_task(self._decode(index, modality, k, span, options, request_id, deadline))
+            for index, (modality, k, span) in enumerate(chosen)
+        ]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                index, outcome = await next_done
+                if isinstance(outcome, MediaError):
+                    errors.append(outcome)
+                    yield MediaFailed(outcome)
+                else:
+                    media[index] = outcome
+                    yield MediaReady(outcome, index)
+        finally:
+            for task in tasks:
+                task.cancel()
+        timings["decode"] = time.perf_counter() - t0
+        if chosen:
+            STAGE_SECONDS.labels("decode").observe(timings["decode"])
+        timings["total"] = time.perf_counter() - started
+        # 5. the summary
+        yield Done(
+            GenerateResult(
+                text=result.text,
+                raw_text=result.raw_text,
+                media=[media[i] for i in sorted(media)],
+                errors=errors,
+                warnings=list(result.warnings) + warnings,
+                finish_reason=result.finish_reason or "stop",
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens,
+                forced_modalities=[PROTO_TO_MODALITY[m] for m in result.forced_modalities],  # type: ignore[misc]
+                timings=timings,
+            ),
+            request_id,
+        )
+
+    def _call(self, request_id: str, deadline: float, stage: str) -> CallInfo:
+        """The remaining request budget (capped per stage) becomes the backend call's deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GatewayTimeout(f"the request deadline passed before the {stage} stage")
+        cap = getattr(self.settings, f"{stage}_timeout_s")
+        return CallInfo(request_id, remaining if cap is None else min(cap, remaining))
+
+    async def _encode(self, messages: list[Message], call: CallInfo) -> list[list[llm_pb2.MediaEmbedding]]:
+        """Per message, the embeddings of its inputs (assistant turns' media are not re-encoded)."""
+        inputs = [
+            (i, item)
+            for i, message in enumerate(messages)
+            if message.role == "user"
+            for item in message.media
+        ]
+        out: list[list[llm_pb2.MediaEmbedding]] = [[] for _ in messages]
+        if not inputs:
+            return out
+        t0 = time.perf_counter()
+        response = await self.backends.encode(
+            encoder_pb2.EncodeRequest(
+                inputs=[
+                    encoder_pb2.EncodeInput(
+                        media=common_pb2.Media(
+                            modality=MODALITY_TO_PROTO[item.modality],
+                            data=item.data,
+                            mime_type=item.mime_type,
+                        )
+                    )
+                    for _, item in inputs
+                ]
+            ),
+            call,
+        )
+        STAGE_SECONDS.labels("encode").observe(time.perf_counter() - t0)
+        if len(response.embeddings) != len(inputs):
+            raise BackendError(
+                f"the encoder returned {len(response.embeddings)} embeddings for {len(inputs)} inputs"
+            )
+        for (i, item), embedding in zip(inputs, response.embeddings, strict=True):
+            out[i].append(
+                llm_pb2.MediaEmbedding(
+                    modality=MODALITY_TO_PROTO[item.modality], embedding=embedding.embedding
+                )
+            )
+        return out
+
+    async def _decode(
+        self,
+        index: int,
+        modality: Modality,
+        k: int,
+        span: llm_pb2.SignalSpan,
+        options: GenerationOptions,
+        request_id: str,
+        deadline: float,
+    ) -> tuple[int, MediaItem | MediaError]:
+        """One span -> one medium; any failure becomes an error entry, never a failed request."""
+        request = decoder_pb2.DecodeRequest(
+            modality=MODALITY_TO_PROTO[modality],
+            hidden=span.hidden,
+            token_embeds=span.token_embeds,
+            options=decode_options_to_proto(options.decode_options(modality)),
+        )
+        if options.seed is not None:
+            request.seed = options.seed + k  # reproducible, yet distinct per span of one modality
+        try:
+            response = await self.backends.decode(
+                modality, request, self._call(request_id, deadline, "decode")
+            )
+            item = media_from_proto(response.media, f"{modality} decoder response")
+            if item.modality != modality:
+                raise BackendError(f"the {modality} decoder returned {item.modality}")
+            return index, item
+        except Exception as exc:  # noqa: BLE001 - a failed medium degrades the answer, never fails it
+            message = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                message = f"the {modality} decoder did not finish within the request deadline"
+            logger.warning("%s decoding failed: %s", modality, message)
+            MEDIA_ERRORS.labels(modality).inc()
+            return index, MediaError(modality, message)
+
+    async def adapters(self, request_id: str | None = None) -> list[str]:
+        """LoRA adapter names the LLM service accepts; the first is its default."""
+        call = CallInfo(request_id or new_request_id(), self.settings.health_timeout_s * 5)
+        return await self.backends.list_adapters(call)
+
+    async def readiness(self) -> tuple[bool, dict]:
+        """Ready when every backend reports SERVING and the gateway is not draining."""
+        dependencies = await self.backends.health()
+        missing = [name for name, info in dependencies.items() if info["status"] != "SERVING"]
+        ready = not missing and not self.draining
+        return ready, {
+            "ready": ready,
+            "draining": self.draining,
+            "missing": missing,
+            "dependencies": dependencies,
+        }
+
+
+def _turns(messages: list[Message], embeddings: list[list[llm_pb2.MediaEmbedding]]) -> list[llm_pb2.Turn]:
+    turns = []
+    for message, embedded in zip(messages, embeddings, strict=True):
+        turn = llm_pb2.Turn(role=ROLE_TO_PROTO[message.role], text=message.text)
+        if message.role == "user":
+            turn.media.extend(embedded)
+        else:  # the media bytes are not re-encoded: the LLM restores their signal tokens
+            turn.generated.extend(MODALITY_TO_PROTO[item.modality] for item in message.media)
+        turns.append(turn)
+    return turns

@@ -1,0 +1,275 @@
+"""A small Python client of the gateway's gRPC API (`nextgpt.v1.NextGPT`), sync and async.
+
+    from nextgpt.client import NextGPTClient
+    from nextgpt.config import GenerationOptions
+    from nextgpt.types import MediaItem, Message
+
+    with NextGPTClient("127.0.0.1:50051") as client:
+        reply = client.generate(
+            [Message("user", "Show me a red fox.")], GenerationOptions(seed=0, modalities=("text", "image"))
+        )
+        open("fox.png", "wb").write(reply.media[0].data)
+        for event in client.stream([Message("user", "Describe a fox.")]):
+            print(event)  # TextDelta, then MediaItem / MediaError as decoded, then the GenerateReply
+
+Backend status codes come back as the core's exceptions: `InvalidInput` (INVALID_ARGUMENT),
+`ModelNotReady` (UNAVAILABLE), `TimeoutError` (DEADLINE_EXCEEDED), else `NextGPTError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from nextgpt._proto import nextgpt_pb2, nextgpt_pb2_grpc
+from nextgpt.config import GenerationOptions
+from nextgpt.errors import InvalidInput, ModelNotReady, NextGPTError
+from nextgpt.types import MediaItem, Message, Modality
+from services.common.convert import (
+    PROTO_TO_MODALITY,
+    ROLE_TO_PROTO,
+    generation_options_to_proto,
+    media_from_proto,
+    media_to_proto,
+)
+from services.common.logs import REQUEST_ID_HEADER
+from services.common.server import CHANNEL_OPTIONS
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class MediaError:
+    """A medium that was asked for but could not be produced; the rest of the reply stands."""
+
+    modality: Modality
+    message: str
+
+
+@dataclass
+class GenerateReply:
+    text: str
+    media: list[MediaItem] = field(default_factory=list)
+    errors: list[MediaError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: encode, llm, decode, total."""
+    forced_modalities: list[Modality] = field(default_factory=list)
+    request_id: str = ""
+
+    def as_message(self) -> Message:
+        """The reply as an assistant turn for the next request (its media are not re-encoded)."""
+        return Message(role="assistant", text=self.text, media=list(self.media))
+
+
+StreamEvent = TextDelta | MediaItem | MediaError | GenerateReply
+
+
+def build_request(
+    messages: list[Message], options: GenerationOptions | None, lora: str | None
+) -> nextgpt_pb2.GenerateRequest:
+    return nextgpt_pb2.GenerateRequest(
+        messages=[
+            nextgpt_pb2.Message(
+                role=ROLE_TO_PROTO.get(m.role, 0), text=m.text, media=[media_to_proto(x) for x in m.media]
+            )
+            for m in messages
+        ],
+        options=generation_options_to_proto(options or GenerationOptions(), lora or ""),
+    )
+
+
+def reply_from_proto(r: nextgpt_pb2.GenerateResponse, media: list[MediaItem] | None = None) -> GenerateReply:
+    return GenerateReply(
+        text=r.text,
+        media=media if media is not None else [media_from_proto(m) for m in r.media],
+        errors=[_error(e) for e in r.errors],
+        warnings=list(r.warnings),
+        finish_reason=r.finish_reason,
+        prompt_tokens=r.usage.prompt_tokens,
+        completion_tokens=r.usage.completion_tokens,
+        timings={
+            "encode": r.timings.encode_s,
+            "llm": r.timings.llm_s,
+            "decode": r.timings.decode_s,
+            "total": r.timings.total_s,
+        },
+        forced_modalities=[PROTO_TO_MODALITY[m] for m in r.forced_modalities],  # type: ignore[misc]
+        request_id=r.request_id,
+    )
+
+
+def _error(e: nextgpt_pb2.MediaError) -> MediaError:
+    return MediaError(PROTO_TO_MODALITY.get(e.modality, "image"), e.message)  # type: ignore[arg-type]
+
+
+def _domain_error(exc: grpc.RpcError) -> Exception:
+    code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidInput(details)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ModelNotReady(details)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TimeoutError(details)
+    return NextGPTError(f"{code.name}: {details}")
+
+
+class _Events:
+    """Stream messages -> client events; the final reply gets the media streamed before it."""
+
+    def __init__(self) -> None:
+        self.media: list[MediaItem] = []
+
+    def convert(self, message: nextgpt_pb2.GenerateStreamResponse) -> StreamEvent:
+        kind = message.WhichOneof("event")
+        if kind == "text_delta":
+            return TextDelta(message.text_delta)
+        if kind == "media":
+            self.media.append(media_from_proto(message.media))
+            return self.media[-1]
+        if kind == "error":
+            return _error(message.error)
+        return reply_from_proto(message.summary, media=list(self.media))
+
+
+class NextGPTClient:
+    """Blocking client. `timeout_s` is the default deadline of each call (None: the gateway's)."""
+
+    def __init__(
+        self, target: str = "127.0.0.1:50051", *, timeout_s: float | None = None, api_key: str | None = None
+    ):
+        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = nextgpt_pb2_grpc.NextGPTStub(self._channel)
+        self.timeout_s = timeout_s
+        self.api_key = api_key
+
+    def _metadata(self, request_id: str | None) -> list[tuple[str, str]]:
+        return _metadata(self.api_key, request_id)
+
+    def generate(
+        self,
+        messages: list[Message],
+        options: GenerationOptions | None = None,
+        lora: str | None = None,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> GenerateReply:
+        request = build_request(messages, options, lora)
+        try:
+            response = self._stub.Generate(
+                request, timeout=timeout_s or self.timeout_s, metadata=self._metadata(request_id)
+            )
+        except grpc.RpcError as exc:
+            raise _domain_error(exc) from exc
+        return reply_from_proto(response)
+
+    def stream(
+        self,
+        messages: list[Message],
+        options: GenerationOptions | None = None,
+        lora: str | None = None,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[StreamEvent]:
+        """TextDelta..., then MediaItem / MediaError as each is decoded, then the GenerateReply."""
+        request = build_request(messages, options, lora)
+        events = _Events()
+        call = self._stub.GenerateStream(
+            request, timeout=timeout_s or self.timeout_s, metadata=self._metadata(request_id)
+        )
+        try:
+            for message in call:
+                yield events.convert(message)
+        except grpc.RpcError as exc:
+            raise _domain_error(exc) from exc
+        finally:
+            call.cancel()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> NextGPTClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncNextGPTClient:
+    """The same API for asyncio code (`await client.generate(...)`, `async for e in client.stream(...)`)."""
+
+    def __init__(
+        self, target: str = "127.0.0.1:50051", *, timeout_s: float | None = None, api_key: str | None = None
+    ):
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = nextgpt_pb2_grpc.NextGPTStub(self._channel)
+        self.timeout_s = timeout_s
+        self.api_key = api_key
+
+    async def generate(
+        self,
+        messages: list[Message],
+        options: GenerationOptions | None = None,
+        lora: str | None = None,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> GenerateReply:
+        request = build_request(messages, options, lora)
+        try:
+            response = await self._stub.Generate(
+                request, timeout=timeout_s or self.timeout_s, metadata=_metadata(self.api_key, request_id)
+            )
+        except grpc.RpcError as exc:
+            raise _domain_error(exc) from exc
+        return reply_from_proto(response)
+
+    async def stream(
+        self,
+        messages: list[Message],
+        options: GenerationOptions | None = None,
+        lora: str | None = None,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        request = build_request(messages, options, lora)
+        events = _Events()
+        call = self._stub.GenerateStream(
+            request, timeout=timeout_s or self.timeout_s, metadata=_metadata(self.api_key, request_id)
+        )
+        try:
+            async for message in call:
+                yield events.convert(message)
+        except grpc.RpcError as exc:
+            raise _domain_error(exc) from exc
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncNextGPTClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _metadata(api_key: str | None, request_id: str | None) -> list[tuple[str, str]]:
+    metadata = []
+    if api_key:
+        metadata.append(("authorization", f"Bearer {api_key}"))
+    if request_id:
+        metadata.append((REQUEST_ID_HEADER, request_id))
+    return metadata

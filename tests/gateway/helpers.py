@@ -1,0 +1,49 @@
+"""Request builders shared by the gateway tests."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+
+from tests.gateway.fakes import FakeCluster, sample_mp4, sample_png, sample_wav
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def image_part(data: bytes | None = None, mime: str = "image/png") -> dict:
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64(data or sample_png())}"}}
+
+
+def video_part(data: bytes | None = None, mime: str = "video/mp4") -> dict:
+    return {"type": "video_url", "video_url": {"url": f"data:{mime};base64,{b64(data or sample_mp4())}"}}
+
+
+def audio_part(data: bytes | None = None, fmt: str = "wav") -> dict:
+    return {"type": "input_audio", "input_audio": {"data": b64(data or sample_wav()), "format": fmt}}
+
+
+def user(*parts: dict | str) -> dict:
+    if len(parts) == 1 and isinstance(parts[0], str):
+        return {"role": "user", "content": parts[0]}
+    return {
+        "role": "user",
+        "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts],
+    }
+
+
+def chat(cluster: FakeCluster, *messages: dict, headers: dict | None = None, **body) -> httpx.Response:
+    body = {"model": "nextgpt-tiny", "messages": list(messages), **body}
+    return httpx.post(f"{cluster.http_url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def media_of(content) -> list[tuple[str, bytes]]:
+    """(part type, bytes) of every media part of a response message's content."""
+    out = []
+    for part in content if isinstance(content, list) else []:
+        if part["type"] != "text":
+            url = part[part["type"]]["url"]
+            out.append((part["type"], base64.b64decode(url.split(",", 1)[1])))
+    return out

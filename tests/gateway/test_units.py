@@ -1,0 +1,80 @@
+"""Pure pieces of the gateway: settings, span selection, data URLs, option checks, status mapping."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from gateway.backends import BackendError, GatewayTimeout, map_rpc_error
+from gateway.config import ENV_PREFIX, GatewaySettings
+from gateway.openai_serving import parse_data_url
+from gateway.serving import check_media, check_options, select_spans
+from nextgpt._proto import common_pb2, llm_pb2
+from nextgpt.config import DecodeOptions, GenerationOptions
+from nextgpt.errors import ConfigError, InvalidInput, ModelNotReady
+from nextgpt.types import MediaItem, Message
+from services.common.settings import load_settings
+
+
+def test_settings_from_flags_and_env():
+    env = {
+        f"{ENV_PREFIX}API_KEYS": "a, b",
+        f"{ENV_PREFIX}REQUEST_TIMEOUT_S": "12.5",
+        f"{ENV_PREFIX}GRPC_PORT": "1",
+    }
+    s = load_settings(GatewaySettings, ENV_PREFIX, ["--grpc-port", "6000", "--audio-decoder-target", ""], env)
+    assert s.api_keys == ["a", "b"] and s.request_timeout_s == 12.5 and s.grpc_port == 6000
+    assert s.audio_decoder_target == "" and s.http_port == 8000 and s.encoder_target == "127.0.0.1:50061"
+    with pytest.raises(ConfigError, match="request_timeout_s=0"):
+        GatewaySettings(request_timeout_s=0)
+
+
+def _span(modality: int) -> llm_pb2.SignalSpan:
+    return llm_pb2.SignalSpan(modality=modality)
+
+
+def test_select_spans_keeps_the_first_per_modality_in_modality_order():
+    spans = [_span(common_pb2.MODALITY_AUDIO), *[_span(common_pb2.MODALITY_IMAGE)] * 3]
+    chosen, warnings = select_spans(spans, GenerationOptions(max_media_per_modality=2))
+    assert [(m, k) for m, k, _ in chosen] == [("image", 0), ("image", 1), ("audio", 0)]
+    assert warnings == [
+        "the reply holds 3 image spans; decoding the first 2 (raise max_media_per_modality for more)"
+    ]
+    assert select_spans(spans, GenerationOptions(max_media_per_modality=0))[0] == []
+
+
+def test_parse_data_url():
+    assert parse_data_url("data:image/png;base64,aGk=", "u", 10) == ("image/png", b"hi")
+    for url, expected in [
+        ("http://example.com/a.png", "'http' URLs are not supported"),
+        ("data:image/png,hi", "must be base64-encoded"),
+        ("data:image/png;base64,a", "not valid base64"),
+        ("data:image/png;base64," + "A" * 100, "over the gateway's limit of 10 bytes"),
+    ]:
+        with pytest.raises(InvalidInput, match=expected):
+            parse_data_url(url, "u", 10)
+
+
+def test_check_media_and_options():
+    with pytest.raises(InvalidInput, match=r"messages\[0\].media\[0\]: MIME type 'video/mp4' is video"):
+        check_media([Message("user", "x", [MediaItem("image", b"x", "video/mp4")])], 100)
+    with pytest.raises(InvalidInput, match="unsupported media type 'text/plain'"):
+        check_media([Message("user", "x", [MediaItem("image", b"x", "text/plain")])], 100)
+    check_options(GenerationOptions(image=DecodeOptions(steps=4, height=64, width=64)))
+    with pytest.raises(InvalidInput, match="options.audio.audio_seconds=0"):
+        check_options(GenerationOptions(audio=DecodeOptions(audio_seconds=0)))
+
+
+class _RpcError(grpc.aio.AioRpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def test_backend_status_codes_become_domain_errors():
+    assert type(map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad"))) is InvalidInput
+    assert str(map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad"))) == "bad"
+    assert isinstance(map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.UNAVAILABLE, "x")), ModelNotReady)
+    assert isinstance(
+        map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "x")), GatewayTimeout
+    )
+    assert isinstance(map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.INTERNAL, "x")), BackendError)
