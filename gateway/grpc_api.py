@@ -11,8 +11,7 @@ import grpc
 
 from gateway.serving import Done, Event, GatewayCore, MediaFailed, MediaReady, TextDelta
 from nextgpt._proto import common_pb2, nextgpt_pb2, nextgpt_pb2_grpc
-from nextgpt.pipeline import GenerateResult
-from nextgpt.types import Message
+from nextgpt.types import GenerateResult, Message
 from services.common.convert import (
     MODALITY_TO_PROTO,
     generation_options_from_proto,

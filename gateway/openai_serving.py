@@ -32,8 +32,7 @@ from gateway.serving import Done, Event, GatewayCore, MediaFailed, MediaReady, T
 from nextgpt.config import DecodeOptions, GenerationOptions
 from nextgpt.errors import ConfigError, InvalidInput, ModelNotReady, NextGPTError
 from nextgpt.media.decode import accepted_mime_types, sniff_modality
-from nextgpt.pipeline import GenerateResult
-from nextgpt.types import MediaItem, Message, Modality
+from nextgpt.types import GenerateResult, MediaItem, Message, Modality
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ from nextgpt._proto import common_pb2, decoder_pb2, encoder_pb2, llm_pb2
 from nextgpt.config import DecodeDefaults, GenerationOptions
 from nextgpt.errors import ConfigError, InvalidInput, ModelNotReady
 from nextgpt.media.decode import sniff_modality
-from nextgpt.pipeline import GenerateResult, MediaError, check_messages
-from nextgpt.types import MODALITIES, MediaItem, Message, Modality
+from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem, Message, Modality, check_messages
 from services.common.convert import (
     MODALITY_TO_PROTO,
     PROTO_TO_MODALITY,
@@ -130,10 +129,6 @@ def check_options(options: GenerationOptions) -> None:
             decode.resolve(DecodeDefaults())
         except ConfigError as exc:
             raise InvalidInput(f"options.{modality}: {exc}") from None
-        for name in ("height", "width", "num_frames", "fps", "audio_seconds"):
-            value = getattr(decode, name)
-            if value is not None and value <= 0:
-                raise InvalidInput(f"options.{modality}.{name}={value} must be > 0")
 
 
 def select_spans(

@@ -25,6 +25,11 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
+MAX_SIDE = 2048
+MAX_FRAMES = 256
+MAX_AUDIO_SECONDS = 60.0
+
+
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
@@ -178,6 +183,17 @@ class DecodeDefaults:
         _check(1 <= self.steps <= 1000, f"steps={self.steps} must be in [1, 1000]")
         _check(self.guidance_scale >= 0, f"guidance_scale={self.guidance_scale} must be >= 0")
         _check(self.height % 8 == 0 and self.width % 8 == 0, f"size {self.height}x{self.width}: use /8")
+        # Upper bounds keep one request from exhausting a decoder's memory.
+        for name, value in (("height", self.height), ("width", self.width)):
+            _check(8 <= value <= MAX_SIDE, f"{name}={value} must be in [8, {MAX_SIDE}]")
+        _check(
+            1 <= self.num_frames <= MAX_FRAMES, f"num_frames={self.num_frames} must be in [1, {MAX_FRAMES}]"
+        )
+        _check(1 <= self.fps <= 60, f"fps={self.fps} must be in [1, 60]")
+        _check(
+            0 < self.audio_seconds <= MAX_AUDIO_SECONDS,
+            f"audio_seconds={self.audio_seconds} must be in (0, {MAX_AUDIO_SECONDS}]",
+        )
 
 
 @dataclass

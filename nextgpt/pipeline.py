@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -19,44 +19,27 @@ from nextgpt.decoders.audio import AudioDecoder
 from nextgpt.decoders.image import ImageDecoder
 from nextgpt.decoders.video import VideoDecoder
 from nextgpt.encoders.imagebind import ImageBindEncoder
-from nextgpt.errors import InvalidInput, NextGPTError
+from nextgpt.errors import NextGPTError
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.prompt import build_prompt
 from nextgpt.projectors.input import build_input_projector
 from nextgpt.projectors.output import OutputProjector
-from nextgpt.types import MODALITIES, LLMOutput, MediaItem, Message, Modality, SignalSpan
+from nextgpt.types import (
+    MODALITIES,
+    GenerateResult,
+    LLMOutput,
+    MediaError,
+    MediaItem,
+    Message,
+    Modality,
+    SignalSpan,
+    check_messages,
+)
 
 logger = logging.getLogger(__name__)
 
 Decoder = ImageDecoder | VideoDecoder | AudioDecoder
 DECODER_CLASSES: dict[Modality, type] = {"image": ImageDecoder, "video": VideoDecoder, "audio": AudioDecoder}
-
-
-@dataclass
-class MediaError:
-    """A medium the model asked for but could not produce; the rest of the answer still stands."""
-
-    modality: Modality
-    message: str
-
-
-@dataclass
-class GenerateResult:
-    text: str
-    raw_text: str
-    media: list[MediaItem]
-    errors: list[MediaError] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    finish_reason: str = "stop"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    forced_modalities: list[Modality] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage: encode, llm, decode."""
-
-    def as_message(self) -> Message:
-        """The reply as an assistant turn, for the next request's history."""
-        return Message(role="assistant", text=self.raw_text, media=list(self.media))
 
 
 @dataclass
@@ -197,26 +180,6 @@ class NextGPT:
         hidden = torch.stack([s.hidden for s in spans]).to(param.device, param.dtype)  # (B, N, H)
         embeds = torch.stack([s.token_embeds for s in spans]).to(param.device, param.dtype)  # (B, N, H)
         return projector(hidden, embeds)  # (B, Q, D) or (B, D)
-
-
-def check_messages(messages: list[Message]) -> None:
-    """Validate a conversation at the edge, with messages that say how to fix it."""
-    if not messages:
-        raise InvalidInput("messages is empty: send at least one user message")
-    if messages[-1].role != "user":
-        raise InvalidInput(f"the last message must be a user turn, got role={messages[-1].role!r}")
-    for index, message in enumerate(messages):
-        if message.role not in ("user", "assistant"):
-            raise InvalidInput(f"messages[{index}].role={message.role!r}: use 'user' or 'assistant'")
-        if message.role == "user" and not message.text.strip() and not message.media:
-            raise InvalidInput(f"messages[{index}] has neither text nor media")
-        for item in message.media:
-            if item.modality not in MODALITIES:
-                raise InvalidInput(
-                    f"messages[{index}] has media of modality {item.modality!r}; use one of {MODALITIES}"
-                )
-            if not item.data:
-                raise InvalidInput(f"messages[{index}] has an empty {item.modality} item")
 
 
 def _load_projectors(

@@ -7,6 +7,8 @@ from typing import Literal
 
 import torch
 
+from nextgpt.errors import InvalidInput
+
 Modality = Literal["image", "video", "audio"]
 MODALITIES: tuple[Modality, ...] = ("image", "video", "audio")
 Role = Literal["user", "assistant"]
@@ -61,3 +63,50 @@ class LLMOutput:
     forced_modalities: list[Modality] = field(default_factory=list)
     """Modalities whose span was forced because the request asked for them and the model did not emit."""
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MediaError:
+    """A medium the model asked for but could not produce; the rest of the answer still stands."""
+
+    modality: Modality
+    message: str
+
+
+@dataclass
+class GenerateResult:
+    text: str
+    raw_text: str
+    media: list[MediaItem]
+    errors: list[MediaError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    forced_modalities: list[Modality] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: encode, llm, decode."""
+
+    def as_message(self) -> Message:
+        """The reply as an assistant turn, for the next request's history."""
+        return Message(role="assistant", text=self.raw_text, media=list(self.media))
+
+
+def check_messages(messages: list[Message]) -> None:
+    """Validate a conversation at the edge, with messages that say how to fix it."""
+    if not messages:
+        raise InvalidInput("messages is empty: send at least one user message")
+    if messages[-1].role != "user":
+        raise InvalidInput(f"the last message must be a user turn, got role={messages[-1].role!r}")
+    for index, message in enumerate(messages):
+        if message.role not in ("user", "assistant"):
+            raise InvalidInput(f"messages[{index}].role={message.role!r}: use 'user' or 'assistant'")
+        if message.role == "user" and not message.text.strip() and not message.media:
+            raise InvalidInput(f"messages[{index}] has neither text nor media")
+        for item in message.media:
+            if item.modality not in MODALITIES:
+                raise InvalidInput(
+                    f"messages[{index}] has media of modality {item.modality!r}; use one of {MODALITIES}"
+                )
+            if not item.data:
+                raise InvalidInput(f"messages[{index}] has an empty {item.modality} item")

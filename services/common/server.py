@@ -125,13 +125,18 @@ async def _fail(
     if isinstance(exc, asyncio.CancelledError):
         _end(method, "CANCELLED", started, token)
         return
-    if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, NextGPTError | TimeoutError):
-        code = context.code() if isinstance(exc, grpc.aio.AbortError) else grpc.StatusCode.INTERNAL
-        name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-        if not isinstance(exc, grpc.aio.AbortError):
-            logger.exception("%s failed", method)
-        _end(method, name, started, token)
+    if isinstance(exc, grpc.aio.AbortError):
+        code = context.code()
+        _end(method, code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN", started, token)
         return
+    if not isinstance(exc, NextGPTError | TimeoutError):
+        request_id = request_id_var.get()
+        logger.exception("%s failed", method)
+        _end(method, "INTERNAL", started, token)
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error ({type(exc).__name__}); see the service log for request {request_id}",
+        )
     code = status_code_for(exc)
     logger.info("%s -> %s: %s", method, code.name, exc)
     _end(method, code.name, started, token)

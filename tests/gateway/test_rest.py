@@ -164,7 +164,11 @@ MALFORMED = {
         {"nextgpt": {"video": {"height": 12}}},
         "options.video: size 12x512",
     ),
-    "bad fps": (lambda c, m: user("x"), {"nextgpt": {"video": {"fps": -2}}}, "options.video.fps=-2"),
+    "bad fps": (
+        lambda c, m: user("x"),
+        {"nextgpt": {"video": {"fps": -2}}},
+        "options.video: fps=-2 must be in [1, 60]",
+    ),
     "unknown option": (lambda c, m: user("x"), {"nextgpt": {"image": {"stpes": 3}}}, "nextgpt.image.stpes"),
     "unknown modality": (lambda c, m: user("x"), {"modalities": ["smell"]}, "modalities ['smell'] unknown"),
     "system role": (

@@ -61,7 +61,7 @@ def test_check_media_and_options():
     with pytest.raises(InvalidInput, match="unsupported media type 'text/plain'"):
         check_media([Message("user", "x", [MediaItem("image", b"x", "text/plain")])], 100)
     check_options(GenerationOptions(image=DecodeOptions(steps=4, height=64, width=64)))
-    with pytest.raises(InvalidInput, match="options.audio.audio_seconds=0"):
+    with pytest.raises(InvalidInput, match=r"options.audio: audio_seconds=0 must be in \(0, 60.0\]"):
         check_options(GenerationOptions(audio=DecodeOptions(audio_seconds=0)))
 
 

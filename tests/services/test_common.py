@@ -88,3 +88,39 @@ def test_micro_batcher_groups_concurrent_items_by_key():
     assert asyncio.run(main()) == [0, 10, 20, 30, 40, 50]
     sizes = sorted(len(items) for key, items in seen if key != "bad")
     assert sizes == [3, 3]
+
+
+def test_interceptor_maps_domain_errors_and_hides_crashes():
+    import grpc
+
+    from nextgpt._proto import encoder_pb2, encoder_pb2_grpc
+    from services.common.server import channel, start_server
+
+    class Servicer(encoder_pb2_grpc.EncoderServiceServicer):
+        async def Encode(self, request, context):
+            raise InvalidInput("inputs[0] is not a PNG")
+
+        async def GetCacheStatus(self, request, context):
+            raise RuntimeError("boom")
+
+    async def main():
+        def add(server):
+            encoder_pb2_grpc.add_EncoderServiceServicer_to_server(Servicer(), server)
+            return ["nextgpt.v1.EncoderService"]
+
+        server = await start_server(0, add, host="127.0.0.1")
+        async with channel(f"127.0.0.1:{server.port}") as ch:
+            stub = encoder_pb2_grpc.EncoderServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.Encode(encoder_pb2.EncodeRequest(), timeout=5, metadata=(("x-request-id", "r-1"),))
+            with pytest.raises(grpc.aio.AioRpcError) as crash:
+                await stub.GetCacheStatus(
+                    encoder_pb2.CacheStatusRequest(), metadata=(("x-request-id", "r-2"),)
+                )
+        await server.server.stop(0)
+        return bad.value, crash.value
+
+    bad, crash = asyncio.run(main())
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and bad.details() == "inputs[0] is not a PNG"
+    assert crash.code() == grpc.StatusCode.INTERNAL
+    assert "RuntimeError" in crash.details() and "r-2" in crash.details() and "boom" not in crash.details()

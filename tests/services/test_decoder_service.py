@@ -246,7 +246,7 @@ def _resized(span: SignalSpan, n: int, h: int) -> SignalSpan:
         ("image", lambda s: _request(s, steps=0), "steps=0 must be in [1, 1000]"),
         ("image", lambda s: _request(s, height=100), "size 100x64"),
         ("video", lambda s: _request(s, num_frames=0), "num_frames=0"),
-        ("audio", lambda s: _request(s, audio_seconds=-1.0), "audio_seconds=-1.0 must be positive"),
+        ("audio", lambda s: _request(s, audio_seconds=-1.0), "audio_seconds=-1.0 must be in (0, 60.0]"),
     ],
 )
 def test_bad_input_is_invalid_argument(services, spans, modality, make, fragment) -> None:
