@@ -10,7 +10,6 @@ by constrained continuation, which `model.generate` cannot express.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -294,8 +293,8 @@ class NextGPTLanguageModel:
                     token_embeds=self.token_embeds(token_ids).clone(),
                 )
             )
-        text = self.visible_text(ids).strip()
         streamer.update(ids, final=True)
+        text = streamer.text
         raw_text = self.tokenizer.decode(ids, skip_special_tokens=False)
         return LLMOutput(
             text=text,
@@ -354,10 +353,10 @@ class NextGPTLanguageModel:
         return best
 
     def visible_text(self, ids: list[int]) -> str:
-        """Reply text without signal/wrapper tokens, spaces tidied (left-stripped, runs collapsed)."""
-        kept = [t for t in ids if t not in self._signal_ids]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return re.sub(r"[ \t]{2,}", " ", text).lstrip()
+        """Reply text of `ids` without signal/wrapper tokens, as `generate` reports it."""
+        streamer = _TextStreamer(self, None)
+        streamer.update(ids, final=True)
+        return streamer.text
 
     @torch.inference_mode()
     def hidden_states_for(self, prompt_embeds: torch.Tensor, generated_ids: list[int]) -> torch.Tensor:
@@ -413,23 +412,42 @@ def _sample(logits: torch.Tensor, options: GenerationOptions, generator: torch.G
 
 
 class _TextStreamer:
-    """Sends text deltas to `on_text` by diffing decoded text: sentencepiece byte pieces of one
-    character arrive in several tokens, and a stop sequence must never reach the client."""
+    """Incremental detokenization (as vLLM does it): the reply text *is* the concatenation of the
+    deltas, so a streaming client and the final result always agree.
+
+    Each step decodes the visible tokens from a lagging `prefix` offset and emits only what the newest
+    tokens add. Held back: a trailing incomplete UTF-8 character (sentencepiece byte pieces arrive one
+    token at a time), tokens that may still become the stop sequence, and trailing whitespace (the
+    reply is right-stripped, e.g. the newline before `###`). Signal tokens never reach the text."""
 
     def __init__(self, lm: NextGPTLanguageModel, on_text: Callable[[str], None] | None) -> None:
         self.lm = lm
         self.on_text = on_text
-        self.sent = ""
+        self.visible: list[int] = []  # fed, non-signal token ids
+        self.fed = 0  # how many generated ids were fed
+        self.prefix = 0
+        self.read = 0
+        self.text = ""  # emitted so far
+        self.pending_space = ""  # trailing whitespace not emitted yet
 
     def update(self, ids: list[int], final: bool = False) -> None:
-        if self.on_text is None:
-            return
         hold = 0 if final else self.lm._stop_prefix_len(ids)
-        text = self.lm.visible_text(ids[: len(ids) - hold] if hold else ids)
-        if final:
-            text = text.rstrip()
-        elif text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its remaining bytes
+        for token in ids[self.fed : len(ids) - hold]:
+            if token not in self.lm._signal_ids:
+                self.visible.append(token)
+        self.fed = max(self.fed, len(ids) - hold)
+        decode = self.lm.tokenizer.decode
+        before = decode(self.visible[self.prefix : self.read], skip_special_tokens=True)
+        after = decode(self.visible[self.prefix :], skip_special_tokens=True)
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
             return
-        if text.startswith(self.sent) and len(text) > len(self.sent):
-            delta, self.sent = text[len(self.sent) :], text
-            self.on_text(delta)
+        self.prefix, self.read = self.read, len(self.visible)
+        new = self.pending_space + after[len(before) :]
+        if not self.text:
+            new = new.lstrip()
+        body = new.rstrip()
+        self.pending_space = new[len(body) :]
+        if body:
+            self.text += body
+            if self.on_text is not None:
+                self.on_text(body)

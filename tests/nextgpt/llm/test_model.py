@@ -263,6 +263,17 @@ def test_streamed_text_equals_text(lm: NextGPTLanguageModel) -> None:
     assert "".join(deltas) == out.text
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_streamed_text_equals_text_with_byte_pieces_and_spans(lm: NextGPTLanguageModel, seed: int) -> None:
+    """Wide sampling on the random model emits byte-fallback pieces that form no valid UTF-8, spans in
+    the middle of text and runs of spaces: the deltas must still join to exactly the final text."""
+    deltas: list[str] = []
+    options = GenerationOptions(max_new_tokens=80, temperature=1.5, top_p=1.0, seed=seed)
+    out = lm.generate(_prompt(lm), options, force=["video"], on_text=deltas.append)
+    assert "".join(deltas) == out.text
+    assert out.text == out.text.strip() and all(deltas)
+
+
 def test_context_limits(tiny_llama_dir: Path) -> None:
     lm = NextGPTLanguageModel.load(LLMConfig(base_dir=tiny_llama_dir, lora=None, max_context=24))
     prompt = _prompt(lm)
