@@ -184,13 +184,14 @@ def up_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="directory for the demo's media")] = Path("out/demo"),
+    in_process: Annotated[bool, typer.Option(help="run the model in this process, not the cluster")] = False,
     profile: ProfileOpt = None,
     models_dir: ModelsOpt = None,
 ) -> None:
-    """Run a few any-to-any requests in one process and save the media."""
+    """Start the local cluster, send any-to-any requests over REST and gRPC, save the media."""
     from nextgpt.demo import run_demo
 
-    run_demo(out, profile=profile, models_dir=models_dir)
+    run_demo(out, profile=profile, models_dir=models_dir, in_process=in_process)
 
 
 def read_media_file(path: Path, modality: Modality) -> MediaItem:

@@ -1,13 +1,17 @@
-"""`make demo`: a few any-to-any requests on the tiny profile, in one process, media saved to disk.
+"""`make demo`: start the local cluster, send any-to-any requests through the gateway (REST and gRPC),
+save the media under `out/demo/`, and shut the cluster down.
 
 The tiny profile has random weights, so the text is gibberish; the point is that every path through the
-model runs end to end with the real loading code and writes valid PNG / MP4 / WAV files.
+cluster runs end to end with the real loading code and writes valid PNG / MP4 / WAV files.
+`nextgpt demo --in-process` runs the same requests through `nextgpt.pipeline.NextGPT` in one process.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -15,11 +19,23 @@ from rich.console import Console
 from nextgpt.cli import write_media
 from nextgpt.config import GenerationOptions
 from nextgpt.media.encode import encode_png, encode_wav
-from nextgpt.pipeline import NextGPT
-from nextgpt.profiles import load_profile
 from nextgpt.types import MediaItem, Message
 
 console = Console()
+
+# (name, prompt, input media, requested outputs)
+REQUESTS: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = [
+    ("text-to-image", "Show me a picture of a yellow sun.", (), ("text", "image")),
+    ("image-to-text", "What is in this image?", ("image",), ("text",)),
+    ("audio-to-video", "Make a video for this sound.", ("audio",), ("text", "video")),
+    ("text-to-audio", "Play the sound of rain.", (), ("text", "audio")),
+    (
+        "image+audio-to-all",
+        "Answer with a picture, a video and a sound.",
+        ("image", "audio"),
+        ("text", "image", "video", "audio"),
+    ),
+]
 
 
 def sample_inputs() -> dict[str, MediaItem]:
@@ -37,34 +53,114 @@ def sample_inputs() -> dict[str, MediaItem]:
     }
 
 
-def run_demo(out: Path, *, profile: str | None = None, models_dir: Path | None = None) -> list[Path]:
-    model = NextGPT.from_profile(load_profile(profile, models_dir=models_dir), progress=True)
+def run_demo(
+    out: Path, *, profile: str | None = None, models_dir: Path | None = None, in_process: bool = False
+) -> list[Path]:
+    """Run every demo request; returns the media files written."""
+    send = _in_process_sender(profile, models_dir) if in_process else None
+    if send is not None:
+        return _run_all(out, send)
+    from services.launcher import ClusterPorts, LocalCluster
+
+    console.print("starting the local cluster (Redis, encoder, LLM, 3 decoders, gateway)...")
+    with LocalCluster(
+        models_dir=models_dir, profile=profile, cluster_ports=ClusterPorts.free(), log_dir=out / "logs"
+    ) as cluster:
+        console.print(f"gateway: REST {cluster.rest_url}  gRPC {cluster.grpc_target}")
+        return _run_all(out, _cluster_sender(cluster))
+
+
+Sender = Callable[[int, str, list[MediaItem], tuple[str, ...]], tuple[str, list[MediaItem], list[str], str]]
+
+
+def _run_all(out: Path, send: Sender) -> list[Path]:
     inputs = sample_inputs()
-    requests = [
-        ("text-to-image", Message("user", "Show me a picture of a yellow sun."), ("text", "image")),
-        ("image-to-text", Message("user", "What is in this image?", [inputs["image"]]), ("text",)),
-        (
-            "audio-to-video",
-            Message("user", "Make a video for this sound.", [inputs["audio"]]),
-            ("text", "video"),
-        ),
-        ("text-to-audio", Message("user", "Play the sound of rain.", []), ("text", "audio")),
-    ]
     written: list[Path] = []
     summary = []
-    for name, message, modalities in requests:
+    for index, (name, prompt, media_names, modalities) in enumerate(REQUESTS):
         started = time.perf_counter()
-        options = GenerationOptions(seed=0, max_new_tokens=32, modalities=modalities)
-        result = model.generate([message], options)
-        paths = write_media(result.media, out, prefix=f"{name}-")
+        text, media, errors, via = send(index, prompt, [inputs[m] for m in media_names], modalities)
+        paths = write_media(media, out, prefix=f"{name}-")
         written += paths
-        elapsed = time.perf_counter() - started
-        console.print(f"[bold]{name}[/bold] ({elapsed:.1f}s): {result.text[:60]!r}")
+        console.print(f"[bold]{name}[/bold] via {via} ({time.perf_counter() - started:.1f}s): {text[:60]!r}")
         for path in paths:
             console.print(f"  wrote {path}")
-        for error in result.errors:
-            console.print(f"  [red]{error.modality} failed:[/red] {error.message}")
-        summary.append({"request": name, "text": result.text, "media": [str(p) for p in paths]})
+        for error in errors:
+            console.print(f"  [red]{error}[/red]")
+        summary.append({"request": name, "via": via, "text": text, "media": [str(p) for p in paths]})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(f"media saved under [bold]{out}[/bold]")
     return written
+
+
+def _in_process_sender(profile: str | None, models_dir: Path | None) -> Sender:
+    from nextgpt.pipeline import NextGPT
+    from nextgpt.profiles import load_profile
+
+    model = NextGPT.from_profile(load_profile(profile, models_dir=models_dir), progress=True)
+
+    def send(index: int, prompt: str, media: list[MediaItem], modalities: tuple[str, ...]):  # type: ignore[no-untyped-def]
+        options = GenerationOptions(seed=0, max_new_tokens=48, modalities=modalities)
+        result = model.generate([Message("user", prompt, media)], options)
+        return result.text, result.media, [f"{e.modality}: {e.message}" for e in result.errors], "in-process"
+
+    return send
+
+
+def _cluster_sender(cluster) -> Sender:  # type: ignore[no-untyped-def]
+    """Even requests go over REST (OpenAI-compatible), odd ones over gRPC (Python client)."""
+    import httpx
+
+    from nextgpt.client import NextGPTClient
+
+    def send(index: int, prompt: str, media: list[MediaItem], modalities: tuple[str, ...]):  # type: ignore[no-untyped-def]
+        if index % 2:
+            with NextGPTClient(cluster.grpc_target, timeout_s=300) as client:
+                options = GenerationOptions(seed=0, max_new_tokens=48, modalities=modalities)
+                reply = client.generate([Message("user", prompt, media)], options)
+            return reply.text, reply.media, [f"{e.modality}: {e.message}" for e in reply.errors], "gRPC"
+        body = {
+            "model": "nextgpt-tiny",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}] + _parts(media)}],
+            "modalities": list(modalities),
+            "seed": 0,
+            "max_tokens": 48,
+        }
+        response = httpx.post(f"{cluster.rest_url}/v1/chat/completions", json=body, timeout=300)
+        response.raise_for_status()
+        reply = response.json()
+        message = reply["choices"][0]["message"]
+        errors = [f"{e['modality']}: {e['message']}" for e in reply["nextgpt"]["errors"]]
+        return _text(message), _media(message), errors, "REST"
+
+    return send
+
+
+def _parts(media: list[MediaItem]) -> list[dict]:
+    parts = []
+    for item in media:
+        encoded = base64.b64encode(item.data).decode()
+        if item.modality == "audio":
+            parts.append({"type": "input_audio", "input_audio": {"data": encoded, "format": "wav"}})
+        else:
+            kind = f"{item.modality}_url"
+            parts.append({"type": kind, kind: {"url": f"data:{item.mime_type};base64,{encoded}"}})
+    return parts
+
+
+def _text(message: dict) -> str:
+    if isinstance(message["content"], str):
+        return message["content"]
+    return "".join(p["text"] for p in message["content"] if p["type"] == "text")
+
+
+def _media(message: dict) -> list[MediaItem]:
+    found = []
+    for part in message["content"] if isinstance(message["content"], list) else []:
+        modality = {"image_url": "image", "video_url": "video", "audio_url": "audio"}.get(part["type"])
+        if modality:
+            header, data = part[part["type"]]["url"].split(",", 1)
+            found.append(MediaItem(modality, base64.b64decode(data), header[5:].split(";")[0]))  # type: ignore[arg-type]
+    if message.get("audio"):
+        found.append(MediaItem("audio", base64.b64decode(message["audio"]["data"]), "audio/wav"))
+    return found

@@ -41,10 +41,10 @@ def test_generate_reports_a_missing_input_file(tiny_models_dir, tmp_path):
     assert "does not exist" in result.output
 
 
-def test_demo_writes_png_mp4_and_wav(tiny_models_dir, tmp_path):
+def test_in_process_demo_writes_png_mp4_and_wav(tiny_models_dir, tmp_path):
     from nextgpt.demo import run_demo
 
-    written = run_demo(tmp_path / "demo", models_dir=tiny_models_dir)
+    written = run_demo(tmp_path / "demo", models_dir=tiny_models_dir, in_process=True)
     suffixes = sorted({p.suffix for p in written})
     assert suffixes == [".mp4", ".png", ".wav"]
     assert all(p.stat().st_size > 0 for p in written)
