@@ -172,7 +172,7 @@ def up_cmd(
         table = Table("endpoint", "address")
         for name, url in cluster.describe().items():
             table.add_row(name, url)
-        Console().print(table)
+        Console(width=max(Console().width, 110)).print(table)
         console.print("cluster is up; press Ctrl-C to stop")
         try:
             stop.wait()
