@@ -20,7 +20,7 @@ from gateway.config import GatewaySettings
 from nextgpt._proto import common_pb2, decoder_pb2, encoder_pb2, llm_pb2
 from nextgpt.config import DecodeDefaults, GenerationOptions
 from nextgpt.errors import ConfigError, InvalidInput, ModelNotReady
-from nextgpt.media.decode import sniff_modality
+from nextgpt.media.decode import check_media_item
 from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem, Message, Modality, check_messages
 from services.common.convert import (
     MODALITY_TO_PROTO,
@@ -103,21 +103,7 @@ def check_media(messages: list[Message], max_bytes: int) -> None:
     """MIME type agrees with the modality and is one the encoder reads; size within the limit."""
     for i, message in enumerate(messages):
         for j, item in enumerate(message.media):
-            where = f"messages[{i}].media[{j}]"
-            try:
-                sniffed = sniff_modality(item.mime_type)
-            except InvalidInput as exc:
-                raise InvalidInput(f"{where}: {exc}") from None
-            if sniffed != item.modality:
-                raise InvalidInput(
-                    f"{where}: MIME type {item.mime_type!r} is {sniffed}, but the item is sent as "
-                    f"{item.modality}; send {item.modality} data with a {item.modality}/* type"
-                )
-            if len(item.data) > max_bytes:
-                raise InvalidInput(
-                    f"{where}: the {item.modality} is {len(item.data)} bytes, over the gateway's limit of "
-                    f"{max_bytes} bytes (max_media_bytes); send a smaller file"
-                )
+            check_media_item(item.modality, item.data, item.mime_type, max_bytes, f"messages[{i}].media[{j}]")
 
 
 def check_options(options: GenerationOptions) -> None:

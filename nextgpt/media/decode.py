@@ -70,6 +70,27 @@ def sniff_modality(mime_type: str) -> Modality:
     return modality
 
 
+def check_media_item(modality: Modality, data: bytes, mime_type: str, max_bytes: int, where: str) -> None:
+    """Cheap checks before any decoding: non-empty, within the size limit, and a MIME type that is
+    accepted and agrees with the declared modality. Messages start with `where` (e.g. "inputs[2]")."""
+    if not data:
+        raise InvalidInput(f"{where}: empty {modality} (0 bytes); send the whole file's bytes")
+    if len(data) > max_bytes:
+        raise InvalidInput(
+            f"{where}: the {modality} is {len(data)} bytes, over the limit of {max_bytes} bytes "
+            "(max_media_bytes); send a smaller file"
+        )
+    try:
+        sniffed = sniff_modality(mime_type)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+    if sniffed != modality:
+        raise InvalidInput(
+            f"{where}: MIME type {mime_type!r} is {sniffed}, but the item is sent as {modality}; "
+            f"fix the modality or send {modality} data with a {modality}/* type"
+        )
+
+
 # --- images -----------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from nextgpt.config import EncoderConfig
 from nextgpt.encoders import imagebind as ib
 from nextgpt.encoders.preprocess import PREPROCESS_VERSION
 from nextgpt.errors import InvalidInput, ModelNotReady
-from nextgpt.media.decode import sniff_modality
+from nextgpt.media.decode import check_media_item
 from nextgpt.types import MediaItem
 from services.common.batching import MicroBatcher
 from services.encoder.cache import EmbeddingCache, cache_key, sha256_hex
@@ -114,25 +114,18 @@ class EncoderCore:
                 "split them over several requests"
             )
         for i, item in enumerate(inputs):
-            modality, size = _modality(item), len(_payload(item))
+            if isinstance(item, MediaItem):
+                limit_bytes = self.settings.max_media_bytes
+                check_media_item(item.modality, item.data, item.mime_type, limit_bytes, f"inputs[{i}]")
+                continue
+            size = len(_payload(item))
             if size == 0:
-                fix = "send a non-empty text" if modality == "text" else "send the whole file's bytes"
-                raise InvalidInput(f"inputs[{i}]: empty {modality} (0 bytes); {fix}")
+                raise InvalidInput(f"inputs[{i}]: empty text (0 bytes); send a non-empty text")
             if size > self.settings.max_media_bytes:
                 raise InvalidInput(
-                    f"inputs[{i}]: the {modality} is {size} bytes, over the limit of "
-                    f"{self.settings.max_media_bytes} bytes (max_media_bytes); send a smaller file"
+                    f"inputs[{i}]: the text is {size} bytes, over the limit of "
+                    f"{self.settings.max_media_bytes} bytes (max_media_bytes); send a smaller text"
                 )
-            if isinstance(item, MediaItem):
-                try:
-                    sniffed = sniff_modality(item.mime_type)
-                except InvalidInput as exc:
-                    raise InvalidInput(f"inputs[{i}]: {exc}") from None
-                if sniffed != item.modality:
-                    raise InvalidInput(
-                        f"inputs[{i}]: media type {item.mime_type!r} is {sniffed}, but the input says "
-                        f"{item.modality!r}; fix the modality or the MIME type"
-                    )
 
     async def encode(self, inputs: Sequence[EncodeInput]) -> list[EncodeResult]:
         """One embedding per input, in order. Raises InvalidInput naming the first bad input."""

@@ -164,7 +164,7 @@ BAD_REQUESTS = [
     (
         "wrong mime",
         request(MediaItem("image", PNG, "audio/wav")),
-        r"inputs\[0\]: media type 'audio/wav' is audio",
+        r"inputs\[0\]: MIME type 'audio/wav' is audio",
     ),
     (
         "unsupported mime",
