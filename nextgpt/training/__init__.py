@@ -1,0 +1,1 @@
+"""Training: the three NExT-GPT stages (design section 2)."""
