@@ -194,6 +194,36 @@ def demo_cmd(
     run_demo(out, profile=profile, models_dir=models_dir, in_process=in_process)
 
 
+@app.command("make-synthetic")
+def make_synthetic_cmd(
+    out: Annotated[Path, typer.Argument(help="directory to write the shapes world into")],
+    seed: Annotated[int, typer.Option(help="same seed, same files")] = 0,
+    n_images: Annotated[int, typer.Option(help="image-caption pairs")] = 240,
+    n_videos: Annotated[int, typer.Option(help="video-caption pairs")] = 64,
+    n_audios: Annotated[int, typer.Option(help="audio-caption pairs")] = 64,
+    n_instructions: Annotated[int, typer.Option(help="instruction dialogues")] = 320,
+    n_heldout_images: Annotated[int, typer.Option(help="image captions kept out of training")] = 6,
+) -> None:
+    """Write the synthetic "shapes world" (media, caption pairs, instructions, held-out prompts)."""
+    from nextgpt.training.data.synthetic import WorldConfig, make_world
+
+    try:
+        cfg = WorldConfig(
+            seed=seed,
+            n_images=n_images,
+            n_videos=n_videos,
+            n_audios=n_audios,
+            n_instructions=n_instructions,
+            n_heldout_images=n_heldout_images,
+        )
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    summary = make_world(out, cfg)
+    counts = ", ".join(f"{name} {n}" for name, n in summary["counts"].items())
+    console.print(f"shapes world (seed {seed}) written to [bold]{out}[/bold]: {counts}")
+
+
 def read_media_file(path: Path, modality: Modality) -> MediaItem:
     if not path.is_file():
         raise NextGPTError(f"{modality} file {path} does not exist")
