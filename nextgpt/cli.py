@@ -224,6 +224,55 @@ def make_synthetic_cmd(
     console.print(f"shapes world (seed {seed}) written to [bold]{out}[/bold]: {counts}")
 
 
+@app.command("precompute-targets")
+def precompute_targets_cmd(
+    data: Annotated[Path, typer.Option("--data", help="data directory (pairs JSON + instructions.json)")],
+    modality: Annotated[str, typer.Option(help="comma-separated modalities")] = "image,video,audio",
+    batch_size: Annotated[int, typer.Option(help="captions per text-encoder call")] = 32,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    models_dir: ModelsOpt = None,
+) -> None:
+    """Run each decoder's own text encoder over the data's captions once; write DIR/targets/."""
+    from nextgpt.decoders.audio import AudioDecoder
+    from nextgpt.decoders.image import ImageDecoder
+    from nextgpt.decoders.video import VideoDecoder
+    from nextgpt.profiles import load_profile
+    from nextgpt.training.data.targets import (
+        check_target_dims,
+        data_caption_sets,
+        load_targets,
+        precompute_targets,
+        write_index,
+    )
+
+    wanted = [m.strip() for m in modality.split(",") if m.strip()]
+    if not wanted or any(m not in MODALITIES for m in wanted):
+        console.print(
+            f"[red]error:[/red] --modality {modality!r}: use a comma-separated subset of {MODALITIES}"
+        )
+        raise typer.Exit(2)
+    decoders = {"image": ImageDecoder, "video": VideoDecoder, "audio": AudioDecoder}
+    try:
+        prof = load_profile(profile, config_file=config, models_dir=models_dir)
+        sets = data_caption_sets(data)
+        written = {}
+        for m in wanted:
+            if not sets[m]:
+                console.print(f"{m}: no captions in {data}, skipped")
+                continue
+            decoder = decoders[m].load(prof.decoders[m])
+            path = precompute_targets(sets[m], decoder, data / "targets", batch_size=batch_size)
+            check_target_dims(load_targets(path), prof, m, source=str(path))
+            written[m] = path
+            console.print(f"{m}: {len(set(sets[m]))} captions -> [bold]{path}[/bold]")
+    except (NextGPTError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if written:
+        write_index(data / "targets", written)
+
+
 def read_media_file(path: Path, modality: Modality) -> MediaItem:
     if not path.is_file():
         raise NextGPTError(f"{modality} file {path} does not exist")
