@@ -10,25 +10,21 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 export OMP_NUM_THREADS := 1
 export NEXTGPT_MODELS_DIR := $(abspath $(MODELS_DIR))
 
-.PHONY: setup models demo up test lint format protos clean help
+.PHONY: setup models demo up test lint format protos clean help load
 
 help:
 	@echo "make demo   - set up, build the tiny profile, run any-to-any requests, media in out/demo/"
 	@echo "make test   - set up and run the whole test suite"
 	@echo "make up     - run the local cluster (Redis, services, gateway) until Ctrl-C"
+	@echo "make load   - locust load test (mixed REST + gRPC traffic) against a local cluster, report in out/load/"
 	@echo "make lint   - ruff"
 	@echo "make clean  - remove the venv, models and outputs"
 
 setup: $(VENV)/.stamp-setup
 
-$(VENV)/.stamp-setup: requirements/core.txt requirements/nodeps.txt requirements/test.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) $(TORCH) -r requirements/core.txt -r requirements/test.txt
-	$(PIP) --no-deps -r requirements/nodeps.txt
-	$(PIP) --no-deps --no-build-isolation -e .
-	@# PyPI's torchvision/torchaudio/triton link CUDA and break transformers imports beside the CPU torch.
-	@! $(BIN)/pip list 2>/dev/null | grep -iE '^(torchvision|torchaudio|torchcodec|triton) ' \
-		|| (echo "torchvision/torchaudio/torchcodec/triton must not be installed in $(VENV)"; exit 1)
+# scripts/install.sh is the install procedure the Docker images run too (docker/Dockerfile).
+$(VENV)/.stamp-setup: requirements/core.txt requirements/nodeps.txt requirements/test.txt pyproject.toml scripts/install.sh
+	PYTHON=$(PYTHON) TORCH=$(TORCH) scripts/install.sh $(VENV) requirements/core.txt requirements/test.txt
 	touch $@
 
 models: setup
@@ -39,6 +35,12 @@ up: models
 
 demo: models
 	$(BIN)/nextgpt demo --out out/demo
+
+# Headless locust against a fresh local cluster (LOAD_ARGS e.g. "--users 8 --run-time 2m", or
+# "--host http://127.0.0.1:8000 --grpc-target 127.0.0.1:50051" for a cluster already up).
+LOAD_ARGS ?=
+load: models
+	$(BIN)/python tests/load/run_load.py --out out/load $(LOAD_ARGS)
 
 test: models lint
 	$(BIN)/python -m pytest -q
