@@ -1,0 +1,125 @@
+"""The shapes world: deterministic, valid media, captions that say what the files show."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nextgpt.cli import app
+from nextgpt.media.decode import read_audio, read_image, read_video
+from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, WorldConfig, make_world
+
+SMALL = {"n_images": 16, "n_videos": 4, "n_audios": 8, "n_instructions": 28}
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    make_world(root, WorldConfig(seed=3, **SMALL))
+    return root
+
+
+def load(root: Path, name: str) -> list[dict]:
+    return json.loads((root / name).read_text())
+
+
+def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
+    make_world(tmp_path / "again", WorldConfig(seed=3, **SMALL))
+    assert tree_digest(tmp_path / "again") == tree_digest(world)
+    make_world(tmp_path / "other", WorldConfig(seed=4, **SMALL))
+    other = tree_digest(tmp_path / "other")
+    assert other["images/img_00000.png"] != tree_digest(world)["images/img_00000.png"]
+    assert load(tmp_path / "other", "cc3m.json") != load(world, "cc3m.json")
+
+
+def test_layout_and_counts(world):
+    assert len(load(world, "cc3m.json")) == 16 and len(load(world, "webvid.json")) == 4
+    assert len(load(world, "audiocaps.json")) == 8 and len(load(world, "instructions.json")) == 28
+    assert all((world / "images" / r["image_name"]).is_file() for r in load(world, "cc3m.json"))
+    assert all((world / "videos" / r["video_name"]).is_file() for r in load(world, "webvid.json"))
+    assert all((world / "audios" / r["audio_name"]).is_file() for r in load(world, "audiocaps.json"))
+
+
+def test_images_show_their_caption(world):
+    for record in load(world, "cc3m.json"):
+        _, colour, shape, _, _, background, _ = record["caption"].split()
+        pixels = np.asarray(read_image((world / "images" / record["image_name"]).read_bytes()))
+        assert (
+            tuple(pixels[0, 0]) == BACKGROUNDS[background] or tuple(pixels[-1, -1]) == BACKGROUNDS[background]
+        )
+        shape_pixels = pixels[(pixels == COLOURS[colour]).all(axis=-1)]
+        assert len(shape_pixels) > 20, record  # the shape is there, in its colour
+        assert shape in {"circle", "square", "triangle", "star"}
+
+
+def _centre(frame: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(frame.astype(int).sum(axis=-1) < 600)  # not white (lossy H.264)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_videos_move_as_captioned(world):
+    steps = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
+    for record in load(world, "webvid.json"):
+        clip = read_video((world / "videos" / record["video_name"]).read_bytes())
+        assert clip.num_frames == WorldConfig().video_frames
+        moved = _centre(clip.frames[-1]) - _centre(clip.frames[0])
+        direction = record["caption"].split()[-1]
+        assert np.dot(moved, steps[direction]) > 10, (record, moved)
+
+
+def _peak_hz(wave: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(wave))
+    return float(np.fft.rfftfreq(len(wave), 1 / rate)[spectrum.argmax()])
+
+
+def test_sounds_match_their_caption(world):
+    for record in load(world, "audiocaps.json"):
+        wave, rate = read_audio((world / "audios" / record["audio_name"]).read_bytes())
+        wave = wave[0]
+        assert len(wave) == 2 * rate
+        caption = record["caption"]
+        if "low" in caption:
+            assert _peak_hz(wave, rate) < 400
+        elif "high" in caption:
+            assert _peak_hz(wave, rate) > 800
+        elif "sweep" in caption:
+            first, last = _peak_hz(wave[: rate // 4], rate), _peak_hz(wave[-rate // 4 :], rate)
+            assert (first < last) == ("rising" in caption), (caption, first, last)
+
+
+def test_instructions_and_heldout(world):
+    records = load(world, "instructions.json")
+    gpt_outputs = [t for r in records for t in r["conversations"] if t["from"] == "gpt" and "caption" in t]
+    assert gpt_outputs and all(f"<{t['output_modality']}>" in t["value"] for t in gpt_outputs)
+    plain = [r for r in records if not any("<" in t["value"] for t in r["conversations"])]
+    assert plain, "plain text Q&A with no placeholder"
+    heldout = load(world, "heldout.json")
+    held_captions = {h["caption"] for h in heldout if h["expect"] == "image"}
+    assert held_captions and all(
+        h["prompt"].startswith("Show me a picture of") for h in heldout if "caption" in h
+    )
+    seen = {r["caption"] for r in load(world, "cc3m.json")} | {t["caption"] for t in gpt_outputs}
+    assert not held_captions & seen
+    assert any(h["expect"] == "text" for h in heldout)
+
+
+def test_cli_make_synthetic(tmp_path):
+    args = ["make-synthetic", str(tmp_path), "--seed", "1", "--n-images", "3", "--n-videos", "1"]
+    result = CliRunner().invoke(app, args + ["--n-audios", "2", "--n-instructions", "5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "world.json").read_text())["counts"]["cc3m.json"] == 3
+    bad = CliRunner().invoke(app, ["make-synthetic", str(tmp_path), "--n-images", "-1"])
+    assert bad.exit_code == 2 and "n_images=-1" in bad.output
