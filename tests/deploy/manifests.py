@@ -167,6 +167,8 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
         return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
         return [interpolate(v, env) for v in value]
+    if isinstance(value, Override):
+        return Override(interpolate(value.value, env))
     return value
 
 
@@ -204,8 +206,8 @@ def load_compose(*files: str, env: dict[str, str] | None = None) -> dict[str, An
     for name in files:
         data = yaml.load((ROOT / name).read_text(), Loader=ComposeLoader)  # noqa: S506 (SafeLoader subclass)
         data = {k: v for k, v in data.items() if not k.startswith("x-")}
-        merged = _merge(merged, data)
-    return interpolate(merged, env or {})
+        merged = _merge(merged, interpolate(data, env or {}))  # compose interpolates each file first
+    return merged
 
 
 def compose_env(service: dict[str, Any]) -> dict[str, str]:

@@ -78,7 +78,9 @@ def test_compose_services_gpus_ports_and_health(compose):
             assert svc["build"]["args"]["VARIANT"] == "cpu"
             assert svc["depends_on"]["models-init"]["condition"] == "service_completed_successfully"
         assert svc["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "services.common.healthcheck"]
-        assert any(v.endswith(":/models:ro") for v in svc["volumes"])
+        (weights,) = [v for v in svc["volumes"] if ":/models" in v]  # one mount, read-only
+        assert weights.endswith(":/models:ro")
+        assert weights.startswith("./models:" if variant == "docker-compose.yml" else "tiny-models:")
     published = {p.split(":")[-1] for p in services["gateway"]["ports"]}
     assert published == {str(ports.GATEWAY_HTTP), str(ports.GATEWAY_GRPC)}
     assert all("ports" not in services[n] for n in MODEL_SERVICES), "only the gateway is published"
