@@ -273,6 +273,47 @@ def precompute_targets_cmd(
         write_index(data / "targets", written)
 
 
+@app.command("train")
+def train_cmd(
+    stage: Annotated[str, typer.Option(help="encoder (stage 1), decoder (stage 2) or instruct (stage 3)")],
+    config: Annotated[Path, typer.Option("--config", help="training YAML (nextgpt.training.config)")],
+    output_dir: Annotated[Path | None, typer.Option(help="overrides output_dir of the config")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in output_dir")] = False,
+) -> None:
+    """Train one NExT-GPT stage; writes metrics.jsonl, checkpoints, final/ and pytorch_model.pt."""
+    from nextgpt.training.config import TrainConfig
+    from nextgpt.training.runner import run_stage
+
+    try:
+        cfg = TrainConfig.from_yaml(config, stage=stage, output_dir=output_dir)
+        summary = run_stage(cfg, resume=resume)
+    except NextGPTError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(json.dumps({k: summary.get(k) for k in ("stage", "steps", "first", "last")}, indent=2))
+
+
+@app.command("export-checkpoint")
+def export_checkpoint_cmd(
+    run: Annotated[Path, typer.Argument(help="a training run folder (or its final/)")],
+    out: Annotated[Path, typer.Option(help="where to write the legacy pytorch_model.pt")],
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    models_dir: ModelsOpt = None,
+) -> None:
+    """Export a run's own-format checkpoint to the released legacy layout (pytorch_model.pt)."""
+    from nextgpt.profiles import load_profile
+    from nextgpt.training.export import export_legacy, load_run
+
+    try:
+        model = load_run(run, load_profile(profile, config_file=config, models_dir=models_dir))
+        export_legacy(model, out)
+    except NextGPTError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"wrote {out}")
+
+
 def read_media_file(path: Path, modality: Modality) -> MediaItem:
     if not path.is_file():
         raise NextGPTError(f"{modality} file {path} does not exist")

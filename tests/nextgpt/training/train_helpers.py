@@ -1,0 +1,45 @@
+"""Shared set-up of the training-loop tests: one small shapes world per session, small configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nextgpt.training.config import TrainConfig
+
+_WORLD: dict[str, Path] = {}
+
+
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shapes world small enough that reading and embedding it takes a few seconds (built once)."""
+    if "dir" not in _WORLD:
+        from nextgpt.training.data.synthetic import WorldConfig, make_world
+
+        root = tmp_path_factory.mktemp("shapes-world")
+        make_world(root, WorldConfig(n_images=48, n_videos=4, n_audios=8, n_instructions=64))
+        _WORLD["dir"] = root
+    return _WORLD["dir"]
+
+
+def stage_config(stage: str, world: Path, out: Path, models_dir: Path, **overrides: Any) -> TrainConfig:
+    data = {
+        "encoder": [
+            {"kind": "pairs", "path": world / "cc3m.json", "modality": "image"},
+            {"kind": "pairs", "path": world / "audiocaps.json", "modality": "audio"},
+        ],
+        "decoder": [{"kind": "pairs", "path": world / "cc3m.json", "modality": "image"}],
+        "instruct": [{"kind": "instructions", "path": world / "instructions.json"}],
+    }[stage]
+    settings: dict[str, Any] = {
+        "stage": stage,
+        "output_dir": out / stage,
+        "data": data,
+        "models_dir": models_dir,
+        "batch_size": 8,
+        "save_every": 0,
+        "targets_dir": out / "targets",
+    }
+    settings.update(overrides)
+    return TrainConfig(**settings)
