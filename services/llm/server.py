@@ -39,6 +39,16 @@ def build_engine(settings: LLMServiceSettings) -> Engine:
         from services.llm.hf_engine import HFEngine
 
         return HFEngine.load(profile, adapters_dir=adapters_dir, max_queue=settings.max_queue)
+    if settings.engine == "vllm":
+        from services.llm.vllm_engine import VLLMEngine
+
+        return VLLMEngine.load(
+            profile,
+            adapters_dir=adapters_dir,
+            max_queue=settings.max_queue,
+            max_num_seqs=settings.max_num_seqs,
+            kv_cache_gib=settings.kv_cache_gib,
+        )
     raise AssertionError(f"engine {settings.engine!r} passed settings validation but has no loader")
 
 

@@ -192,7 +192,18 @@ def test_not_loaded_is_unavailable_and_settings_refuse_unknown_engines():
     serve(None, check)  # type: ignore[arg-type]
     settings = load_settings(LLMServiceSettings, ENV_PREFIX, ["--port", "7"], {"NEXTGPT_LLM_MAX_QUEUE": "3"})
     assert (settings.port, settings.max_queue, settings.metrics_port, settings.engine) == (7, 3, 9162, "hf")
-    with pytest.raises(ConfigError, match=r"engine='vllm' is not available; use one of \['hf'\]"):
+    with pytest.raises(ConfigError, match=r"engine='tgi' is not available; use one of \['hf', 'vllm'\]"):
+        load_settings(LLMServiceSettings, ENV_PREFIX, ["--engine", "tgi"], {})
+
+
+def test_vllm_engine_without_vllm_installed_names_the_fix(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"vLLM is not installed.*make setup-vllm"):
         load_settings(LLMServiceSettings, ENV_PREFIX, ["--engine", "vllm"], {})
 
 
