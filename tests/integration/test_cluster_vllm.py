@@ -1,0 +1,37 @@
+"""The cluster's any-to-any tests with the LLM service on the vLLM engine (`--engine vllm`).
+
+The tests are those of `test_cluster.py`; only the `cluster` fixture differs. Runs under `make test-vllm`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from services.launcher import ClusterPorts, LocalCluster  # noqa: E402
+from tests.integration.test_cluster import (  # noqa: E402, F401 - collected here with this module's cluster
+    rest,
+    test_any_to_any_over_grpc_unary_and_stream,
+    test_any_to_any_over_rest,
+    test_openai_sdk_plain_and_stream,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.vllm]
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_models_dir, tmp_path_factory):
+    with LocalCluster(
+        models_dir=tiny_models_dir,
+        cluster_ports=ClusterPorts.free(),
+        log_dir=tmp_path_factory.mktemp("logs"),
+        engine="vllm",
+        extra_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    ) as running:
+        yield running
+
+
+def test_llm_service_runs_the_vllm_engine(cluster):
+    log = cluster.children["llm"].log_path.read_text(errors="replace")
+    assert "vLLM engine ready" in log
