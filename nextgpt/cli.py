@@ -6,6 +6,7 @@ import json
 import logging
 import mimetypes
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,20 @@ EXTENSIONS = {"image/png": ".png", "video/mp4": ".mp4", "audio/wav": ".wav"}
 ProfileOpt = Annotated[str | None, typer.Option("--profile", help="profile name (default: tiny)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/TOML file overriding the profile")]
 ModelsOpt = Annotated[Path | None, typer.Option("--models-dir", help="root of model dirs (default ./models)")]
+
+
+class LLMEngine(StrEnum):
+    """The cluster LLM service's `--engine`."""
+
+    auto = "auto"
+    hf = "hf"
+    vllm = "vllm"
+
+
+EngineOpt = Annotated[
+    LLMEngine,
+    typer.Option("--engine", help="LLM engine: auto = vllm where it imports (make setup-vllm), else hf"),
+]
 
 
 @app.callback()
@@ -157,6 +172,7 @@ def up_cmd(
     models_dir: ModelsOpt = None,
     redis: Annotated[bool, typer.Option(help="start Debian's redis-server if installed")] = True,
     log_dir: Annotated[Path, typer.Option(help="where each process writes its log")] = Path("out/cluster"),
+    engine: EngineOpt = LLMEngine.auto,
 ) -> None:
     """Start Redis, every service and the gateway locally; Ctrl-C stops them all cleanly."""
     import signal
@@ -164,7 +180,9 @@ def up_cmd(
 
     from services.launcher import LocalCluster
 
-    cluster = LocalCluster(models_dir=models_dir, profile=profile, log_dir=log_dir, use_redis=redis)
+    cluster = LocalCluster(
+        models_dir=models_dir, profile=profile, log_dir=log_dir, use_redis=redis, engine=engine.value
+    )
     console.print("starting the cluster (each service loads its models; this takes a few seconds)...")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -187,11 +205,12 @@ def demo_cmd(
     in_process: Annotated[bool, typer.Option(help="run the model in this process, not the cluster")] = False,
     profile: ProfileOpt = None,
     models_dir: ModelsOpt = None,
+    engine: EngineOpt = LLMEngine.auto,
 ) -> None:
     """Start the local cluster, send any-to-any requests over REST and gRPC, save the media."""
     from nextgpt.demo import run_demo
 
-    run_demo(out, profile=profile, models_dir=models_dir, in_process=in_process)
+    run_demo(out, profile=profile, models_dir=models_dir, in_process=in_process, engine=engine.value)
 
 
 @app.command("make-synthetic")

@@ -54,9 +54,14 @@ def sample_inputs() -> dict[str, MediaItem]:
 
 
 def run_demo(
-    out: Path, *, profile: str | None = None, models_dir: Path | None = None, in_process: bool = False
+    out: Path,
+    *,
+    profile: str | None = None,
+    models_dir: Path | None = None,
+    in_process: bool = False,
+    engine: str = "auto",
 ) -> list[Path]:
-    """Run every demo request; returns the media files written."""
+    """Run every demo request; returns the media files written. `engine`: the cluster LLM's `--engine`."""
     send = _in_process_sender(profile, models_dir) if in_process else None
     if send is not None:
         return _run_all(out, send)
@@ -64,7 +69,11 @@ def run_demo(
 
     console.print("starting the local cluster (Redis, encoder, LLM, 3 decoders, gateway)...")
     with LocalCluster(
-        models_dir=models_dir, profile=profile, cluster_ports=ClusterPorts.free(), log_dir=out / "logs"
+        models_dir=models_dir,
+        profile=profile,
+        cluster_ports=ClusterPorts.free(),
+        log_dir=out / "logs",
+        engine=engine,
     ) as cluster:
         console.print(f"gateway: REST {cluster.rest_url}  gRPC {cluster.grpc_target}")
         return _run_all(out, _cluster_sender(cluster))

@@ -80,7 +80,10 @@ class Child:
 
 
 class LocalCluster:
-    """Start and stop the local cluster. Use as a context manager or call `start()` / `stop()`."""
+    """Start and stop the local cluster. Use as a context manager or call `start()` / `stop()`.
+
+    `engine` is the LLM service's `--engine`: "auto" (vLLM where it imports, else HF), "hf" or "vllm".
+    """
 
     def __init__(
         self,
@@ -91,7 +94,7 @@ class LocalCluster:
         log_dir: Path | None = None,
         use_redis: bool = True,
         extra_env: dict[str, str] | None = None,
-        engine: str = "hf",
+        engine: str = "auto",
     ) -> None:
         self.models_dir = Path(models_dir or os.environ.get("NEXTGPT_MODELS_DIR", "models")).resolve()
         self.profile = profile

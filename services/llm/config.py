@@ -9,8 +9,9 @@ from nextgpt.errors import ConfigError
 from services.common import ports
 
 ENV_PREFIX = "NEXTGPT_LLM_"
-ENGINES = ("hf", "vllm")
-"""Engines: "hf" (transformers, the reference) and "vllm" (needs `make setup-vllm` or a vLLM image)."""
+ENGINES = ("auto", "hf", "vllm")
+"""Engines: "hf" (transformers, the reference), "vllm" (needs `make setup-vllm` or a vLLM image) and "auto"
+(vllm where `import vllm` works in this interpreter, else hf; see `resolve_engine`)."""
 
 
 @dataclass
@@ -29,8 +30,9 @@ class LLMServiceSettings:
     """YAML/TOML file overriding profile fields (default: NEXTGPT_CONFIG)."""
     models_dir: str | None = None
     """Directory holding the profile's weights (default: NEXTGPT_MODELS_DIR or ./models)."""
-    engine: str = "hf"
-    """Generation engine: "hf" (transformers, one request at a time) or "vllm" (continuous batching)."""
+    engine: str = "auto"
+    """Generation engine: "hf" (transformers, one request at a time), "vllm" (continuous batching) or "auto"
+    (vllm where it is installed and imports, else hf)."""
     adapters_dir: str | None = None
     """Directory of extra PEFT LoRA adapters, one subdirectory per adapter name."""
     max_queue: int = 64
@@ -62,3 +64,20 @@ class LLMServiceSettings:
             raise ConfigError(f"max_queue={self.max_queue} must be at least 1")
         if self.grace_s < 0:
             raise ConfigError(f"grace_s={self.grace_s} must be >= 0")
+
+
+def resolve_engine(engine: str) -> tuple[str, str]:
+    """The engine to load and why: "auto" is vllm where `import vllm` works in this interpreter, else hf.
+
+    The import is tried for real (~6 s, spent anyway when vllm is picked): an installed vLLM that cannot
+    import (a CUDA torchvision beside the CPU torch, say) falls back to hf instead of failing the start.
+    """
+    if engine != "auto":
+        return engine, f"engine={engine!r} was asked for"
+    if importlib.util.find_spec("vllm") is None:
+        return "hf", "auto: vLLM is not installed here (`make setup-vllm` or a vLLM image enables it)"
+    try:
+        import vllm
+    except Exception as exc:  # any import failure means: not usable here
+        return "hf", f"auto: vLLM is installed but `import vllm` fails ({type(exc).__name__}: {exc})"
+    return "vllm", f"auto: vLLM {getattr(vllm, '__version__', '?')} imports in this interpreter"

@@ -1,4 +1,4 @@
-"""`python -m services.llm.server [--engine hf] [--port 50062] [--metrics-port 9162] ...`
+"""`python -m services.llm.server [--engine auto|hf|vllm] [--port 50062] [--metrics-port 9162] ...`
 
 settings -> logging -> gRPC server up (health NOT_SERVING, calls UNAVAILABLE) -> engine load -> SERVING
 -> run until SIGTERM/SIGINT -> drain (in-flight generations finish, up to grace_s) -> engine closed -> exit 0.
@@ -7,6 +7,7 @@ settings -> logging -> gRPC server up (health NOT_SERVING, calls UNAVAILABLE) ->
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ from nextgpt.profiles import load_profile
 from services.common.logs import setup_logging
 from services.common.server import start_server
 from services.common.settings import load_settings
-from services.llm.config import ENV_PREFIX, LLMServiceSettings
+from services.llm.config import ENV_PREFIX, LLMServiceSettings, resolve_engine
 from services.llm.engine import Engine
 from services.llm.servicer import LLMServicer
 
@@ -32,7 +33,10 @@ SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name
 
 
 def build_engine(settings: LLMServiceSettings) -> Engine:
-    """Load the configured engine (blocking: run it in a thread)."""
+    """Load the configured engine (blocking: run it in a thread); "auto" is resolved here and logged."""
+    engine, why = resolve_engine(settings.engine)
+    logger.info("LLM engine: %s (%s)", engine, why)
+    settings = dataclasses.replace(settings, engine=engine)
     profile = load_profile(settings.profile, config_file=settings.config_file, models_dir=settings.models_dir)
     adapters_dir = Path(settings.adapters_dir) if settings.adapters_dir else None
     if settings.engine == "hf":
@@ -60,7 +64,7 @@ async def serve(settings: LLMServiceSettings) -> None:
         return [SERVICE_NAME]
 
     server = await start_server(settings.port, add, host=settings.host, metrics_port=settings.metrics_port)
-    logger.info("loading the %s engine", settings.engine)
+    logger.info("loading the engine (--engine %s)", settings.engine)
     try:
         servicer.engine = await asyncio.to_thread(build_engine, settings)
     except BaseException:

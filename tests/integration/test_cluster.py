@@ -36,7 +36,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster(tiny_models_dir, tmp_path_factory):
     with LocalCluster(
-        models_dir=tiny_models_dir, cluster_ports=ClusterPorts.free(), log_dir=tmp_path_factory.mktemp("logs")
+        models_dir=tiny_models_dir,
+        cluster_ports=ClusterPorts.free(),
+        log_dir=tmp_path_factory.mktemp("logs"),
+        engine="hf",  # the HF engine's cluster tests; test_cluster_vllm.py runs them on vLLM
     ) as running:
         yield running
 

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_cluster_demo_writes_png_mp4_and_wav(tiny_models_dir, tmp_path):
-    written = run_demo(tmp_path / "demo", models_dir=tiny_models_dir)
+    written = run_demo(tmp_path / "demo", models_dir=tiny_models_dir, engine="hf")
     assert sorted({p.suffix for p in written}) == [".mp4", ".png", ".wav"]
     assert all(p.stat().st_size > 0 for p in written)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())

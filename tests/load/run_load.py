@@ -34,6 +34,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--grpc-target", default="", help="gateway gRPC host:port of a running cluster")
     parser.add_argument("--model", default="nextgpt-tiny", help="served model name")
     parser.add_argument("--models-dir", type=Path, default=None, help="models of the local cluster")
+    parser.add_argument("--engine", default="auto", help="LLM engine of the local cluster: auto, hf or vllm")
     return parser.parse_args(argv)
 
 
@@ -112,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         models = args.models_dir or Path(os.environ.get("NEXTGPT_MODELS_DIR", "models"))
         cluster = LocalCluster(
-            models_dir=models, cluster_ports=ClusterPorts.free(), log_dir=args.out / "logs"
+            models_dir=models,
+            cluster_ports=ClusterPorts.free(),
+            log_dir=args.out / "logs",
+            engine=args.engine,
         )
         logger.info("starting the local cluster (logs in %s)", args.out / "logs")
         with cluster:

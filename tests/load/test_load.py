@@ -23,7 +23,7 @@ def test_short_mixed_load_has_no_failures(tiny_models_dir: Path, tmp_path: Path,
     out = tmp_path / "load"
     script = Path(__file__).with_name("run_load.py")
     command = [sys.executable, str(script), "--out", str(out), "--run-time", "30s", "--users", "4"]
-    command += ["--models-dir", str(tiny_models_dir)]
+    command += ["--models-dir", str(tiny_models_dir), "--engine", "hf"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=400)
     with capsys.disabled():
         print("\n" + "\n".join(result.stdout.splitlines()[-14:]))

@@ -28,7 +28,7 @@ from nextgpt.types import MediaItem, Message
 from services.common import tensors
 from services.common.server import channel, start_server
 from services.common.settings import load_settings
-from services.llm.config import ENV_PREFIX, LLMServiceSettings
+from services.llm.config import ENV_PREFIX, LLMServiceSettings, resolve_engine
 from services.llm.hf_engine import HFEngine
 from services.llm.server import SERVICE_NAME
 from services.llm.servicer import LLMServicer
@@ -191,8 +191,10 @@ def test_not_loaded_is_unavailable_and_settings_refuse_unknown_engines():
 
     serve(None, check)  # type: ignore[arg-type]
     settings = load_settings(LLMServiceSettings, ENV_PREFIX, ["--port", "7"], {"NEXTGPT_LLM_MAX_QUEUE": "3"})
-    assert (settings.port, settings.max_queue, settings.metrics_port, settings.engine) == (7, 3, 9162, "hf")
-    with pytest.raises(ConfigError, match=r"engine='tgi' is not available; use one of \['hf', 'vllm'\]"):
+    assert (settings.port, settings.max_queue, settings.metrics_port, settings.engine) == (7, 3, 9162, "auto")
+    with pytest.raises(
+        ConfigError, match=r"engine='tgi' is not available; use one of \['auto', 'hf', 'vllm'\]"
+    ):
         load_settings(LLMServiceSettings, ENV_PREFIX, ["--engine", "tgi"], {})
 
 
@@ -205,6 +207,25 @@ def test_vllm_engine_without_vllm_installed_names_the_fix(monkeypatch):
     )
     with pytest.raises(ConfigError, match=r"vLLM is not installed.*make setup-vllm"):
         load_settings(LLMServiceSettings, ENV_PREFIX, ["--engine", "vllm"], {})
+
+
+def test_auto_engine_is_hf_where_vllm_is_missing_or_does_not_import(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
+    engine, why = resolve_engine("auto")
+    assert engine == "hf" and "not installed" in why
+    # installed but broken: `import vllm` raises, auto falls back to hf and says why
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a)
+    )
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    engine, why = resolve_engine("auto")
+    assert engine == "hf" and "`import vllm` fails (ModuleNotFoundError" in why
+    assert resolve_engine("hf") == ("hf", "engine='hf' was asked for")
 
 
 def engine_busy(engine: HFEngine) -> bool:
@@ -236,7 +257,8 @@ def test_server_process_health_reflection_metrics_and_draining_sigterm(tiny_mode
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NEXTGPT_MODELS_DIR": str(tiny_models_dir)}
     log = (tmp_path / "llm.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.llm.server", "--port", str(port), "--metrics-port", str(metrics)],
+        [sys.executable, "-m", "services.llm.server", "--port", str(port), "--metrics-port", str(metrics)]
+        + ["--engine", "hf"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

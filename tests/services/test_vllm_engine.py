@@ -149,3 +149,10 @@ def test_closing_the_stream_aborts_the_vllm_request(vllm_engine, loop):
         return vllm_engine.generator.output_processor.get_num_unfinished_requests()
 
     assert loop.run_until_complete(first_delta_then_leave()) == 0
+
+
+def test_auto_engine_is_vllm_where_vllm_imports():
+    from services.llm.config import resolve_engine
+
+    engine, why = resolve_engine("auto")
+    assert engine == "vllm" and why.startswith("auto: vLLM ")
