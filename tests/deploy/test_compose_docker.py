@@ -160,7 +160,15 @@ def test_dockerfile_targets_and_shared_install_script():
         assert "services.common.healthcheck" in (stages[target].healthcheck or "")
     text = DOCKERFILE.read_text()
     assert re.search(r"^USER 10001", text, re.M), "images run as a non-root user"
-    assert text.count("scripts/install.sh /opt/venv") == 3  # cpu deps, cuda deps, the project
+    assert text.count("scripts/install.sh /opt/venv") == 4  # cpu deps, cuda deps, the project (app, app-llm)
+    # vLLM in the llm image only, by the script `make setup-vllm` runs, from the lock of each variant
+    assert stages["llm"].base == "app-llm" and stages["app-llm"].base == "deps-llm"
+    assert text.count("scripts/install-vllm.sh /opt/venv") == 1
+    assert "scripts/install-vllm.sh $(VENV)" in (ROOT / "Makefile").read_text()
+    for variant in ("cpu", "cuda"):
+        lock = (ROOT / f"requirements/vllm-{variant}.txt").read_text()
+        assert re.search(r"^vllm(-cpu)?==0\.32\.0$", lock, re.M), f"vllm-{variant}.txt pins vLLM"
+        assert not re.search(r"^(torch|torchvision|torchaudio|torchcodec)==(?!2\.13\.0$)", lock, re.M)
     assert "COPY models" not in text and 'VOLUME ["/models"]' in text
     assert "scripts/install.sh $(VENV)" in (ROOT / "Makefile").read_text()
     ignored = (ROOT / ".dockerignore").read_text().split()
