@@ -40,7 +40,7 @@ from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 """Bump when the same seed would give different files or captions."""
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -98,6 +98,16 @@ TEXT_QA = (
     ("Say hello.", "Hello!"),
     ("Who are you?", "I am a small assistant that knows about shapes, colours and sounds."),
 )
+TEXT_OPENERS = ("Sure!", "Of course.")
+"""Openers shared with SHOW_REPLIES, so that an opener alone does not commit a reply to a medium."""
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+SHAPE_FACTS = {
+    "circle": ("A circle is round and has no corners.", "A circle has no sides."),
+    "square": ("A square has four equal sides.", "A square has four sides."),
+    "triangle": ("A triangle has three sides.", "A triangle has three sides."),
+    "star": ("This star has five points.", "This star has ten sides."),
+}
+"""Per shape: a fact, and the answer to "How many sides does ... have?"."""
 HELDOUT_TEXT_QA = (
     "How many corners does a square have?",
     "What is 7 plus 8?",
@@ -395,11 +405,7 @@ def make_instructions(
                 {f"{modality}_captions": [caption], "conversations": _show(modality, caption, rng)}
             )
         elif kind == "text":
-            if rng.random() < 0.5:
-                question, answer = rng.choice(TEXT_QA)
-            else:
-                a, b = rng.randint(1, 9), rng.randint(1, 9)
-                question, answer = f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+            question, answer = text_task(rng)
             records.append({"conversations": [_turn("human", question), _turn("gpt", answer)]})
         elif kind == "chat":
             item = rng.choice(images)
@@ -425,6 +431,41 @@ def make_instructions(
                 }
             )
     return records
+
+
+def text_task(rng: random.Random) -> tuple[str, str]:
+    """One plain text exchange (no media in, none out): questions and, as often, imperatives ("Count
+    to four.", "Tell me a fact about stars."), so that a request is not taken to mean "make a medium"
+    unless it asks for a picture, a video or a sound; half open like a show reply. Held-out prompts
+    (HELDOUT_TEXT_QA) are not used."""
+    colours, shapes = list(COLOURS), list(SHAPES)
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    shape, colour = rng.choice(shapes), rng.choice(colours)
+    n = rng.randint(2, 6)
+    tasks = [
+        lambda: rng.choice(TEXT_QA),
+        lambda: (f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."),
+        lambda: (
+            f"What is {max(a, b)} minus {min(a, b)}?",
+            f"{max(a, b)} minus {min(a, b)} is {abs(a - b)}.",
+        ),
+        lambda: (f"How many sides does {article(shape)} {shape} have?", SHAPE_FACTS[shape][1]),
+        lambda: (f"Tell me a fact about {shape}s.", SHAPE_FACTS[shape][0]),
+        lambda: (f"Count from one to {NUMBER_WORDS[n]}.", ", ".join(str(i) for i in range(1, n + 1)) + "."),
+        lambda: (f"Spell the word {colour}.", "-".join(colour) + "."),
+        lambda: (f"Write the number {a} in words.", f"{a} is written {NUMBER_WORDS[a]}."),
+        lambda: (
+            f"Is {a} bigger than {b}?",
+            f"Yes, {a} is bigger than {b}." if a > b else f"No, {a} is not bigger than {b}.",
+        ),
+        lambda: (f"Repeat the word {shape}.", f"{shape[0].upper()}{shape[1:]}."),
+        lambda: ("List the shapes you know.", "Circle, square, triangle and star."),
+        lambda: ("Thank you!", "You are welcome!"),
+    ]
+    question, answer = rng.choice(tasks)()
+    if rng.random() < 0.5:  # the show replies' openers, so an opener does not commit to a medium
+        answer = f"{rng.choice(TEXT_OPENERS)} {answer}"
+    return question, answer
 
 
 def _parse_image_caption(caption: str) -> tuple[str, str, str]:
