@@ -93,6 +93,10 @@ class RestUser(FastHttpUser):
     network_timeout = 300.0
     connection_timeout = 10.0
 
+    def on_start(self) -> None:
+        for kind in REQUESTS:  # every request type once first: a short run still covers each path
+            self._send(kind)
+
     def _send(self, kind: str) -> None:
         opts = self.environment.parsed_options
         prompt, inputs, outputs, _ = REQUESTS[kind]
@@ -168,6 +172,8 @@ class GrpcUser(User):
         )
         self.stub = nextgpt_pb2_grpc.NextGPTStub(self.channel)
         self.metadata = [("authorization", f"Bearer {opts.api_key}")] if opts.api_key else []
+        for kind in REQUESTS:  # every request type once first: a short run still covers each path
+            self._send(kind)
 
     def on_stop(self) -> None:
         self.channel.close()
