@@ -73,8 +73,9 @@ format: setup
 clean:
 	rm -rf $(VENV) $(MODELS_DIR)/tiny out
 
-# The three training stages on the synthetic shapes world (tiny profile, ~15 min on 2 CPU cores):
-# out/train-demo/{encoder,decoder,instruct}/{metrics.jsonl,loss.png}, summary.json, profile.yaml.
+# Stage 0 + the three training stages on the synthetic shapes world (tiny profile, ~2 min on 2 CPU cores):
+# out/train-demo/base/ (stage 0: the chat-tuned tiny base), {encoder,decoder,instruct}/{metrics.jsonl,loss.png},
+# summary.json, profile.yaml.
 .PHONY: train-demo
 train-demo: models
 	$(BIN)/python scripts/train_demo.py out/train-demo
