@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import ModelNotReady
+from nextgpt.llm.prompt import build_prompt
 from nextgpt.llm.signal_tokens import SignalLayout
 from nextgpt.types import LLMOutput, MediaItem, Message, Modality
 
@@ -131,3 +132,18 @@ def prompt_messages(request: EngineRequest, layout: SignalLayout) -> list[Messag
                 text = " ".join([text.rstrip(), *[span] * missing]).strip()
         out.append(Message("assistant", text))
     return out
+
+
+@torch.inference_mode()
+def prompt_segments(
+    request: EngineRequest, input_projector: torch.nn.Module, layout: SignalLayout, prompt_format: str
+) -> list[str | torch.Tensor]:
+    """`build_prompt` segments of a request: the input projector on each media embedding (as
+    `NextGPT.embed_media` does after the encoder), spliced into the conversation's text."""
+    param = next(input_projector.parameters())
+    blocks = [
+        [input_projector(e.to(param.device, param.dtype)[None])[0] for e in embeds]  # (n_tok, H)
+        for embeds in request.media_embeds
+    ]
+    blocks += [[] for _ in range(len(request.messages) - len(blocks))]
+    return build_prompt(prompt_messages(request, layout), blocks, prompt_format)

@@ -24,7 +24,6 @@ import torch
 from nextgpt.checkpoint import check_against_profile, load_delta, load_into
 from nextgpt.config import ProfileConfig
 from nextgpt.llm.model import NextGPTLanguageModel
-from nextgpt.llm.prompt import build_prompt
 from nextgpt.llm.signal_tokens import get_layout
 from nextgpt.projectors.input import build_input_projector
 from nextgpt.types import LLMOutput
@@ -37,7 +36,7 @@ from services.llm.engine import (
     EngineRequest,
     QueueFull,
     TextDelta,
-    prompt_messages,
+    prompt_segments,
 )
 
 logger = logging.getLogger(__name__)
@@ -186,15 +185,8 @@ class HFEngine:
 
     @torch.inference_mode()
     def _prompt(self, request: EngineRequest) -> torch.Tensor:
-        """(T, H) prompt embeddings: the input projector on each embedding, as `NextGPT.embed_media`."""
-        param = next(self.input_projector.parameters())
-        blocks = [
-            [self.input_projector(e.to(param.device, param.dtype)[None])[0] for e in embeds]  # (n_tok, H)
-            for embeds in request.media_embeds
-        ]
-        blocks += [[] for _ in range(len(request.messages) - len(blocks))]
-        messages = prompt_messages(request, self.layout)
-        segments = build_prompt(messages, blocks, self.profile.llm.prompt_format)
+        """(T, H) prompt embeddings of the request."""
+        segments = prompt_segments(request, self.input_projector, self.layout, self.profile.llm.prompt_format)
         return self.lm.embed(segments).embeds
 
     async def close(self) -> None:

@@ -42,7 +42,6 @@ from torch import nn
 from nextgpt.config import ProfileConfig
 from nextgpt.errors import ConfigError, InvalidInput
 from nextgpt.llm.model import NextGPTLanguageModel, _TextStreamer
-from nextgpt.llm.prompt import build_prompt
 from nextgpt.llm.signal_tokens import find_spans, get_layout
 from nextgpt.types import MODALITIES, LLMOutput, Modality
 from services.llm.adapters import DEFAULT_ADAPTER, AdapterSet, discover
@@ -54,7 +53,7 @@ from services.llm.engine import (
     EngineRequest,
     QueueFull,
     TextDelta,
-    prompt_messages,
+    prompt_segments,
 )
 
 logger = logging.getLogger(__name__)
@@ -265,13 +264,7 @@ class VLLMEngine:
     @torch.inference_mode()
     def _prompt(self, request: EngineRequest) -> _Prompt:
         """Token ids for a text-only conversation, else (T, H) embeddings with the media blocks spliced in."""
-        param = next(self.input_projector.parameters())
-        blocks = [
-            [self.input_projector(e.to(param.device, param.dtype)[None])[0] for e in embeds]  # (n_tok, H)
-            for embeds in request.media_embeds
-        ]
-        blocks += [[] for _ in range(len(request.messages) - len(blocks))]
-        segments = build_prompt(prompt_messages(request, self.layout), blocks, self.profile.llm.prompt_format)
+        segments = prompt_segments(request, self.input_projector, self.layout, self.profile.llm.prompt_format)
         if TOKEN_ID_PROMPTS and all(isinstance(s, str) for s in segments):
             ids = [t for i, s in enumerate(segments) for t in self.lm._encode(s, first=i == 0)]  # type: ignore[arg-type]
             prompt = _Prompt(self.lm, ids, None)
