@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nextgpt.checkpoint import DeltaCheckpoint, check_against_profile, load_delta, load_into
+from nextgpt.checkpoint import DeltaCheckpoint, check_against_profile, load_delta
 from nextgpt.config import GenerationOptions, ProfileConfig
 from nextgpt.decoders.audio import AudioDecoder
 from nextgpt.decoders.image import ImageDecoder
@@ -22,7 +22,7 @@ from nextgpt.encoders.imagebind import ImageBindEncoder
 from nextgpt.errors import NextGPTError
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.prompt import build_prompt
-from nextgpt.projectors.input import build_input_projector
+from nextgpt.projectors.loading import load_input_projector, load_output_projector
 from nextgpt.projectors.output import OutputProjector
 from nextgpt.types import (
     MODALITIES,
@@ -185,19 +185,8 @@ class NextGPT:
 def _load_projectors(
     profile: ProfileConfig, delta: DeltaCheckpoint | None
 ) -> tuple[torch.nn.Module, dict[Modality, OutputProjector]]:
-    placement = profile.projector_placement.resolve()
-    input_projector = build_input_projector(profile.input_projector)
-    output_projectors = {m: OutputProjector(profile.output_projectors[m]) for m in MODALITIES}
-    if delta is not None:
-        load_into(input_projector, delta.input_projector, "input projector")
-        for modality, projector in output_projectors.items():
-            load_into(projector, delta.output_projectors[modality], f"{modality} output projector")
-    else:
-        logger.warning("profile %s has no delta checkpoint: projectors are random", profile.name)
-    input_projector.to(placement.device, placement.torch_dtype).eval()
-    for projector in output_projectors.values():
-        projector.to(placement.device, placement.torch_dtype).eval()
-    return input_projector, output_projectors
+    output_projectors = {m: load_output_projector(profile, delta, m) for m in MODALITIES}
+    return load_input_projector(profile, delta), output_projectors
 
 
 def _with_progress(

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import torch
 from prometheus_client import Counter, Gauge, Histogram
 
-from nextgpt.checkpoint import load_delta, load_into
+from nextgpt.checkpoint import load_delta
 from nextgpt.config import DecodeDefaults, DecodeOptions, ProfileConfig
 from nextgpt.decoders.audio import AudioDecoder
 from nextgpt.decoders.image import ImageDecoder
 from nextgpt.decoders.video import VideoDecoder
 from nextgpt.errors import CheckpointError, ConfigError, InvalidInput, ModelNotReady
+from nextgpt.projectors.loading import load_output_projector
 from nextgpt.projectors.output import OutputProjector
 from nextgpt.types import MODALITIES, MediaItem, Modality
 from services.common.batching import MicroBatcher
@@ -87,19 +88,8 @@ class DecoderCore:
     def load(self, profile: ProfileConfig) -> None:
         """Blocking: the projector from the profile's delta checkpoint, then the diffusion pipeline."""
         started = time.perf_counter()
-        projector = OutputProjector(profile.output_projectors[self.modality])
-        if profile.delta_checkpoint is not None:
-            delta = load_delta(profile.delta_checkpoint)
-            if self.modality not in delta.output_projectors:
-                raise CheckpointError(
-                    f"{profile.delta_checkpoint} holds no {self.modality} output projector; use a full "
-                    "NExT-GPT delta checkpoint"
-                )
-            load_into(projector, delta.output_projectors[self.modality], f"{self.modality} output projector")
-        else:
-            logger.warning("profile %s has no delta checkpoint: the projector is random", profile.name)
-        placement = profile.projector_placement.resolve()
-        projector.to(placement.device, placement.torch_dtype).eval()
+        delta = load_delta(profile.delta_checkpoint) if profile.delta_checkpoint is not None else None
+        projector = load_output_projector(profile, delta, self.modality)
         decoder = DECODER_CLASSES[self.modality].load(profile.decoders[self.modality])
         self.attach(projector, decoder)
         logger.info("%s decoder loaded in %.2fs", self.modality, time.perf_counter() - started)

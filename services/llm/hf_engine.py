@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from nextgpt.checkpoint import check_against_profile, load_delta, load_into
+from nextgpt.checkpoint import check_against_profile, load_delta
 from nextgpt.config import ProfileConfig
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.signal_tokens import get_layout
-from nextgpt.projectors.input import build_input_projector
+from nextgpt.projectors.loading import load_input_projector
 from nextgpt.types import LLMOutput
 from services.llm.adapters import AdapterSet
 from services.llm.engine import (
@@ -83,13 +83,7 @@ class HFEngine:
             lm_head=delta.lm_head if delta else None,
             lora=delta.lora if delta else None,
         )
-        projector = build_input_projector(profile.input_projector)
-        if delta is not None:
-            load_into(projector, delta.input_projector, "input projector")
-        else:
-            logger.warning("profile %s has no delta checkpoint: the input projector is random", profile.name)
-        placement = profile.projector_placement.resolve()
-        projector.to(placement.device, placement.torch_dtype).eval()
+        projector = load_input_projector(profile, delta)
         adapters = AdapterSet.load(lm.model, adapters_dir)
         logger.info("HF engine ready: profile %s, adapters %s", profile.name, adapters.names)
         return cls(profile, lm, projector, adapters, max_queue=max_queue)
