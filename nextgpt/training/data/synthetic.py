@@ -40,7 +40,7 @@ from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 """Bump when the same seed would give different files or captions."""
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -98,8 +98,8 @@ TEXT_QA = (
     ("Say hello.", "Hello!"),
     ("Who are you?", "I am a small assistant that knows about shapes, colours and sounds."),
 )
-TEXT_OPENERS = ("Sure!", "Of course.")
-"""Openers shared with SHOW_REPLIES, so that an opener alone does not commit a reply to a medium."""
+SAY_WORDS = ("thanks", "yes", "no", "please", "hi", "sorry", "welcome", "okay")
+"""Words for "Say ..." requests; "goodbye" is kept for the held-out set."""
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 SHAPE_FACTS = {
     "circle": ("A circle is round and has no corners.", "A circle has no sides."),
@@ -114,7 +114,13 @@ HELDOUT_TEXT_QA = (
     "What colour is a banana?",
     "Name a shape with three sides.",
     "Say goodbye.",
+    "Can you help me?",
+    "Tell me a joke.",
+    "What shape is a wheel?",
+    "Good morning!",
+    "Which is bigger, 3 or 5?",
 )
+"""Plain text prompts never seen in training, for which a trained model should answer without a span."""
 
 
 @dataclass
@@ -435,13 +441,16 @@ def make_instructions(
 
 def text_task(rng: random.Random) -> tuple[str, str]:
     """One plain text exchange (no media in, none out): questions and, as often, imperatives ("Count
-    to four.", "Tell me a fact about stars."), so that a request is not taken to mean "make a medium"
-    unless it asks for a picture, a video or a sound; half open like a show reply. Held-out prompts
-    (HELDOUT_TEXT_QA) are not used."""
+    to four.", "Say thanks."), and for each show prompt's frame a text request in the same frame ("Show
+    me how to spell red.", "Can you count to three?", "Make a list of ...", "Let me know ..."), so that
+    a request means "make a medium" only when it asks for a picture, a video or a sound. Text replies
+    never use the show replies' openers, so a reply's first token already says whether a medium
+    follows. Held-out prompts (HELDOUT_TEXT_QA) are not used."""
     colours, shapes = list(COLOURS), list(SHAPES)
     a, b = rng.randint(1, 9), rng.randint(1, 9)
-    shape, colour = rng.choice(shapes), rng.choice(colours)
+    shape, colour, word = rng.choice(shapes), rng.choice(colours), rng.choice(SAY_WORDS)
     n = rng.randint(2, 6)
+    counted = ", ".join(str(i) for i in range(1, n + 1)) + "."
     tasks = [
         lambda: rng.choice(TEXT_QA),
         lambda: (f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."),
@@ -451,21 +460,25 @@ def text_task(rng: random.Random) -> tuple[str, str]:
         ),
         lambda: (f"How many sides does {article(shape)} {shape} have?", SHAPE_FACTS[shape][1]),
         lambda: (f"Tell me a fact about {shape}s.", SHAPE_FACTS[shape][0]),
-        lambda: (f"Count from one to {NUMBER_WORDS[n]}.", ", ".join(str(i) for i in range(1, n + 1)) + "."),
+        lambda: (f"Count from one to {NUMBER_WORDS[n]}.", counted),
+        lambda: (f"Can you count to {NUMBER_WORDS[n]}?", counted),
         lambda: (f"Spell the word {colour}.", "-".join(colour) + "."),
+        lambda: (f"Show me how to spell {colour}.", "-".join(colour) + "."),
         lambda: (f"Write the number {a} in words.", f"{a} is written {NUMBER_WORDS[a]}."),
         lambda: (
             f"Is {a} bigger than {b}?",
             f"Yes, {a} is bigger than {b}." if a > b else f"No, {a} is not bigger than {b}.",
         ),
         lambda: (f"Repeat the word {shape}.", f"{shape[0].upper()}{shape[1:]}."),
+        lambda: (f"Say {word}.", f"{word[0].upper()}{word[1:]}!"),
+        lambda: (f"I'd like to know how many sides {article(shape)} {shape} has.", SHAPE_FACTS[shape][1]),
         lambda: ("List the shapes you know.", "Circle, square, triangle and star."),
+        lambda: ("Make a list of the shapes you know.", "Circle, square, triangle and star."),
+        lambda: (f"Let me know what {a} plus {b} is.", f"{a} plus {b} is {a + b}."),
+        lambda: (f"Generate a number bigger than {a}.", f"{a + 1} is bigger than {a}."),
         lambda: ("Thank you!", "You are welcome!"),
     ]
-    question, answer = rng.choice(tasks)()
-    if rng.random() < 0.5:  # the show replies' openers, so an opener does not commit to a medium
-        answer = f"{rng.choice(TEXT_OPENERS)} {answer}"
-    return question, answer
+    return rng.choice(tasks)()
 
 
 def _parse_image_caption(caption: str) -> tuple[str, str, str]:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nextgpt.cli import app
 from nextgpt.media.decode import read_audio, read_image, read_video
-from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, WorldConfig, make_world
+from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, SHOW_REPLIES, WorldConfig, make_world
 
 SMALL = {"n_images": 16, "n_videos": 4, "n_audios": 8, "n_instructions": 28}
 
@@ -113,7 +113,12 @@ def test_instructions_and_heldout(world):
     )
     seen = {r["caption"] for r in load(world, "cc3m.json")} | {t["caption"] for t in gpt_outputs}
     assert not held_captions & seen
-    assert any(h["expect"] == "text" for h in heldout)
+    held_text = {h["prompt"] for h in heldout if h["expect"] == "text"}
+    asked = {t["value"] for r in records for t in r["conversations"] if t["from"] == "human"}
+    assert held_text and not held_text & asked
+    text_replies = [r["conversations"][-1]["value"] for r in plain]
+    openers = {reply.split()[0] for reply in SHOW_REPLIES}
+    assert not any(reply.split()[0] in openers for reply in text_replies), "text replies reuse show openers"
 
 
 def test_cli_make_synthetic(tmp_path):
