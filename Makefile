@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 export OMP_NUM_THREADS := 1
 export NEXTGPT_MODELS_DIR := $(abspath $(MODELS_DIR))
 
-.PHONY: setup setup-vllm models demo up test test-vllm lint format protos clean help load
+.PHONY: setup setup-vllm models demo up test test-vllm test-gpu lint format protos clean help load
 
 help:
 	@echo "make demo   - set up, build the tiny profile, run any-to-any requests, media in out/demo/"
@@ -58,6 +58,11 @@ test: models lint
 
 test-vllm: models setup-vllm
 	VLLM_CPU_KVCACHE_SPACE=1 $(BIN)/python -m pytest -q -m vllm
+
+# On a CUDA machine: every component in fp32/fp16/bf16 on the GPU, the stages under autocast, resume,
+# torchrun. Needs torch's CUDA build in the venv (TORCH_VARIANT=cuda make setup on a fresh clone).
+test-gpu: models
+	$(BIN)/python -m pytest -q -m gpu tests/gpu
 
 lint: setup
 	$(BIN)/ruff check .

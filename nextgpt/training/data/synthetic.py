@@ -100,6 +100,10 @@ TEXT_QA = (
 )
 SAY_WORDS = ("thanks", "yes", "no", "please", "hi", "sorry", "welcome", "okay")
 """Words for "Say ..." requests; "goodbye" is kept for the held-out set."""
+THINGS = tuple("apple tree car house dog cat book chair cloud river boat bird cup".split())
+"""Things outside the shapes world: asked about in text requests and asked for in a quarter of the picture
+requests, so that an unfamiliar word says nothing about whether a medium is wanted (only the request
+does). The held-out prompts' words (banana, wheel, joke, ...) are not among them."""
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 SHAPE_FACTS = {
     "circle": ("A circle is round and has no corners.", "A circle has no sides."),
@@ -372,10 +376,12 @@ def make_instructions(
     train_combos: list[tuple[str, str, str]],
 ) -> list[dict[str, Any]]:
     """Dialogues of five kinds: describe an input, produce an output, plain text Q&A, and a two-round
-    chat that describes an image and then draws a variant of it."""
+    chat that describes an image and then draws a variant of it. Plain text is 4 dialogues in 9 and
+    a reply with a medium 4 replies in 10, so that a reply's prior does not lean towards a medium (with
+    text at 2 in 7, short unfamiliar requests were often answered with a picture)."""
     rng = _rng(cfg.seed, "instructions")
     pairs = {"image": images, "video": videos, "audio": audios}
-    kinds = ["describe", "show_image", "show_image", "show_other", "text", "text", "chat"]
+    kinds = ["describe", "show_image", "show_image", "show_other", "text", "text", "text", "text", "chat"]
     records: list[dict[str, Any]] = []
     for i in range(cfg.n_instructions):
         kind = kinds[i % len(kinds)]
@@ -399,7 +405,11 @@ def make_instructions(
                 )
                 continue
         if kind == "show_image":
-            caption = image_caption(*rng.choice(train_combos))
+            if rng.random() < 0.25:
+                thing = rng.choice(THINGS)
+                caption = f"{article(thing)} {thing}"
+            else:
+                caption = image_caption(*rng.choice(train_combos))
             records.append({"image_captions": [caption], "conversations": _show("image", caption, rng)})
         elif kind == "show_other":
             modality = rng.choice(("video", "audio"))
@@ -449,6 +459,8 @@ def text_task(rng: random.Random) -> tuple[str, str]:
     colours, shapes = list(COLOURS), list(SHAPES)
     a, b = rng.randint(1, 9), rng.randint(1, 9)
     shape, colour, word = rng.choice(shapes), rng.choice(colours), rng.choice(SAY_WORDS)
+    thing = rng.choice(THINGS)
+    a_thing = f"{article(thing)} {thing}"
     n = rng.randint(2, 6)
     counted = ", ".join(str(i) for i in range(1, n + 1)) + "."
     tasks = [
@@ -473,6 +485,8 @@ def text_task(rng: random.Random) -> tuple[str, str]:
         lambda: (f"Say {word}.", f"{word[0].upper()}{word[1:]}!"),
         lambda: (f"I'd like to know how many sides {article(shape)} {shape} has.", SHAPE_FACTS[shape][1]),
         lambda: ("List the shapes you know.", "Circle, square, triangle and star."),
+        lambda: (f"What colour is {a_thing}?", f"{a_thing[0].upper()}{a_thing[1:]} can have many colours."),
+        lambda: (f"Tell me about {a_thing}.", f"{a_thing[0].upper()}{a_thing[1:]} is not a shape I know."),
         lambda: ("Make a list of the shapes you know.", "Circle, square, triangle and star."),
         lambda: (f"Let me know what {a} plus {b} is.", f"{a} plus {b} is {a + b}."),
         lambda: (f"Generate a number bigger than {a}.", f"{a + 1} is bigger than {a}."),
