@@ -16,6 +16,8 @@ help:
 	@echo "make demo   - set up, build the tiny profile, run any-to-any requests, media in out/demo/"
 	@echo "make test   - set up and run the whole test suite (includes test-vllm)"
 	@echo "make test-vllm - install vLLM's CPU build (setup-vllm) and run the vLLM engine + cluster tests"
+	@echo "make test-gpu - the gpu tests (tests/gpu) on a CUDA machine (venv set up with TORCH_VARIANT=cuda)"
+	@echo "make train-demo - stage 0 + the three training stages on the shapes world, report in out/train-demo/"
 	@echo "make up     - run the local cluster (Redis, services, gateway) until Ctrl-C"
 	@echo "make load   - locust load test (mixed REST + gRPC traffic) against a local cluster, report in out/load/"
 	@echo "make lint   - ruff"
