@@ -240,9 +240,14 @@ class Runner:
             params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         )
         lr = self.scheduler.get_last_lr()[0]
+        scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        # fp16: on inf/nan gradients the scaler skips the update and lowers its scale; the schedule
+        # then waits too, so warmup and decay count real updates (as accelerate does).
+        skipped = self.scaler.get_scale() < scale
+        if not skipped:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
         return {
@@ -251,6 +256,7 @@ class Runner:
             "grad_norm": round(float(grad_norm), 6),
             "lr": lr,
             "tokens_per_s": round(tokens * self.dist.world / max(seconds, 1e-9), 1),
+            **({"skipped_update": True} if skipped else {}),
         }
 
     def _bar(self) -> Any:
