@@ -1,4 +1,5 @@
-"""The FastAPI app: routes, error mapping to OpenAI-style JSON, request ids and the body size limit."""
+"""The FastAPI app: routes, error mapping to OpenAI-style JSON, request ids and the body size limit
+(a declared Content-Length here, chunked bodies in `gateway.body_limit`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from gateway.body_limit import CountedBody
 from gateway.openai_serving import OpenAIServingChat, error_body
 from gateway.protocol import ErrorInfo, ErrorResponse
 from gateway.routes import Unauthorized, probes, v1
@@ -34,6 +36,10 @@ def build_app(core: GatewayCore) -> FastAPI:
     app.state.serving_chat = OpenAIServingChat(core)
     app.include_router(v1)
     app.include_router(probes)
+
+    # Added first, so it sits inside request_context: the route reads the counted body directly (through
+    # the http middleware's receive wrapper the 413 would surface as a 400 "error parsing the body").
+    app.add_middleware(CountedBody, limit=lambda: core.settings.max_request_bytes)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):
@@ -78,6 +84,7 @@ def build_app(core: GatewayCore) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _error(exc.status_code, str(exc.detail), kind)
+        code = "request_too_large" if exc.status_code == 413 else None
+        return _error(exc.status_code, str(exc.detail), kind, code)
 
     return app

@@ -45,7 +45,8 @@ class GatewaySettings:
     max_media_bytes: int = 32 * 1024 * 1024
     """Largest accepted medium (decoded bytes); larger ones are rejected with 400 / INVALID_ARGUMENT."""
     max_request_bytes: int = 128 * 1024 * 1024
-    """Largest accepted REST request body (base64 inflates media by 4/3); larger ones get 413."""
+    """Largest accepted REST request body (base64 inflates media by 4/3); larger ones get 413, with or
+    without a Content-Length (chunked bodies are counted as they arrive)."""
     api_keys: list[str] = field(default_factory=list)
     """Comma-separated API keys; when set, REST /v1/* needs `Authorization: Bearer KEY` (gRPC: the same
     `authorization` metadata)."""

@@ -205,6 +205,23 @@ def test_request_body_limit(cluster, monkeypatch):
     assert r.status_code == 413 and "max_request_bytes" in r.json()["error"]["message"]
 
 
+def test_request_body_limit_without_content_length(cluster, monkeypatch):
+    """A chunked body (no Content-Length) is counted as it arrives and refused past the limit."""
+    monkeypatch.setattr(cluster.settings, "max_request_bytes", 100)
+    body = json.dumps({"model": "nextgpt-tiny", "messages": [user("x" * 200)]}).encode()
+    chunks = (body[i : i + 32] for i in range(0, len(body), 32))
+    url = f"{cluster.http_url}/v1/chat/completions"
+    r = httpx.post(url, content=chunks, headers={"content-type": "application/json"}, timeout=30)
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert "max_request_bytes" in error["message"] and error["code"] == "request_too_large"
+    small = json.dumps({"model": "nextgpt-tiny", "messages": [user("hi")]}).encode()
+    monkeypatch.setattr(cluster.settings, "max_request_bytes", len(small))
+    r = httpx.post(url, content=iter([small[:10], small[10:]]), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
 def test_encoder_down_fails_only_requests_with_media(cluster):
     cluster.encoder.mode = "unavailable"
     r = chat(cluster, user("look", image_part()))
