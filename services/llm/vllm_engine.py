@@ -201,7 +201,7 @@ class VLLMEngine:
             common["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
         logger.info("starting the vLLM generate and pooling engines on %s (dtype %s)", base_dir, dtype)
         gpu = torch.cuda.is_available()  # on CPU vLLM reads gpu_memory_utilization as a share of RAM: unset
-        share = {
+        share: dict[str, dict[str, Any]] = {
             "generate": {"gpu_memory_utilization": 0.75 * gpu_memory_fraction} if gpu else {},
             "pooling": {"gpu_memory_utilization": 0.25 * gpu_memory_fraction} if gpu else {},
         }
