@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from nextgpt.config import GenerationOptions, Placement, ProfileConfig
-from nextgpt.media.encode import encode_png, encode_wav
 from nextgpt.training.runner import Runner, read_metrics
 from nextgpt.types import MediaItem, Message
-from tests.nextgpt.training.train_helpers import small_world, stage_config
+from tests.nextgpt.samples import sample_audio, sample_image
+from tests.nextgpt.training.train_helpers import small_world, stage_config, straight_and_resumed
 
 pytestmark = [
     pytest.mark.gpu,
@@ -46,13 +45,7 @@ def on_cuda(profile: ProfileConfig, dtype: str) -> ProfileConfig:
 
 
 def _inputs() -> list[MediaItem]:
-    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
-    pixels[:, :30] = (200, 30, 30)
-    t = np.arange(16000) / 16000
-    return [
-        MediaItem("image", encode_png(Image.fromarray(pixels)), "image/png"),
-        MediaItem("audio", encode_wav(np.sin(2 * np.pi * 440 * t).astype("float32"), 16000), "audio/wav"),
-    ]
+    return [sample_image(), sample_audio()]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -134,13 +127,7 @@ def test_resume_on_cuda_equals_uninterrupted(
         "device": "cuda",
         "precision": "fp32",
     }
-    straight = stage_config("instruct", world, tmp_path / "a", tiny_models_dir, **common)
-    Runner(straight, profile=tiny_profile, progress=False).run()
-    broken = stage_config("instruct", world, tmp_path / "b", tiny_models_dir, save_every=3, **common)
-    Runner(broken, profile=tiny_profile, progress=False).run(stop_after=4)
-    Runner(broken, profile=tiny_profile, progress=False).run(resume=True)
-    want = read_metrics(straight.output_dir / "metrics.jsonl")
-    got = read_metrics(broken.output_dir / "metrics.jsonl")
+    want, got = straight_and_resumed(world, tmp_path, tiny_models_dir, tiny_profile, **common)
     assert [r["step"] for r in got] == list(range(1, 7))
     for a, b in zip(want, got, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)

@@ -5,31 +5,14 @@ from __future__ import annotations
 import io
 
 import av
-import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
 
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import InvalidInput, NextGPTError
-from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 from nextgpt.types import MediaItem, Message
-
-
-def _image() -> MediaItem:
-    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
-    pixels[:, :30] = (200, 30, 30)
-    return MediaItem("image", encode_png(Image.fromarray(pixels)), "image/png")
-
-
-def _audio() -> MediaItem:
-    t = np.arange(16000) / 16000
-    return MediaItem("audio", encode_wav(np.sin(2 * np.pi * 440 * t).astype("float32"), 16000), "audio/wav")
-
-
-def _video() -> MediaItem:
-    frames = np.stack([np.full((32, 48, 3), 20 * i, dtype=np.uint8) for i in range(12)])
-    return MediaItem("video", encode_mp4(frames, fps=8), "video/mp4")
+from tests.nextgpt.samples import sample_audio, sample_image, sample_video
 
 
 def _assert_valid(item: MediaItem) -> None:
@@ -58,7 +41,8 @@ def test_text_to_image_is_deterministic_with_a_seed(tiny_model):
 
 
 def test_mixed_inputs_and_all_three_outputs_in_one_call(tiny_model):
-    message = Message("user", "Describe these and answer with all media.", [_image(), _audio(), _video()])
+    media = [sample_image(), sample_audio(), sample_video()]
+    message = Message("user", "Describe these and answer with all media.", media)
     options = GenerationOptions(seed=1, max_new_tokens=48, modalities=("text", "image", "video", "audio"))
     result = tiny_model.generate([message], options)
     assert sorted(m.modality for m in result.media) == ["audio", "image", "video"]

@@ -178,6 +178,11 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def sentence_case(text: str) -> str:
+    """`text` with its first letter capitalised (unlike str.capitalize, the rest is left alone)."""
+    return text[:1].upper() + text[1:]
+
+
 def image_caption(colour: str, shape: str, background: str) -> str:
     return f"{article(colour)} {colour} {shape} on a {background} background"
 
@@ -393,7 +398,7 @@ def make_instructions(
                 modality = rng.choice(available)
                 item = rng.choice(pairs[modality])
                 prompt = rng.choice(DESCRIBE_PROMPTS[modality])
-                answer = item["caption"][0].upper() + item["caption"][1:] + "."
+                answer = sentence_case(item["caption"]) + "."
                 records.append(
                     {
                         f"{modality}_list": [item[f"{modality}_name"]],
@@ -435,7 +440,7 @@ def make_instructions(
                     "image_captions": [new],
                     "conversations": [
                         _turn("human", f"<image>\n{rng.choice(DESCRIBE_PROMPTS['image'])}"),
-                        _turn("gpt", item["caption"][0].upper() + item["caption"][1:] + "."),
+                        _turn("gpt", sentence_case(item["caption"]) + "."),
                         _turn("human", f"Now show me {article(new_colour)} {new_colour} one."),
                         _turn(
                             "gpt",
@@ -481,12 +486,12 @@ def text_task(rng: random.Random) -> tuple[str, str]:
             f"Is {a} bigger than {b}?",
             f"Yes, {a} is bigger than {b}." if a > b else f"No, {a} is not bigger than {b}.",
         ),
-        lambda: (f"Repeat the word {shape}.", f"{shape[0].upper()}{shape[1:]}."),
-        lambda: (f"Say {word}.", f"{word[0].upper()}{word[1:]}!"),
+        lambda: (f"Repeat the word {shape}.", f"{sentence_case(shape)}."),
+        lambda: (f"Say {word}.", f"{sentence_case(word)}!"),
         lambda: (f"I'd like to know how many sides {article(shape)} {shape} has.", SHAPE_FACTS[shape][1]),
         lambda: ("List the shapes you know.", "Circle, square, triangle and star."),
-        lambda: (f"What colour is {a_thing}?", f"{a_thing[0].upper()}{a_thing[1:]} can have many colours."),
-        lambda: (f"Tell me about {a_thing}.", f"{a_thing[0].upper()}{a_thing[1:]} is not a shape I know."),
+        lambda: (f"What colour is {a_thing}?", f"{sentence_case(a_thing)} can have many colours."),
+        lambda: (f"Tell me about {a_thing}.", f"{sentence_case(a_thing)} is not a shape I know."),
         lambda: ("Make a list of the shapes you know.", "Circle, square, triangle and star."),
         lambda: (f"Let me know what {a} plus {b} is.", f"{a} plus {b} is {a + b}."),
         lambda: (f"Generate a number bigger than {a}.", f"{a + 1} is bigger than {a}."),

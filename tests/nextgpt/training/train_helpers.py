@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from nextgpt.training.config import TrainConfig
+from nextgpt.training.runner import Runner, read_metrics
 
 _WORLD: dict[str, Path] = {}
 
@@ -43,3 +44,18 @@ def stage_config(stage: str, world: Path, out: Path, models_dir: Path, **overrid
     }
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def straight_and_resumed(
+    world: Path, out: Path, models_dir: Path, profile: Any, **common: Any
+) -> list[list[dict]]:
+    """Stage 3 run straight through (`out/a`), and the same run stopped after step 4 with a checkpoint
+    at step 3, then resumed (`out/b`): the metrics of both. Stage 3 because LoRA dropout draws random
+    numbers, so the RNG state must be restored too."""
+    straight = stage_config("instruct", world, out / "a", models_dir, **common)
+    Runner(straight, profile=profile, progress=False).run()
+    broken = stage_config("instruct", world, out / "b", models_dir, save_every=3, **common)
+    Runner(broken, profile=profile, progress=False).run(stop_after=4)  # dies after step 4
+    assert [p.name for p in (broken.output_dir / "checkpoints").iterdir()] == ["step-0000003"]
+    Runner(broken, profile=profile, progress=False).run(resume=True)
+    return [read_metrics(cfg.output_dir / "metrics.jsonl") for cfg in (straight, broken)]
