@@ -1,5 +1,5 @@
 """The FastAPI app: routes, error mapping to OpenAI-style JSON, request ids and the body size limit
-(a declared Content-Length here, chunked bodies in `gateway.body_limit`)."""
+(`gateway.body_limit`)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from gateway.body_limit import CountedBody
+from gateway.body_limit import BodyLimit
 from gateway.openai_serving import OpenAIServingChat, error_body
-from gateway.protocol import ErrorInfo, ErrorResponse
+from gateway.protocol import error_response
 from gateway.routes import Unauthorized, probes, v1
 from gateway.serving import GatewayCore
 from nextgpt.errors import NextGPTError
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 
 logger = logging.getLogger(__name__)
-
-
-def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None):
-    body = ErrorResponse(error=ErrorInfo(message=message, type=kind, code=code, param=param))
-    return JSONResponse(body.model_dump(), status_code=status)
 
 
 def build_app(core: GatewayCore) -> FastAPI:
@@ -39,37 +34,27 @@ def build_app(core: GatewayCore) -> FastAPI:
 
     # Added first, so it sits inside request_context: the route reads the counted body directly (through
     # the http middleware's receive wrapper the 413 would surface as a 400 "error parsing the body").
-    app.add_middleware(CountedBody, limit=lambda: core.settings.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=lambda: core.settings.max_request_bytes)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):
         request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
         request.state.request_id = request_id
         request_id_var.set(request_id)
-        length = request.headers.get("content-length")
-        max_body = core.settings.max_request_bytes
-        if length is not None and length.isdigit() and int(length) > max_body:
-            response = _error(
-                413,
-                f"the request body is {length} bytes, over the limit of {max_body} (max_request_bytes)",
-                "invalid_request_error",
-                "request_too_large",
-            )
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
     @app.exception_handler(NextGPTError)
     @app.exception_handler(TimeoutError)
-    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+    async def domainerror_response(request: Request, exc: Exception) -> JSONResponse:
         status, body = error_body(exc)
         logger.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
         return JSONResponse(body.model_dump(), status_code=status)
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
-        return _error(401, str(exc), "authentication_error", "invalid_api_key")
+        return error_response(401, str(exc), "authentication_error", "invalid_api_key")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -79,12 +64,12 @@ def build_app(core: GatewayCore) -> FastAPI:
             problems.append(f"{loc or 'body'}: {err.get('msg')}")
         first = exc.errors()[0].get("loc", ()) if exc.errors() else ()
         param = ".".join(str(p) for p in first if p != "body") or None
-        return _error(400, "; ".join(problems), "invalid_request_error", "invalid_argument", param)
+        return error_response(400, "; ".join(problems), "invalid_request_error", "invalid_argument", param)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def httperror_response(request: Request, exc: HTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         code = "request_too_large" if exc.status_code == 413 else None
-        return _error(exc.status_code, str(exc.detail), kind, code)
+        return error_response(exc.status_code, str(exc.detail), kind, code)
 
     return app

@@ -1,8 +1,8 @@
-"""The request body limit for bodies that come without a Content-Length (chunked uploads).
+"""The REST request body limit (`max_request_bytes`), with or without a Content-Length.
 
-A declared Content-Length over the limit is refused before any byte is read (`gateway.app`); a chunked
-body has no such header, so this ASGI middleware counts the bytes as the app reads them and stops the
-read past the limit: a client cannot make the gateway buffer an unbounded body.
+A declared Content-Length over the limit is answered with 413 before any byte is read; a chunked body
+has no such header, so its bytes are counted as the app reads them and the read stops past the limit: a
+client cannot make the gateway buffer an unbounded body.
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import HTTPException
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.protocol import error_response
 
 
 class RequestTooLarge(HTTPException):
@@ -21,8 +24,9 @@ class RequestTooLarge(HTTPException):
         super().__init__(413, f"the request body is over the limit of {limit} bytes (max_request_bytes)")
 
 
-class CountedBody:
-    """ASGI middleware: wraps `receive` so that reading past `limit()` bytes raises RequestTooLarge."""
+class BodyLimit:
+    """ASGI middleware: refuses a declared Content-Length over `limit()`, and wraps `receive` so that
+    reading past `limit()` bytes raises RequestTooLarge."""
 
     def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
         self.app = app
@@ -33,6 +37,12 @@ class CountedBody:
             await self.app(scope, receive, send)
             return
         limit = self.limit()
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            message = f"the request body is {length} bytes, over the limit of {limit} (max_request_bytes)"
+            refusal = error_response(413, message, "invalid_request_error", "request_too_large")
+            await refusal(scope, receive, send)
+            return
         received = 0
 
         async def counted() -> Message:

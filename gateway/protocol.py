@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 # --- request -----------------------------------------------------------------------------------------
@@ -141,6 +142,14 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+def error_response(
+    status: int, message: str, kind: str, code: str | None = None, param: str | None = None
+) -> JSONResponse:
+    """An OpenAI-style error body with its HTTP status."""
+    body = ErrorResponse(error=ErrorInfo(message=message, type=kind, code=code, param=param))
+    return JSONResponse(body.model_dump(), status_code=status)
 
 
 class ChatCompletionAudio(BaseModel):
