@@ -1,8 +1,9 @@
 """The flow of one request across the services; gRPC and REST are thin adapters over `GatewayCore`.
 
 The same steps as `nextgpt.pipeline.NextGPT.generate`, split across processes: check inputs, encode
-every user-turn medium (one Encode call; the encoder's cache does the rest), stream the LLM, then send
-each complete signal span to its modality's decoder concurrently and hand out media as they finish.
+every user-turn medium (one Encode call; the encoder's cache does the rest), stream the LLM and send
+each complete signal span to its modality's decoder the moment the LLM streams it (while the reply goes
+on), handing out text and media as they come.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -67,7 +68,7 @@ class TextDelta:
 class MediaReady:
     item: MediaItem
     index: int
-    """Position of the medium's span among the decoded spans (the summary keeps this order)."""
+    """Position of the medium in the summary: by modality (image, video, audio), then span order."""
 
 
 @dataclass
@@ -117,23 +118,27 @@ def check_options(options: GenerationOptions) -> None:
             raise InvalidInput(f"options.{modality}: {exc}") from None
 
 
-def select_spans(
-    spans: list[llm_pb2.SignalSpan], options: GenerationOptions
-) -> tuple[list[tuple[Modality, int, llm_pb2.SignalSpan]], list[str]]:
-    """At most `max_media_per_modality` spans per modality (the rule of `NextGPT.decode_spans`);
-    returns (modality, index within the modality, span) in span order, and warnings for the rest."""
-    chosen: list[tuple[Modality, int, llm_pb2.SignalSpan]] = []
-    warnings: list[str] = []
-    for modality in MODALITIES:
-        of_modality = [s for s in spans if PROTO_TO_MODALITY.get(s.modality) == modality]
-        if len(of_modality) > options.max_media_per_modality:
-            warnings.append(
-                f"the reply holds {len(of_modality)} {modality} spans; decoding the first "
-                f"{options.max_media_per_modality} (raise max_media_per_modality for more)"
-            )
-            of_modality = of_modality[: options.max_media_per_modality]
-        chosen.extend((modality, k, span) for k, span in enumerate(of_modality))
-    return chosen, warnings
+@dataclass
+class _SpanChooser:
+    """At most `max_media_per_modality` spans per modality are decoded (the rule of
+    `NextGPT.decode_spans`), decided span by span as the LLM streams them."""
+
+    limit: int
+    seen: dict[Modality, int] = field(default_factory=dict)
+
+    def take(self, modality: Modality) -> int | None:
+        """The span's index within its modality, or None when it is past the limit."""
+        k = self.seen.get(modality, 0)
+        self.seen[modality] = k + 1
+        return k if k < self.limit else None
+
+    def warnings(self) -> list[str]:
+        return [
+            f"the reply holds {n} {m} spans; decoding the first {self.limit} (raise max_media_per_modality "
+            "for more)"
+            for m in MODALITIES
+            if (n := self.seen.get(m, 0)) > self.limit
+        ]
 
 
 class GatewayCore:
@@ -200,44 +205,64 @@ class GatewayCore:
         t0 = time.perf_counter()
         embeddings = await self._encode(messages, self._call(request_id, deadline, "encode"))
         timings["encode"] = time.perf_counter() - t0
-        # 3. stream the LLM
+        # 3. stream the LLM; 4. decode each chosen span as soon as it arrives, concurrently
         t0 = time.perf_counter()
         request = llm_pb2.LLMGenerateRequest(
             turns=_turns(messages, embeddings), options=generation_options_to_proto(options, lora or "")
         )
-        result: llm_pb2.LLMResult | None = None
-        async for response in self.backends.generate(request, self._call(request_id, deadline, "llm")):
-            if response.HasField("result"):
-                result = response.result
-            elif response.text_delta:
-                yield TextDelta(response.text_delta)
-        if result is None:
-            raise BackendError("the llm service ended its stream without a result")
-        timings["llm"] = time.perf_counter() - t0
-        STAGE_SECONDS.labels("llm").observe(timings["llm"])
-        # 4. decode every chosen span concurrently; hand out each medium as soon as it is ready
-        t0 = time.perf_counter()
-        chosen, warnings = select_spans(list(result.spans), options)
-        media: dict[int, MediaItem] = {}
+        chooser = _SpanChooser(options.max_media_per_modality)
+        decoding: set[asyncio.Task[tuple[tuple[int, int], MediaItem | MediaError]]] = set()
+        media: dict[tuple[int, int], MediaItem] = {}
         errors: list[MediaError] = []
-        tasks = [
-            asyncio.create_task(self._decode(index, modality, k, span, options, request_id, deadline))
-            for index, (modality, k, span) in enumerate(chosen)
-        ]
+        result: llm_pb2.LLMResult | None = None
+        first_decode: float | None = None
+        llm = aiter(self.backends.generate(request, self._call(request_id, deadline, "llm")))
+        next_response: asyncio.Task[llm_pb2.LLMGenerateResponse] | None = None
         try:
-            for next_done in asyncio.as_completed(tasks):
-                index, outcome = await next_done
-                if isinstance(outcome, MediaError):
-                    errors.append(outcome)
-                    yield MediaFailed(outcome)
-                else:
-                    media[index] = outcome
-                    yield MediaReady(outcome, index)
-        finally:
-            for task in tasks:
+            while result is None or decoding:
+                if result is None and next_response is None:
+                    next_response = asyncio.ensure_future(anext(llm))
+                waiting = {*decoding, *([next_response] if next_response else [])}
+                finished, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if next_response in finished:
+                    response, next_response = next_response.result(), None
+                    if response.HasField("result"):
+                        result = response.result
+                        timings["llm"] = time.perf_counter() - t0
+                        STAGE_SECONDS.labels("llm").observe(timings["llm"])
+                    elif response.HasField("span"):
+                        modality = PROTO_TO_MODALITY.get(response.span.modality)
+                        k = chooser.take(modality) if modality else None
+                        if modality and k is not None:
+                            first_decode = first_decode or time.perf_counter()
+                            decoding.add(
+                                asyncio.create_task(
+                                    self._decode(modality, k, response.span, options, request_id, deadline)
+                                )
+                            )
+                    elif response.text_delta:
+                        yield TextDelta(response.text_delta)
+                for task in decoding & finished:
+                    decoding.discard(task)
+                    key, outcome = task.result()
+                    if isinstance(outcome, MediaError):
+                        errors.append(outcome)
+                        yield MediaFailed(outcome)
+                    else:
+                        media[key] = outcome
+                        yield MediaReady(outcome, sorted([*media]).index(key))
+        except StopAsyncIteration:
+            raise BackendError("the llm service ended its stream without a result") from None
+        finally:  # the client left, or the LLM failed: stop every backend call of this request
+            for task in decoding:
                 task.cancel()
-        timings["decode"] = time.perf_counter() - t0
-        if chosen:
+            if next_response is not None:
+                next_response.cancel()
+                await asyncio.gather(next_response, return_exceptions=True)
+            await llm.aclose()
+        # decode: from the first span sent to a decoder to the last medium back (it overlaps the llm stage)
+        timings["decode"] = 0.0 if first_decode is None else time.perf_counter() - first_decode
+        if first_decode is not None:
             STAGE_SECONDS.labels("decode").observe(timings["decode"])
         timings["total"] = time.perf_counter() - started
         # 5. the summary
@@ -245,9 +270,9 @@ class GatewayCore:
             GenerateResult(
                 text=result.text,
                 raw_text=result.raw_text,
-                media=[media[i] for i in sorted(media)],
+                media=[media[key] for key in sorted(media)],
                 errors=errors,
-                warnings=list(result.warnings) + warnings,
+                warnings=list(result.warnings) + chooser.warnings(),
                 finish_reason=result.finish_reason or "stop",
                 prompt_tokens=result.usage.prompt_tokens,
                 completion_tokens=result.usage.completion_tokens,
@@ -307,15 +332,16 @@ class GatewayCore:
 
     async def _decode(
         self,
-        index: int,
         modality: Modality,
         k: int,
         span: llm_pb2.SignalSpan,
         options: GenerationOptions,
         request_id: str,
         deadline: float,
-    ) -> tuple[int, MediaItem | MediaError]:
-        """One span -> one medium; any failure becomes an error entry, never a failed request."""
+    ) -> tuple[tuple[int, int], MediaItem | MediaError]:
+        """One span -> one medium, keyed by its place in the summary (modality, index within it); any
+        failure becomes an error entry, never a failed request."""
+        key = (MODALITIES.index(modality), k)
         request = decoder_pb2.DecodeRequest(
             modality=MODALITY_TO_PROTO[modality],
             hidden=span.hidden,
@@ -331,14 +357,14 @@ class GatewayCore:
             item = media_from_proto(response.media, f"{modality} decoder response")
             if item.modality != modality:
                 raise BackendError(f"the {modality} decoder returned {item.modality}")
-            return index, item
+            return key, item
         except Exception as exc:  # noqa: BLE001 - a failed medium degrades the answer, never fails it
             message = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 message = f"the {modality} decoder did not finish within the request deadline"
             logger.warning("%s decoding failed: %s", modality, message)
             MEDIA_ERRORS.labels(modality).inc()
-            return index, MediaError(modality, message)
+            return key, MediaError(modality, message)
 
     async def adapters(self, request_id: str | None = None) -> list[str]:
         """LoRA adapter names the LLM service accepts; the first is its default."""

@@ -49,30 +49,32 @@ class SignalSpan(_message.Message):
     def __init__(self, modality: _Optional[_Union[_common_pb2.Modality, str]] = ..., start: _Optional[int] = ..., hidden: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., token_embeds: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class LLMResult(_message.Message):
-    __slots__ = ("text", "raw_text", "spans", "finish_reason", "usage", "forced_modalities", "warnings")
+    __slots__ = ("text", "raw_text", "num_spans", "finish_reason", "usage", "forced_modalities", "warnings")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     RAW_TEXT_FIELD_NUMBER: _ClassVar[int]
-    SPANS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SPANS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     FORCED_MODALITIES_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     text: str
     raw_text: str
-    spans: _containers.RepeatedCompositeFieldContainer[SignalSpan]
+    num_spans: int
     finish_reason: str
     usage: _common_pb2.Usage
     forced_modalities: _containers.RepeatedScalarFieldContainer[_common_pb2.Modality]
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, text: _Optional[str] = ..., raw_text: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[SignalSpan, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., forced_modalities: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., raw_text: _Optional[str] = ..., num_spans: _Optional[int] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., forced_modalities: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LLMGenerateResponse(_message.Message):
-    __slots__ = ("text_delta", "result")
+    __slots__ = ("text_delta", "result", "span")
     TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    SPAN_FIELD_NUMBER: _ClassVar[int]
     text_delta: str
     result: LLMResult
-    def __init__(self, text_delta: _Optional[str] = ..., result: _Optional[_Union[LLMResult, _Mapping]] = ...) -> None: ...
+    span: SignalSpan
+    def __init__(self, text_delta: _Optional[str] = ..., result: _Optional[_Union[LLMResult, _Mapping]] = ..., span: _Optional[_Union[SignalSpan, _Mapping]] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ()

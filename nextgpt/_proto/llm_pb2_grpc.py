@@ -51,7 +51,8 @@ class LLMServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """Streams text deltas as they are produced, then one final result with the signal spans.
+        """Streams text deltas as they are produced and each complete signal span as soon as its last token
+        is out (media can be decoded while the reply goes on), then one final result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -10,9 +10,9 @@ by constrained continuation, which `model.generate` cannot express.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from tokenizers import Tokenizer, pre_tokenizers
@@ -20,8 +20,19 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from nextgpt.config import GenerationOptions, LLMConfig
 from nextgpt.errors import CheckpointError, InvalidInput, ModelNotReady
+from nextgpt.llm.decoding import (
+    CompletedSpan,
+    DecodePolicy,
+    Finish,
+    Sample,
+    TextStreamer,
+    TokenRules,
+    make_generator,
+    mask_banned,
+    sample,
+)
 from nextgpt.llm.prompt import Segment, stop_strings
-from nextgpt.llm.signal_tokens import SignalTokenIds, add_signal_tokens, find_spans, get_layout
+from nextgpt.llm.signal_tokens import SignalTokenIds, add_signal_tokens, get_layout
 from nextgpt.llm.weights import (
     PREPARE_HINT,
     attach_lora,
@@ -30,7 +41,7 @@ from nextgpt.llm.weights import (
     export_peft_adapter,
     resize_embeddings,
 )
-from nextgpt.types import MODALITIES, LLMOutput, Modality, SignalSpan
+from nextgpt.types import LLMOutput, Modality, SignalSpan
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +67,9 @@ class NextGPTLanguageModel:
         self.device = torch.device(placement.device)
         self.dtype = placement.torch_dtype
         self._continuation = _no_prefix_backend(tokenizer)
-        # A stop string may be tokenized with or without a leading space (`▁###` is id 835 in LLaMA);
-        # match both, longest first, so that the space goes with it.
-        stops = {
-            tuple(self._encode(p + s, first=False))
-            for s in stop_strings(cfg.prompt_format)
-            for p in ("", " ")
-        }
-        self._stop_ids = sorted((list(s) for s in stops if s), key=len, reverse=True)
-        self._signal_ids = ids.all_ids
+        # A stop string may be tokenized with or without a leading space: match both.
+        stops = [self.encode(p + s, first=False) for s in stop_strings(cfg.prompt_format) for p in ("", " ")]
+        self.rules = TokenRules.build(ids, tokenizer.eos_token_id, stops)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -123,7 +128,7 @@ class NextGPTLanguageModel:
         return int(self.model.get_input_embeddings().weight.shape[0])
 
     # ------------------------------------------------------------------ prompt
-    def _encode(self, text: str, *, first: bool) -> list[int]:
+    def encode(self, text: str, *, first: bool) -> list[int]:
         """Token ids of one text piece. Only the first piece gets BOS and SentencePiece's dummy-prefix
         space: a piece that continues after a media block is taken literally."""
         if first:
@@ -144,7 +149,7 @@ class NextGPTLanguageModel:
         media_tokens = 0
         for i, seg in enumerate(segments):
             if isinstance(seg, str):
-                token_ids = self._encode(seg, first=i == 0)
+                token_ids = self.encode(seg, first=i == 0)
                 if token_ids:
                     parts.append(self.token_embeds(token_ids))  # (n, H)
             else:
@@ -168,195 +173,78 @@ class NextGPTLanguageModel:
         )
         return out.logits[0].float(), out.hidden_states[-1][0], out.past_key_values
 
+    def policy(
+        self, options: GenerationOptions, prompt_len: int, force: Sequence[Modality] = ()
+    ) -> DecodePolicy:
+        """The decoding rules of one request on this model (raises InvalidInput when it cannot fit)."""
+        return DecodePolicy(self.rules, options, prompt_len, self.cfg.max_context, force)
+
+    def streamer(self, on_text: Callable[[str], None] | None) -> TextStreamer:
+        return TextStreamer(self.tokenizer, self.rules, on_text)
+
+    def span(self, completed: CompletedSpan, hidden: torch.Tensor) -> SignalSpan:
+        """A span with its (N, H) last-layer states and the signal tokens' input embeddings."""
+        return SignalSpan(
+            modality=completed.modality,
+            start=completed.start,
+            token_ids=list(completed.token_ids),
+            hidden=hidden.clone(),
+            token_embeds=self.token_embeds(list(completed.token_ids)).clone(),
+        )
+
     @torch.inference_mode()
     def generate(
         self,
         prompt_embeds: torch.Tensor,
         options: GenerationOptions,
         *,
-        force: list[Modality] | tuple[Modality, ...] = (),
+        force: Sequence[Modality] = (),
         on_text: Callable[[str], None] | None = None,
         on_step: Callable[[int], None] | None = None,
+        on_span: Callable[[SignalSpan], None] | None = None,
     ) -> LLMOutput:
-        """Decode a reply from (T, H) prompt embeddings (see the module docstring).
+        """Decode a reply from (T, H) prompt embeddings (see the module docstring), one token per step.
 
-        `on_step(n)` runs before each decode step with the number of tokens generated so far; it may
-        raise to abandon the request (the services' cancellation: the exception propagates)."""
+        `on_step(n)` runs before each step with the number of tokens generated so far; it may raise to
+        abandon the request (the services' cancellation: the exception propagates). `on_span` gets each
+        complete span as soon as its last token was fed (its states are final then)."""
         # 1. check inputs and the token budget
         prompt_len = int(prompt_embeds.shape[0])
-        force = [m for m in MODALITIES if m in force]
-        warnings: list[str] = []
-        if prompt_len >= self.cfg.max_context:
-            raise InvalidInput(
-                f"the prompt has {prompt_len} tokens but max_context is {self.cfg.max_context}; "
-                "shorten the conversation or send fewer media"
-            )
-        budget = options.max_new_tokens
-        if prompt_len + budget > self.cfg.max_context:
-            budget = self.cfg.max_context - prompt_len
-            warnings.append(
-                f"context overflow: prompt {prompt_len} + max_new_tokens {options.max_new_tokens} > "
-                f"max_context {self.cfg.max_context}; generating at most {budget} tokens"
-            )
-        needed = sum(len(self.ids.spans[m]) for m in force)
-        if needed > budget:
-            raise InvalidInput(
-                f"{budget} new tokens cannot hold the requested spans ({', '.join(force)}: {needed} signal "
-                f"tokens); raise max_new_tokens to at least {needed}"
-            )
-        generator = _make_generator(options.seed, self.device)
-        eos = self.tokenizer.eos_token_id
-
+        policy = self.policy(options, prompt_len, force)
+        generator = make_generator(options.seed, self.device)
+        streamer = self.streamer(on_text)
         # 2. prefill the prompt once
         logits, _, cache = self._forward(prompt_embeds.to(self.device, self.dtype), None)
         next_logits = logits[-1]  # (V,)
-
-        ids: list[int] = []
-        states: list[torch.Tensor] = []  # (H,) per fed token, aligned with ids
-        queue: list[int] = []  # forced tokens to emit next
-        forced: list[Modality] = []
-        done: set[Modality] = set()
-        finish: Literal["stop", "length"] = "length"
-        streamer = _TextStreamer(self, on_text)
-
-        def missing() -> list[Modality]:
-            return [m for m in force if m not in done and not self._span_in_progress(ids, queue, m)]
-
-        # 3. decode one token per step
+        states: list[torch.Tensor] = []  # (H,) per fed token, aligned with policy.ids
+        spans: list[SignalSpan] = []
+        # 3. decode one token per step, as the policy says
         while True:
             if on_step is not None:
-                on_step(len(ids))
-            if not queue:
-                reserve = sum(len(self.ids.spans[m]) for m in missing())
-                if len(ids) + reserve >= budget or len(ids) >= budget:
-                    if missing() and len(ids) < budget:
-                        self._force_spans(missing(), queue, forced)
-                        continue
-                    finish = "length"
-                    break
-                token = _sample(
-                    self._mask_unfit(next_logits, ids, force, done, budget - reserve), options, generator
-                )
-                stop_len = self._stop_match(ids + [token])
-                if token == eos or stop_len:
-                    if missing():  # the model would stop but a requested span is missing: insert it
-                        if stop_len > 1:
-                            cache.crop(prompt_len + len(ids) - (stop_len - 1))
-                            del ids[-(stop_len - 1) :], states[-(stop_len - 1) :]
-                        self._force_spans(missing(), queue, forced)
-                        continue
-                    if stop_len > 1:
-                        del ids[-(stop_len - 1) :], states[-(stop_len - 1) :]
-                    finish = "stop"
-                    break
-                pos = self.ids.position(token)
-                if pos is not None and pos[0] in force:
-                    # Never leave a requested modality's span partial: complete it token by token.
-                    span = list(self.ids.spans[pos[0]])
-                    token, queue[:0] = span[0], span[1:]
-            else:
-                token = queue.pop(0)
-            ids.append(token)
-            pos = self.ids.position(token)
-            if pos is not None and pos[1] == len(self.ids.spans[pos[0]]) - 1 and self._ends_span(ids, pos[0]):
-                done.add(pos[0])
-            logits, hidden, cache = self._forward(self.token_embeds([token]), cache)
+                on_step(len(policy.ids))
+            action = policy.next_action()
+            if isinstance(action, Finish):
+                break
+            if isinstance(action, Sample):
+                token = sample(mask_banned(next_logits, action.banned, self.ids), options, generator)
+                drop = policy.on_sampled(token).drop
+                if drop:  # a stop sequence's earlier tokens are taken back
+                    del states[-drop:]
+                    if not policy.finished:
+                        cache.crop(prompt_len + len(policy.ids))
+                continue
+            completed = policy.feed(action.token)
+            logits, hidden, cache = self._forward(self.token_embeds([action.token]), cache)
             next_logits = logits[-1]
             states.append(hidden[-1])  # the state at this token's own position
-            streamer.update(ids)
-
+            streamer.update(policy.ids)
+            if completed is not None:
+                span = self.span(completed, torch.stack(states[completed.start :]))  # (N, H)
+                spans.append(span)
+                if on_span is not None:
+                    on_span(span)
         # 4. spans, text, warnings
-        return self._finish(ids, states, finish, prompt_len, forced, warnings, streamer)
-
-    def _finish(
-        self,
-        ids: list[int],
-        states: list[torch.Tensor],
-        finish: Literal["stop", "length"],
-        prompt_len: int,
-        forced: list[Modality],
-        warnings: list[str],
-        streamer: _TextStreamer,
-    ) -> LLMOutput:
-        hidden = torch.stack(states) if states else torch.empty(0, self.hidden_size)  # (N_gen, H)
-        located, span_warnings = find_spans(ids, self.ids)
-        spans = []
-        for modality, start in located:
-            n = len(self.ids.spans[modality])
-            token_ids = ids[start : start + n]
-            spans.append(
-                SignalSpan(
-                    modality=modality,
-                    start=start,
-                    token_ids=token_ids,
-                    hidden=hidden[start : start + n].clone(),
-                    token_embeds=self.token_embeds(token_ids).clone(),
-                )
-            )
-        streamer.update(ids, final=True)
-        text = streamer.text
-        raw_text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        return LLMOutput(
-            text=text,
-            raw_text=raw_text,
-            token_ids=ids,
-            spans=spans,
-            finish_reason=finish,
-            prompt_tokens=prompt_len,
-            forced_modalities=forced,
-            warnings=warnings + span_warnings,
-        )
-
-    def _mask_unfit(
-        self, logits: torch.Tensor, ids: list[int], force: list[Modality], done: set[Modality], limit: int
-    ) -> torch.Tensor:
-        """Forbid starting a further span of an already satisfied requested modality when its completion
-        would eat the room reserved for the missing ones (spans of requested modalities are completed)."""
-        room = limit - len(ids)
-        unfit = [m for m in force if m in done and len(self.ids.spans[m]) > room]
-        if not unfit:
-            return logits
-        logits = logits.clone()
-        for m in unfit:
-            span = self.ids.spans[m]
-            logits[span[0] : span[-1] + 1] = float("-inf")
-        return logits
-
-    def _force_spans(self, modalities: list[Modality], queue: list[int], forced: list[Modality]) -> None:
-        for m in modalities:
-            queue.extend(self.ids.spans[m])
-            forced.append(m)
-        logger.debug("forcing spans %s", modalities)
-
-    def _span_in_progress(self, ids: list[int], queue: list[int], modality: Modality) -> bool:
-        return any(self.ids.position(t) == (modality, len(self.ids.spans[modality]) - 1) for t in queue)
-
-    def _ends_span(self, ids: list[int], modality: Modality) -> bool:
-        span = list(self.ids.spans[modality])
-        return ids[-len(span) :] == span
-
-    def _stop_match(self, ids: list[int]) -> int:
-        """Length of the stop sequence `ids` ends with, else 0."""
-        for stop in self._stop_ids:
-            if stop and ids[-len(stop) :] == stop:
-                return len(stop)
-        return 0
-
-    def _stop_prefix_len(self, ids: list[int]) -> int:
-        """Longest tail of `ids` that may still become a stop sequence (held back from streaming)."""
-        best = 0
-        for stop in self._stop_ids:
-            for k in range(min(len(stop), len(ids)), 0, -1):
-                if ids[-k:] == stop[:k]:
-                    best = max(best, k)
-                    break
-        return best
-
-    def visible_text(self, ids: list[int]) -> str:
-        """Reply text of `ids` without signal/wrapper tokens, as `generate` reports it."""
-        streamer = _TextStreamer(self, None)
-        streamer.update(ids, final=True)
-        return streamer.text
+        return policy.output(streamer, spans)
 
     @torch.inference_mode()
     def hidden_states_for(self, prompt_embeds: torch.Tensor, generated_ids: list[int]) -> torch.Tensor:
@@ -387,67 +275,3 @@ def _no_prefix_backend(tokenizer: Any) -> Tokenizer:
     else:
         logger.warning("tokenizer pre-tokenizer %s is not Metaspace; pieces may get an extra space", pre)
     return backend
-
-
-def _make_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return gen
-
-
-def _sample(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator) -> int:
-    """Greedy for temperature 0, else temperature + nucleus (top_p) sampling. logits: (V,)."""
-    if options.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / options.temperature, dim=-1)
-    sorted_probs, order = torch.sort(probs, descending=True)
-    cumulative = torch.cumsum(sorted_probs, dim=-1)
-    keep = cumulative - sorted_probs < options.top_p  # always keeps the most likely token
-    sorted_probs = sorted_probs * keep
-    choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-    return int(order[choice])
-
-
-class _TextStreamer:
-    """Incremental detokenization (as vLLM does it): the reply text *is* the concatenation of the
-    deltas, so a streaming client and the final result always agree.
-
-    Each step decodes the visible tokens from a lagging `prefix` offset and emits only what the newest
-    tokens add. Held back: a trailing incomplete UTF-8 character (sentencepiece byte pieces arrive one
-    token at a time), tokens that may still become the stop sequence, and trailing whitespace (the
-    reply is right-stripped, e.g. the newline before `###`). Signal tokens never reach the text."""
-
-    def __init__(self, lm: NextGPTLanguageModel, on_text: Callable[[str], None] | None) -> None:
-        self.lm = lm
-        self.on_text = on_text
-        self.visible: list[int] = []  # fed, non-signal token ids
-        self.fed = 0  # how many generated ids were fed
-        self.prefix = 0
-        self.read = 0
-        self.text = ""  # emitted so far
-        self.pending_space = ""  # trailing whitespace not emitted yet
-
-    def update(self, ids: list[int], final: bool = False) -> None:
-        hold = 0 if final else self.lm._stop_prefix_len(ids)
-        for token in ids[self.fed : len(ids) - hold]:
-            if token not in self.lm._signal_ids:
-                self.visible.append(token)
-        self.fed = max(self.fed, len(ids) - hold)
-        decode = self.lm.tokenizer.decode
-        before = decode(self.visible[self.prefix : self.read], skip_special_tokens=True)
-        after = decode(self.visible[self.prefix :], skip_special_tokens=True)
-        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
-            return
-        self.prefix, self.read = self.read, len(self.visible)
-        new = self.pending_space + after[len(before) :]
-        if not self.text:
-            new = new.lstrip()
-        body = new.rstrip()
-        self.pending_space = new[len(body) :]
-        if body:
-            self.text += body
-            if self.on_text is not None:
-                self.on_text(body)

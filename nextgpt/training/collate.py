@@ -148,7 +148,7 @@ class ExampleBuilder:
                     if isinstance(seg, str):
                         if ids and seg.startswith("### Human: "):
                             seg = " Human: " + seg[len("### Human: ") :]  # as build_prompt continues
-                        tokens = self.lm._encode(seg, first=not ids)
+                        tokens = self.lm.encode(seg, first=not ids)
                     else:
                         media.append((len(ids), self.embed_media(next(refs))))
                         tokens = [self.placeholder] * self.media_tokens
@@ -156,7 +156,7 @@ class ExampleBuilder:
                     labels += [IGNORE_INDEX] * len(tokens)
             else:
                 text = f" {turn.text.strip()}\n###" if turn.text.strip() else "\n###"
-                tokens = self.lm._encode(text, first=False)
+                tokens = self.lm.encode(text, first=False)
                 ids += tokens
                 labels += tokens
                 expected += turn.outputs

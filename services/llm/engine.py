@@ -4,8 +4,11 @@ An engine turns a conversation (text turns + projected-to-be ImageBind embedding
 async and streaming so that one interface fits both the HF engine (a worker thread, one request at a
 time) and the vLLM engine of a later issue (continuous batching in its own process pair):
 
-    async for event in engine.generate(request):   # TextDelta ..., then one LLMOutput
+    async for event in engine.generate(request):   # TextDelta / SignalSpan ..., then one LLMOutput
         ...
+
+A `SignalSpan` event is a complete span, sent as soon as its hidden states are final, so that the
+gateway can start its decoder while the reply goes on; the final `LLMOutput` lists the same spans.
 
 Cancellation is the consumer's business: when it stops iterating (client gone, deadline passed) it closes
 the async generator (`aclose()`, or task cancellation), and the engine stops decoding promptly.
@@ -24,7 +27,7 @@ from nextgpt.config import GenerationOptions
 from nextgpt.errors import ModelNotReady
 from nextgpt.llm.prompt import build_prompt
 from nextgpt.llm.signal_tokens import SignalLayout
-from nextgpt.types import LLMOutput, MediaItem, Message, Modality
+from nextgpt.types import LLMOutput, MediaItem, Message, Modality, SignalSpan
 
 REQUESTS_IN_FLIGHT = Gauge(
     "nextgpt_llm_requests_in_flight", "Generate calls being served (queued or running)"
@@ -75,6 +78,9 @@ class EngineRequest:
     """Per message, the media an assistant turn generated (missing entries: none); see `prompt_messages`."""
 
 
+EngineEvent = TextDelta | SignalSpan | LLMOutput
+
+
 class QueueFull(ModelNotReady):
     """Too many requests are waiting; UNAVAILABLE, so that clients retry (or another replica takes it)."""
 
@@ -92,9 +98,10 @@ class Engine(Protocol):
         """Adapter names accepted in `EngineRequest.adapter`; the first is the default."""
         ...
 
-    def generate(self, request: EngineRequest) -> AsyncIterator[TextDelta | LLMOutput]:
-        """Text deltas while decoding, then the final `LLMOutput`. Raises `InvalidInput` (before the first
-        event) for an unknown adapter or a prompt that does not fit, `QueueFull` when overloaded."""
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        """Text deltas and complete spans while decoding, then the final `LLMOutput`. Raises
+        `InvalidInput` (before the first event) for an unknown adapter or a prompt that does not fit,
+        `QueueFull` when overloaded."""
         ...
 
     async def close(self) -> None:

@@ -1,7 +1,7 @@
 """The reference engine: `NextGPTLanguageModel` on plain transformers, one request at a time.
 
 Requests queue FIFO in front of a single worker thread (no continuous batching: the HF decode loop runs
-one sequence). The worker pushes text deltas into the request's asyncio queue with
+one sequence). The worker pushes text deltas and complete spans into the request's asyncio queue with
 `loop.call_soon_threadsafe`; a per-request cancel flag is checked before every decode step, so a client
 that goes away stops the decoding within one step. It produces exactly what the in-process pipeline
 (`NextGPT.generate`) produces for the same inputs and seed.
@@ -33,6 +33,7 @@ from services.llm.engine import (
     PROMPT_TOKENS,
     QUEUE_DEPTH,
     STAGE_SECONDS,
+    EngineEvent,
     EngineRequest,
     QueueFull,
     TextDelta,
@@ -95,15 +96,15 @@ class HFEngine:
     def adapters(self) -> list[str]:
         return list(self._adapters.names)
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[TextDelta | LLMOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         adapter = self._adapters.resolve(request.adapter)  # unknown names fail before queueing
         if self._waiting >= self.max_queue:
             raise QueueFull(f"the LLM queue is full ({self._waiting} waiting); retry later or add replicas")
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[TextDelta | LLMOutput | BaseException] = asyncio.Queue()
+        events: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
         cancel, started = threading.Event(), threading.Event()
 
-        def push(item: TextDelta | LLMOutput | BaseException) -> None:
+        def push(item: EngineEvent | BaseException) -> None:
             if cancel.is_set():
                 return  # nobody listens any more (and the loop may be gone)
             loop.call_soon_threadsafe(events.put_nowait, item)
@@ -136,7 +137,7 @@ class HFEngine:
         self,
         request: EngineRequest,
         adapter: str,
-        push: Callable[[TextDelta | LLMOutput | BaseException], None],
+        push: Callable[[EngineEvent | BaseException], None],
         cancel: threading.Event,
         started: threading.Event,
         queued_at: float,
@@ -169,6 +170,7 @@ class HFEngine:
                 force=request.options.requested_media,
                 on_text=lambda text: push(TextDelta(text)),
                 on_step=on_step,
+                on_span=push,
             )
             STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
             push(out)

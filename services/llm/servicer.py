@@ -10,7 +10,7 @@ import torch
 
 from nextgpt._proto import common_pb2, llm_pb2, llm_pb2_grpc
 from nextgpt.errors import InvalidInput, ModelNotReady
-from nextgpt.types import LLMOutput, Message, Modality
+from nextgpt.types import LLMOutput, Message, Modality, SignalSpan
 from services.common import tensors
 from services.common.convert import (
     MODALITY_TO_PROTO,
@@ -24,6 +24,7 @@ from services.llm.engine import (
     REQUESTS_IN_FLIGHT,
     TIME_TO_FIRST_TOKEN,
     Engine,
+    EngineEvent,
     EngineRequest,
     TextDelta,
 )
@@ -56,9 +57,7 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         return llm_pb2.ListAdaptersResponse(adapters=self._ready().adapters())
 
 
-async def _observed(
-    events: AsyncIterator[TextDelta | LLMOutput], started: float
-) -> AsyncIterator[TextDelta | LLMOutput]:
+async def _observed(events: AsyncIterator[EngineEvent], started: float) -> AsyncIterator[EngineEvent]:
     """Pass events through, recording time to the first one and the forced spans of the result."""
     first = True
     async for event in events:
@@ -119,25 +118,29 @@ def embedding_from_proto(message: llm_pb2.MediaEmbedding, embed_dim: int, what: 
     return embedding.float()
 
 
-def event_to_proto(event: TextDelta | LLMOutput) -> llm_pb2.LLMGenerateResponse:
+def event_to_proto(event: EngineEvent) -> llm_pb2.LLMGenerateResponse:
     if isinstance(event, TextDelta):
         return llm_pb2.LLMGenerateResponse(text_delta=event.text)
+    if isinstance(event, SignalSpan):
+        return llm_pb2.LLMGenerateResponse(span=span_to_proto(event))
     return llm_pb2.LLMGenerateResponse(result=result_to_proto(event))
 
 
+def span_to_proto(span: SignalSpan) -> llm_pb2.SignalSpan:
+    return llm_pb2.SignalSpan(
+        modality=MODALITY_TO_PROTO[span.modality],
+        start=span.start,
+        hidden=tensors.to_proto(span.hidden.float()),  # (N, H)
+        token_embeds=tensors.to_proto(span.token_embeds.float()),  # (N, H)
+    )
+
+
 def result_to_proto(out: LLMOutput) -> llm_pb2.LLMResult:
+    """The summary; its spans already went out as `span` events."""
     return llm_pb2.LLMResult(
         text=out.text,
         raw_text=out.raw_text,
-        spans=[
-            llm_pb2.SignalSpan(
-                modality=MODALITY_TO_PROTO[s.modality],
-                start=s.start,
-                hidden=tensors.to_proto(s.hidden.float()),  # (N, H)
-                token_embeds=tensors.to_proto(s.token_embeds.float()),  # (N, H)
-            )
-            for s in out.spans
-        ],
+        num_spans=len(out.spans),
         finish_reason=out.finish_reason,
         usage=common_pb2.Usage(prompt_tokens=out.prompt_tokens, completion_tokens=len(out.token_ids)),
         forced_modalities=[MODALITY_TO_PROTO[m] for m in out.forced_modalities],

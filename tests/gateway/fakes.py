@@ -126,37 +126,44 @@ class FakeEncoder(_Fake, encoder_pb2_grpc.EncoderServiceServicer):
 
 @dataclass
 class FakeLLM(_Fake, llm_pb2_grpc.LLMServiceServicer):
-    """Streams a fixed reply and one span (of shape [N, 8]) per requested medium."""
+    """Streams a fixed reply with one span (of shape [N, 8]) per requested medium after its first word."""
 
     adapters: list[str] = field(default_factory=lambda: ["default", "sketch"])
     spans_per_modality: int = 1
+    hold_until_media: asyncio.Event | None = None
+    """When set: the spans go out after the first word, the rest of the reply only once this is set."""
 
     async def Generate(self, request, context):  # noqa: N802
         call = await self._begin(request, context)
         options = generation_options_from_proto(request.options)
         if request.options.lora and request.options.lora not in self.adapters:
             raise InvalidInput(f"unknown LoRA adapter {request.options.lora!r}; available: {self.adapters}")
-        for word in REPLY_WORDS:
-            yield llm_pb2.LLMGenerateResponse(text_delta=word)
+        yield llm_pb2.LLMGenerateResponse(text_delta=REPLY_WORDS[0])
         if self.mode == "break":
             raise RuntimeError("the fake LLM lost its GPU mid-reply")
-        spans = []
+        n_spans = 0
         for modality in options.requested_media:
             for k in range(self.spans_per_modality):
                 n = SPAN_TOKENS[modality]
                 hidden = torch.arange(n * HIDDEN, dtype=torch.float32).reshape(n, HIDDEN) + k
-                spans.append(
-                    llm_pb2.SignalSpan(
-                        modality=MODALITY_TO_PROTO[modality],
-                        start=len(spans) * n,
-                        hidden=tensors.to_proto(hidden),
-                        token_embeds=tensors.to_proto(hidden * 0.5),
-                    )
+                span = llm_pb2.SignalSpan(
+                    modality=MODALITY_TO_PROTO[modality],
+                    start=n_spans * n,
+                    hidden=tensors.to_proto(hidden),
+                    token_embeds=tensors.to_proto(hidden * 0.5),
                 )
+                n_spans += 1
+                yield llm_pb2.LLMGenerateResponse(span=span)
+        if self.hold_until_media is not None:  # the rest of the reply waits until a medium was sent out
+            await asyncio.wait_for(self.hold_until_media.wait(), 10)
+        for word in REPLY_WORDS[1:]:
+            yield llm_pb2.LLMGenerateResponse(text_delta=word)
         call.ended = time.monotonic()
         usage = common_pb2.Usage(prompt_tokens=7, completion_tokens=len(REPLY_WORDS))
         text = "".join(REPLY_WORDS)
-        result = llm_pb2.LLMResult(text=text, raw_text=text, spans=spans, finish_reason="stop", usage=usage)
+        result = llm_pb2.LLMResult(
+            text=text, raw_text=text, num_spans=n_spans, finish_reason="stop", usage=usage
+        )
         yield llm_pb2.LLMGenerateResponse(result=result)
 
     async def ListAdapters(self, request, context):  # noqa: N802
@@ -248,6 +255,7 @@ class FakeCluster:
         for fake in self.fakes():
             fake.reset()
         self.llm.spans_per_modality = 1
+        self.llm.hold_until_media = None
 
     def kill(self, name: str) -> None:
         """The backend goes away: its server stops, its port refuses connections."""

@@ -53,15 +53,35 @@ def test_unary_all_outputs(stub):
     assert not response.errors and response.finish_reason == "stop"
 
 
-def test_stream_order_text_then_media_as_decoded_then_summary(stub, cluster):
+def test_stream_order_media_as_decoded_then_summary(stub, cluster):
     cluster.decoders["image"].delay_s = 0.3  # the audio finishes first and is streamed first
     events = list(stub.GenerateStream(request("go", modalities=[IMAGE, AUDIO], seed=0), timeout=10))
     kinds = [e.WhichOneof("event") for e in events]
-    assert kinds == ["text_delta"] * 4 + ["media", "media", "summary"]
-    assert "".join(e.text_delta for e in events[:4]) == TEXT
-    assert [events[4].media.modality, events[5].media.modality] == [AUDIO, IMAGE]
+    assert sorted(kinds[:-1]) == ["media", "media"] + ["text_delta"] * 4 and kinds[-1] == "summary"
+    assert "".join(e.text_delta for e in events if e.WhichOneof("event") == "text_delta") == TEXT
+    assert [e.media.modality for e in events if e.WhichOneof("event") == "media"] == [AUDIO, IMAGE]
     summary = events[-1].summary
     assert summary.text == TEXT and not summary.media and summary.usage.prompt_tokens == 7
+
+
+def test_first_medium_arrives_before_the_reply_ends(stub, cluster):
+    """Span pipelining: the LLM streams its spans after the first word and holds the rest of the reply
+    until the client has a medium, so the stream can only finish if media go out mid-reply."""
+    held = asyncio.Event()
+    cluster.run(_set(cluster.llm, "hold_until_media", held))
+    kinds = []
+    for event in stub.GenerateStream(request("go", modalities=[IMAGE, VIDEO, AUDIO], seed=0), timeout=10):
+        kinds.append(event.WhichOneof("event"))
+        if kinds[-1] == "media":
+            cluster.loop.call_soon_threadsafe(held.set)
+    first_media = kinds.index("media")
+    assert kinds[:first_media] == ["text_delta"]  # "Here ", then media while the LLM still streams
+    assert kinds.count("text_delta") == 4 and kinds.count("media") == 3 and kinds[-1] == "summary"
+    assert max(i for i, k in enumerate(kinds) if k == "text_delta") > first_media
+
+
+async def _set(obj, name, value) -> None:
+    setattr(obj, name, value)
 
 
 def test_invalid_argument_with_message(stub):
@@ -125,7 +145,7 @@ def test_python_client(cluster):
         history = [Message("user", "remix", [photo]), reply.as_message(), Message("user", "again")]
         events = list(client.stream(history, GenerationOptions(modalities=("text", "video"))))
         assert isinstance(events[0], TextDelta) and isinstance(events[-1], GenerateReply)
-        assert [type(e) for e in events[4:-1]] == [MediaItem]
+        assert sorted(type(e).__name__ for e in events[1:-1]) == ["MediaItem"] + ["TextDelta"] * 3
         assert [m.modality for m in events[-1].media] == ["video"]  # the summary carries the streamed media
         assert list(cluster.llm.calls[-1].request.turns[1].generated) == [IMAGE, AUDIO]
         cluster.decoders["video"].mode = "fail"

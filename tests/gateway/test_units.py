@@ -8,8 +8,7 @@ import pytest
 from gateway.backends import BackendError, GatewayTimeout, map_rpc_error
 from gateway.config import ENV_PREFIX, GatewaySettings
 from gateway.openai_serving import parse_data_url
-from gateway.serving import check_media, check_options, select_spans
-from nextgpt._proto import common_pb2, llm_pb2
+from gateway.serving import _SpanChooser, check_media, check_options
 from nextgpt.config import DecodeOptions, GenerationOptions
 from nextgpt.errors import ConfigError, InvalidInput, ModelNotReady
 from nextgpt.types import MediaItem, Message
@@ -29,18 +28,13 @@ def test_settings_from_flags_and_env():
         GatewaySettings(request_timeout_s=0)
 
 
-def _span(modality: int) -> llm_pb2.SignalSpan:
-    return llm_pb2.SignalSpan(modality=modality)
-
-
-def test_select_spans_keeps_the_first_per_modality_in_modality_order():
-    spans = [_span(common_pb2.MODALITY_AUDIO), *[_span(common_pb2.MODALITY_IMAGE)] * 3]
-    chosen, warnings = select_spans(spans, GenerationOptions(max_media_per_modality=2))
-    assert [(m, k) for m, k, _ in chosen] == [("image", 0), ("image", 1), ("audio", 0)]
-    assert warnings == [
+def test_span_chooser_keeps_the_first_per_modality():
+    chooser = _SpanChooser(limit=2)
+    assert [chooser.take(m) for m in ("audio", "image", "image", "image")] == [0, 0, 1, None]
+    assert chooser.warnings() == [
         "the reply holds 3 image spans; decoding the first 2 (raise max_media_per_modality for more)"
     ]
-    assert select_spans(spans, GenerationOptions(max_media_per_modality=0))[0] == []
+    assert _SpanChooser(limit=0).take("image") is None
 
 
 def test_parse_data_url():

@@ -77,16 +77,18 @@ def request(*turns: llm_pb2.Turn, **options) -> llm_pb2.LLMGenerateRequest:
     return llm_pb2.LLMGenerateRequest(turns=list(turns), options=common_pb2.GenerationOptions(**options))
 
 
-async def stream(stub, req, **kwargs) -> tuple[list[str], llm_pb2.LLMResult]:
-    deltas, results = [], []
+async def stream(stub, req, **kwargs) -> tuple[list[str], llm_pb2.LLMResult, list[llm_pb2.SignalSpan]]:
+    deltas, results, spans = [], [], []
     async for response in stub.Generate(req, **kwargs):
+        assert not results, "an event after the result"
         if response.HasField("result"):
             results.append(response.result)
+        elif response.HasField("span"):
+            spans.append(response.span)
         else:
-            assert not results, "text after the result"
             deltas.append(response.text_delta)
-    assert len(results) == 1
-    return deltas, results[0]
+    assert len(results) == 1 and results[0].num_spans == len(spans)
+    return deltas, results[0], spans
 
 
 def test_generate_streams_text_then_spans(engine, tiny_model):
@@ -103,10 +105,10 @@ def test_generate_streams_text_then_spans(engine, tiny_model):
     expected = tiny_model.llm.generate(tiny_model.llm.embed(segments).embeds, options, force=["video"])
 
     async def check(stub) -> None:
-        deltas, result = await stream(stub, req)
+        deltas, result, spans = await stream(stub, req)
         assert "".join(deltas) == result.text == expected.text and result.raw_text == expected.raw_text
-        assert [s.modality for s in result.spans] == [common_pb2.MODALITY_VIDEO]
-        span = result.spans[0]
+        assert [s.modality for s in spans] == [common_pb2.MODALITY_VIDEO]
+        span = spans[0]
         hidden = tensors.from_proto(span.hidden)
         assert span.hidden.dtype == "float32" and list(span.hidden.shape) == [24, tiny_model.llm.hidden_size]
         torch.testing.assert_close(hidden, expected.spans[0].hidden, rtol=0, atol=1e-6)
@@ -123,7 +125,7 @@ def test_generate_streams_text_then_spans(engine, tiny_model):
             llm_pb2.Turn(role=USER, text="and a dog"),
             max_new_tokens=8, temperature=0, lora="alt",
         )  # fmt: skip
-        _, result = await stream(stub, again)
+        _, result, _ = await stream(stub, again)
         assert result.usage.completion_tokens == 8
 
     serve(engine, check)
@@ -154,7 +156,7 @@ def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(engine, 
             await stream(stub, req)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in info.value.details()
-        _, result = await stream(stub, request(llm_pb2.Turn(role=USER, text="hi"), max_new_tokens=4))
+        _, result, _ = await stream(stub, request(llm_pb2.Turn(role=USER, text="hi"), max_new_tokens=4))
         assert result.usage.completion_tokens == 4
 
     serve(engine, check)
@@ -267,7 +269,7 @@ def test_server_process_health_reflection_metrics_and_draining_sigterm(tiny_mode
             await wait_serving(chan, proc)
             assert "nextgpt.v1.LLMService" in await list_services(chan)
             stub = llm_pb2_grpc.LLMServiceStub(chan)
-            _, result = await stream(stub, request(llm_pb2.Turn(role=USER, text="hi"), max_new_tokens=3))
+            _, result, _ = await stream(stub, request(llm_pb2.Turn(role=USER, text="hi"), max_new_tokens=3))
             assert result.usage.completion_tokens == 3
             url = f"http://127.0.0.1:{metrics}/metrics"
             body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())

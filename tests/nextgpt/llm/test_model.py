@@ -30,7 +30,7 @@ def _prompt(lm: NextGPTLanguageModel, text: str = "show me a picture of a red ca
 def _script(monkeypatch: pytest.MonkeyPatch, tokens: list[int]) -> None:
     """Replace sampling with a fixed token script, to drive the loop into exact situations."""
     it: Iterator[int] = iter(tokens)
-    monkeypatch.setattr(model_mod, "_sample", lambda logits, options, generator: next(it))
+    monkeypatch.setattr(model_mod, "sample", lambda logits, options, generator: next(it))
 
 
 def _lora(rank: int = dims.LORA_R, b_scale: float = 0.0) -> dict[str, torch.Tensor]:
@@ -143,7 +143,7 @@ def test_embed_no_extra_space_between_pieces(lm: NextGPTLanguageModel) -> None:
 def test_embed_media_blocks(lm: NextGPTLanguageModel) -> None:
     block = torch.randn(3, dims.LLM_HIDDEN)
     out = lm.embed(["### Human: <Img>", block, "</Img> hi\n### Assistant:"])
-    n_first = len(lm._encode("### Human: <Img>", first=True))
+    n_first = len(lm.encode("### Human: <Img>", first=True))
     assert out.num_media_tokens == 3
     assert torch.equal(out.embeds[n_first : n_first + 3], block)
     assert out.num_tokens == out.embeds.shape[0]

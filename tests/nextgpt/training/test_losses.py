@@ -63,10 +63,10 @@ def test_prompt_tokens_match_inference(model: TrainableNextGPT, builder: Example
     )
     want: list[int] = []
     for i, seg in enumerate(segments):
-        want += lm._encode(seg, first=i == 0) if isinstance(seg, str) else [builder.placeholder]
+        want += lm.encode(seg, first=i == 0) if isinstance(seg, str) else [builder.placeholder]
     assert prefix == want
     # labels: the reply and its stop string only; the medium sits between <Img> and </Img>
-    reply = lm._encode(" A red circle on a white background.\n###", first=False)
+    reply = lm.encode(" A red circle on a white background.\n###", first=False)
     assert ex.labels[len(prefix) :] == reply
     ((start, _),) = ex.media
     assert ex.input_ids[start - 1] == lm.ids.wrapper[0] and ex.input_ids[start + 1] == lm.ids.wrapper[1]
