@@ -20,17 +20,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from nextgpt.config import GenerationOptions, LLMConfig
 from nextgpt.errors import CheckpointError, InvalidInput, ModelNotReady
-from nextgpt.llm.decoding import (
-    CompletedSpan,
-    DecodePolicy,
-    Finish,
-    Sample,
-    TextStreamer,
-    TokenRules,
-    make_generator,
-    mask_banned,
-    sample,
-)
+from nextgpt.llm.batch import BatchDecoder, DecodeRequest
+from nextgpt.llm.decoding import CompletedSpan, DecodePolicy, TextStreamer, TokenRules
 from nextgpt.llm.prompt import Segment, stop_strings
 from nextgpt.llm.signal_tokens import SignalTokenIds, add_signal_tokens, get_layout
 from nextgpt.llm.weights import (
@@ -192,7 +183,6 @@ class NextGPTLanguageModel:
             token_embeds=self.token_embeds(list(completed.token_ids)).clone(),
         )
 
-    @torch.inference_mode()
     def generate(
         self,
         prompt_embeds: torch.Tensor,
@@ -203,48 +193,18 @@ class NextGPTLanguageModel:
         on_step: Callable[[int], None] | None = None,
         on_span: Callable[[SignalSpan], None] | None = None,
     ) -> LLMOutput:
-        """Decode a reply from (T, H) prompt embeddings (see the module docstring), one token per step.
+        """Decode a reply from (T, H) prompt embeddings (see the module docstring): a batch of one.
 
         `on_step(n)` runs before each step with the number of tokens generated so far; it may raise to
         abandon the request (the services' cancellation: the exception propagates). `on_span` gets each
         complete span as soon as its last token was fed (its states are final then)."""
-        # 1. check inputs and the token budget
-        prompt_len = int(prompt_embeds.shape[0])
-        policy = self.policy(options, prompt_len, force)
-        generator = make_generator(options.seed, self.device)
-        streamer = self.streamer(on_text)
-        # 2. prefill the prompt once
-        logits, _, cache = self._forward(prompt_embeds.to(self.device, self.dtype), None)
-        next_logits = logits[-1]  # (V,)
-        states: list[torch.Tensor] = []  # (H,) per fed token, aligned with policy.ids
-        spans: list[SignalSpan] = []
-        # 3. decode one token per step, as the policy says
+        decoder = BatchDecoder(self)
+        decoder.add(DecodeRequest(prompt_embeds, options, force, on_text, on_step, on_span))
         while True:
-            if on_step is not None:
-                on_step(len(policy.ids))
-            action = policy.next_action()
-            if isinstance(action, Finish):
-                break
-            if isinstance(action, Sample):
-                token = sample(mask_banned(next_logits, action.banned, self.ids), options, generator)
-                drop = policy.on_sampled(token).drop
-                if drop:  # a stop sequence's earlier tokens are taken back
-                    del states[-drop:]
-                    if not policy.finished:
-                        cache.crop(prompt_len + len(policy.ids))
-                continue
-            completed = policy.feed(action.token)
-            logits, hidden, cache = self._forward(self.token_embeds([action.token]), cache)
-            next_logits = logits[-1]
-            states.append(hidden[-1])  # the state at this token's own position
-            streamer.update(policy.ids)
-            if completed is not None:
-                span = self.span(completed, torch.stack(states[completed.start :]))  # (N, H)
-                spans.append(span)
-                if on_span is not None:
-                    on_span(span)
-        # 4. spans, text, warnings
-        return policy.output(streamer, spans)
+            for _, outcome in decoder.step():
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                return outcome
 
     @torch.inference_mode()
     def hidden_states_for(self, prompt_embeds: torch.Tensor, generated_ids: list[int]) -> torch.Tensor:

@@ -4,8 +4,8 @@ another, named after its directory.
 
 Every extra adapter is checked against the loaded base before peft sees it, so a wrong rank, target or
 shape stops the service at start with a message naming the adapter and the problem (peft itself would
-only warn about missing keys). The engine switches adapters per request with peft's `set_adapter`; it
-runs one request at a time, so the switch never races a forward pass.
+only warn about missing keys). The HF engine switches adapters with peft's `set_adapter` between batches
+(a batch holds requests of one adapter), so the switch never races a forward pass.
 """
 
 from __future__ import annotations

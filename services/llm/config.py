@@ -31,14 +31,14 @@ class LLMServiceSettings:
     models_dir: str | None = None
     """Directory holding the profile's weights (default: NEXTGPT_MODELS_DIR or ./models)."""
     engine: str = "auto"
-    """Generation engine: "hf" (transformers, one request at a time), "vllm" (continuous batching) or "auto"
+    """Generation engine: "hf" (transformers), "vllm" (vLLM's scheduler and kernels) or "auto"
     (vllm where it is installed and imports, else hf)."""
     adapters_dir: str | None = None
     """Directory of extra PEFT LoRA adapters, one subdirectory per adapter name."""
     max_queue: int = 64
     """Requests allowed to wait for the engine; more get UNAVAILABLE (retry or another replica)."""
     max_num_seqs: int = 64
-    """vllm engine: sequences decoded together (continuous batching)."""
+    """Sequences decoded together (continuous batching, both engines); more wait in the queue."""
     kv_cache_gib: float = 1.0
     """vllm engine on CPU: GiB of KV cache per engine (fractions allowed; VLLM_CPU_KVCACHE_SPACE, whole GiB,
     wins when set)."""

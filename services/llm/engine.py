@@ -2,7 +2,7 @@
 
 An engine turns a conversation (text turns + projected-to-be ImageBind embeddings) into a reply. It is
 async and streaming so that one interface fits both the HF engine (a worker thread, one request at a
-time) and the vLLM engine of a later issue (continuous batching in its own process pair):
+time) and the vLLM engine (continuous batching in its own process pair):
 
     async for event in engine.generate(request):   # TextDelta / SignalSpan ..., then one LLMOutput
         ...
@@ -47,6 +47,11 @@ STAGE_SECONDS = Histogram(
     "Seconds per engine stage: queue (waiting), prompt (projection + embedding), decode",
     ["stage"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+BATCH_SIZE = Histogram(
+    "nextgpt_llm_batch_size",
+    "Sequences decoded together in one step (HF engine; vLLM schedules its own batches)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 FORCED_SPANS = Counter(
     "nextgpt_llm_forced_spans_total",

@@ -1,34 +1,40 @@
-"""The reference engine: `NextGPTLanguageModel` on plain transformers, one request at a time.
+"""The reference engine: `NextGPTLanguageModel` on plain transformers, with continuous batching.
 
-Requests queue FIFO in front of a single worker thread (no continuous batching: the HF decode loop runs
-one sequence). The worker pushes text deltas and complete spans into the request's asyncio queue with
-`loop.call_soon_threadsafe`; a per-request cancel flag is checked before every decode step, so a client
-that goes away stops the decoding within one step. It produces exactly what the in-process pipeline
-(`NextGPT.generate`) produces for the same inputs and seed.
+Requests queue FIFO in front of one worker thread that decodes every admitted request together
+(`BatchDecoder`: one forward per step for all rows; a new request is prefilled alone and joins at the
+next step, a finished one leaves at once). Rows share the model's active LoRA adapter, so a request
+for another adapter waits until the batch of the current one has drained (FIFO order is kept). The
+worker pushes text deltas and complete spans into the request's asyncio queue with
+`loop.call_soon_threadsafe`; a per-request cancel flag is checked before every step, so a client that
+goes away leaves the batch within one step. Alone in its batch, a request gets exactly what the
+in-process pipeline (`NextGPT.generate`) produces for the same inputs and seed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from nextgpt.checkpoint import check_against_profile, load_delta
 from nextgpt.config import ProfileConfig
+from nextgpt.llm.batch import BatchDecoder, DecodeRequest
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.signal_tokens import get_layout
 from nextgpt.projectors.loading import load_input_projector
 from nextgpt.types import LLMOutput
 from services.llm.adapters import AdapterSet
 from services.llm.engine import (
+    BATCH_SIZE,
     GENERATED_TOKENS,
     PROMPT_TOKENS,
     QUEUE_DEPTH,
@@ -47,6 +53,24 @@ class _Cancelled(Exception):
     """Raised inside the worker when the consumer stopped listening."""
 
 
+@dataclass
+class _Job:
+    """One request on its way through the worker."""
+
+    request: EngineRequest
+    adapter: str
+    push: Callable[[EngineEvent | BaseException], None]
+    finished: Callable[[], None]
+    """Tells the consumer that the worker is done with this request."""
+    context: contextvars.Context
+    """The caller's context: the worker's log lines about this request carry its request id."""
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.perf_counter)
+    decode_started: float = 0.0
+    decoded: int = 0
+
+
 class HFEngine:
     """Input projector + LLM (+ LoRA adapters) of one profile."""
 
@@ -58,20 +82,30 @@ class HFEngine:
         adapters: AdapterSet,
         *,
         max_queue: int = 64,
+        max_num_seqs: int = 64,
     ) -> None:
         self.profile = profile
         self.lm = lm
         self.input_projector = input_projector
         self._adapters = adapters
         self.max_queue = max_queue
+        self.max_num_seqs = max_num_seqs
         self.layout = get_layout(profile.llm.signal_layout)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
-        self._waiting = 0
-        self._waiting_lock = threading.Lock()  # the loop adds, the worker removes
+        self._pending: deque[_Job] = deque()
+        self._wakeup = threading.Condition()
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        self.running = 0
+        """Requests in the batch now (written by the worker)."""
 
     @classmethod
     def load(
-        cls, profile: ProfileConfig, *, adapters_dir: Path | None = None, max_queue: int = 64
+        cls,
+        profile: ProfileConfig,
+        *,
+        adapters_dir: Path | None = None,
+        max_queue: int = 64,
+        max_num_seqs: int = 64,
     ) -> HFEngine:
         """Load the language side of a profile: delta (checked), LLM + LoRA, input projector, adapters."""
         delta = None
@@ -87,7 +121,7 @@ class HFEngine:
         projector = load_input_projector(profile, delta)
         adapters = AdapterSet.load(lm.model, adapters_dir)
         logger.info("HF engine ready: profile %s, adapters %s", profile.name, adapters.names)
-        return cls(profile, lm, projector, adapters, max_queue=max_queue)
+        return cls(profile, lm, projector, adapters, max_queue=max_queue, max_num_seqs=max_num_seqs)
 
     @property
     def embed_dim(self) -> int:
@@ -98,21 +132,25 @@ class HFEngine:
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         adapter = self._adapters.resolve(request.adapter)  # unknown names fail before queueing
-        if self._waiting >= self.max_queue:
-            raise QueueFull(f"the LLM queue is full ({self._waiting} waiting); retry later or add replicas")
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull(
+                f"the LLM queue is full ({len(self._pending)} waiting); retry later or add replicas"
+            )
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
-        cancel, started = threading.Event(), threading.Event()
+        done = loop.create_future()
+        cancel = threading.Event()
 
         def push(item: EngineEvent | BaseException) -> None:
-            if cancel.is_set():
-                return  # nobody listens any more (and the loop may be gone)
-            loop.call_soon_threadsafe(events.put_nowait, item)
+            if not cancel.is_set():  # else nobody listens any more (and the loop may be gone)
+                loop.call_soon_threadsafe(events.put_nowait, item)
 
-        self._count_waiting(+1)
-        work = functools.partial(self._run, request, adapter, push, cancel, started, time.perf_counter())
-        # copy_context: the worker's log lines carry the request id
-        job = loop.run_in_executor(self._executor, contextvars.copy_context().run, work)
+        def finished() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        job = _Job(request, adapter, push, finished, contextvars.copy_context(), cancel)
+        self._submit(job)
         try:
             while True:
                 item = await events.get()
@@ -123,61 +161,101 @@ class HFEngine:
                     return
         finally:
             cancel.set()
-            # Consumer left early: wait until a running worker has stopped (within one decode step), so
-            # that closing the stream means the decoding is over. A queued one returns when its turn comes.
-            if started.is_set() and not job.done():
-                await asyncio.shield(asyncio.gather(job, return_exceptions=True))
+            # Consumer left early: wait until a running request has left the batch (within one step), so
+            # that closing the stream means the decoding is over. A queued one leaves when its turn comes.
+            if job.started.is_set():
+                await asyncio.shield(done)
 
-    def _count_waiting(self, change: int) -> None:
-        with self._waiting_lock:
-            self._waiting += change
-            QUEUE_DEPTH.set(self._waiting)
+    def _submit(self, job: _Job) -> None:
+        with self._wakeup:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="hf-engine", daemon=True)
+                self._worker.start()
+            self._pending.append(job)
+            QUEUE_DEPTH.set(len(self._pending))
+            self._wakeup.notify()
 
-    def _run(
-        self,
-        request: EngineRequest,
-        adapter: str,
-        push: Callable[[EngineEvent | BaseException], None],
-        cancel: threading.Event,
-        started: threading.Event,
-        queued_at: float,
-    ) -> None:
-        """The worker: one request from prompt to output, pushing events; never raises."""
-        started.set()
-        self._count_waiting(-1)
-        STAGE_SECONDS.labels("queue").observe(time.perf_counter() - queued_at)
-        decoded = 0
+    # ------------------------------------------------------------------ the worker thread
+    def _work(self) -> None:
+        """Admit waiting requests (one adapter per batch, FIFO), step the batch, deliver what ended."""
+        decoder = BatchDecoder(self.lm)
+        jobs: dict[int, _Job] = {}  # id(DecodeRequest) -> job
+        active: str | None = None
+        while True:
+            with self._wakeup:
+                while not self._pending and not len(decoder) and not self._closed:
+                    self._wakeup.wait()
+                if self._closed:
+                    return
+                admitted: list[_Job] = []
+                while self._pending and len(decoder) + len(admitted) < self.max_num_seqs:
+                    if (len(decoder) or admitted) and self._pending[0].adapter != active:
+                        break  # the next request needs another adapter: let this batch drain first
+                    admitted.append(self._pending.popleft())
+                    active = admitted[-1].adapter
+                QUEUE_DEPTH.set(len(self._pending))
+            for job in admitted:
+                job.context.run(self._admit, job, decoder, jobs)
+            self.running = len(decoder)
+            if not len(decoder):
+                continue
+            BATCH_SIZE.observe(len(decoder))
+            try:
+                ended = decoder.step()
+            except BaseException as exc:  # noqa: BLE001 - the model failed: every row gets the error
+                logger.exception("decode step failed for %d requests", len(decoder))
+                ended = [(row.request, exc) for row in decoder.rows]
+                decoder = BatchDecoder(self.lm)
+            for request, outcome in ended:
+                job = jobs.pop(id(request))
+                job.context.run(self._deliver, job, outcome)
+            self.running = len(decoder)
+
+    def _admit(self, job: _Job, decoder: BatchDecoder, jobs: dict[int, _Job]) -> None:
+        """Prompt embeddings, then prefill into the batch; a failure ends this request only."""
+        job.started.set()
+        STAGE_SECONDS.labels("queue").observe(time.perf_counter() - job.queued_at)
+        if job.cancel.is_set():
+            job.finished()
+            return
 
         def on_step(n: int) -> None:
-            nonlocal decoded
-            if cancel.is_set():
+            if job.cancel.is_set():
                 raise _Cancelled
-            GENERATED_TOKENS.inc(n - decoded)
-            decoded = n
+            GENERATED_TOKENS.inc(n - job.decoded)
+            job.decoded = n
 
         try:
-            if cancel.is_set():
-                raise _Cancelled
             t0 = time.perf_counter()
-            self._adapters.activate(adapter)
-            prompt = self._prompt(request)  # (T, H)
+            self._adapters.activate(job.adapter)
+            prompt = self._prompt(job.request)  # (T, H)
             PROMPT_TOKENS.inc(prompt.shape[0])
             STAGE_SECONDS.labels("prompt").observe(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            out = self.lm.generate(
+            options = job.request.options
+            request = DecodeRequest(
                 prompt,
-                request.options,
-                force=request.options.requested_media,
-                on_text=lambda text: push(TextDelta(text)),
+                options,
+                force=options.requested_media,
+                on_text=lambda text: job.push(TextDelta(text)),
                 on_step=on_step,
-                on_span=push,
+                on_span=job.push,
             )
-            STAGE_SECONDS.labels("decode").observe(time.perf_counter() - t0)
-            push(out)
-        except _Cancelled:
-            logger.info("cancelled after %d tokens", decoded)
+            job.decode_started = time.perf_counter()
+            decoder.add(request)
         except BaseException as exc:  # noqa: BLE001 - delivered to the consumer, raised there
-            push(exc)
+            self._deliver(job, exc)
+            return
+        jobs[id(request)] = job
+
+    def _deliver(self, job: _Job, outcome: LLMOutput | BaseException) -> None:
+        if isinstance(outcome, _Cancelled):
+            logger.info("cancelled after %d tokens", job.decoded)
+        elif isinstance(outcome, LLMOutput):
+            STAGE_SECONDS.labels("decode").observe(time.perf_counter() - job.decode_started)
+            job.push(outcome)
+        else:
+            job.push(outcome)
+        job.finished()
 
     @torch.inference_mode()
     def _prompt(self, request: EngineRequest) -> torch.Tensor:
@@ -186,4 +264,8 @@ class HFEngine:
         return self.lm.embed(segments).embeds
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify()
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.join)

@@ -42,7 +42,12 @@ def build_engine(settings: LLMServiceSettings) -> Engine:
     if settings.engine == "hf":
         from services.llm.hf_engine import HFEngine
 
-        return HFEngine.load(profile, adapters_dir=adapters_dir, max_queue=settings.max_queue)
+        return HFEngine.load(
+            profile,
+            adapters_dir=adapters_dir,
+            max_queue=settings.max_queue,
+            max_num_seqs=settings.max_num_seqs,
+        )
     if settings.engine == "vllm":
         from services.llm.vllm_engine import VLLMEngine
 

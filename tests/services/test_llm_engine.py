@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import CheckpointError, ConfigError, InvalidInput
 from nextgpt.llm.prompt import build_prompt
-from nextgpt.types import LLMOutput, MediaItem, Message
+from nextgpt.types import LLMOutput, MediaItem, Message, SignalSpan
 from services.llm.adapters import AdapterSet
 from services.llm.engine import EngineRequest, QueueFull, TextDelta, prompt_messages
 from services.llm.hf_engine import HFEngine
@@ -56,15 +56,21 @@ def png() -> bytes:
     return buf.getvalue()
 
 
-async def collect(engine: HFEngine, request: EngineRequest) -> tuple[list[str], LLMOutput]:
-    deltas, final = [], None
+async def collect(engine, request: EngineRequest) -> tuple[list[str], LLMOutput]:
+    """Text deltas and the result; every span of the result was streamed once, before it."""
+    deltas, spans, final = [], [], None
     async for event in engine.generate(request):
+        assert final is None, "an event after the result"
         if isinstance(event, TextDelta):
-            assert final is None, "text after the result"
             deltas.append(event.text)
+        elif isinstance(event, SignalSpan):
+            spans.append(event)
         else:
             final = event
     assert final is not None
+    streamed = sorted(spans, key=lambda s: s.start)
+    assert [(s.modality, s.start) for s in streamed] == [(s.modality, s.start) for s in final.spans]
+    assert all(torch.equal(a.hidden, b.hidden) for a, b in zip(streamed, final.spans, strict=True))
     return deltas, final
 
 
@@ -225,6 +231,30 @@ def test_requests_queue_fifo(engine):
     assert REGISTRY.get_sample_value("nextgpt_llm_queue_depth") == 0
 
 
+def test_concurrent_requests_decode_in_one_batch(engine):
+    def steps() -> tuple[float, float]:
+        total = REGISTRY.get_sample_value("nextgpt_llm_batch_size_count") or 0.0
+        alone = REGISTRY.get_sample_value("nextgpt_llm_batch_size_bucket", {"le": "1.0"}) or 0.0
+        return total, total - alone
+
+    requests = [
+        EngineRequest([Message("user", f"tell me about the number {i}" + " please" * i)], [[]], GREEDY)
+        for i in range(6)
+    ]
+
+    async def together() -> list[LLMOutput]:
+        return [out for _, out in await asyncio.gather(*(collect(engine, r) for r in requests))]
+
+    before = steps()
+    outs = asyncio.run(together())
+    after = steps()
+    assert after[1] - before[1] > 0  # some steps decoded several requests at once
+    assert after[0] - before[0] < 6 * 24  # fewer steps than one request at a time
+    for request, out in zip(requests, outs, strict=True):
+        alone = asyncio.run(collect(engine, request))[1]
+        assert (out.token_ids, out.text) == (alone.token_ids, alone.text)
+
+
 def test_full_queue_is_unavailable(engine):
     long = EngineRequest(
         [Message("user", "hello")], [[]], GenerationOptions(max_new_tokens=1500, temperature=0)
@@ -240,11 +270,11 @@ def test_full_queue_is_unavailable(engine):
         waiting.cancel()
         await running.aclose()
 
-    engine.max_queue = 1
+    engine.max_queue, engine.max_num_seqs = 1, 1  # a batch of one: the second request has to wait
     try:
         asyncio.run(main())
     finally:
-        engine.max_queue = 64
+        engine.max_queue, engine.max_num_seqs = 64, 64
 
 
 async def poll_queue_depth(depth: int) -> None:

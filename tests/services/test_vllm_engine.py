@@ -20,7 +20,7 @@ from nextgpt.types import LLMOutput, MediaItem, Message  # noqa: E402
 from services.llm.engine import EngineRequest, TextDelta  # noqa: E402
 from services.llm.hf_engine import HFEngine  # noqa: E402
 from services.llm.vllm_engine import VLLMEngine  # noqa: E402
-from tests.services.test_llm_engine import make_alt_adapter  # noqa: E402
+from tests.services.test_llm_engine import collect, make_alt_adapter  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -67,26 +67,14 @@ def image_embedding(hf: HFEngine, tiny_model) -> torch.Tensor:
     return tiny_model.encoder.encode(MediaItem("image", buf.getvalue(), "image/png"))  # (E,)
 
 
-async def collect(engine, request: EngineRequest) -> tuple[list[str], LLMOutput]:
-    deltas, final = [], None
-    async for event in engine.generate(request):
-        if isinstance(event, TextDelta):
-            assert final is None, "text after the result"
-            deltas.append(event.text)
-        else:
-            final = event
-    assert final is not None
-    return deltas, final
-
-
 def request(text: str, embeds=(), adapter=None, **options) -> EngineRequest:
     opts = GenerationOptions(max_new_tokens=options.pop("max_new_tokens", 32), temperature=0, **options)
     return EngineRequest([Message("user", text)], [list(embeds)], opts, adapter=adapter)
 
 
 CASES = {
-    "ids": ("Tell me a story about a fox.", False, ()),
-    "ids+forced image,audio": ("Show me a fox.", False, ("text", "image", "audio")),
+    "text": ("Tell me a story about a fox.", False, ()),
+    "text+forced image,audio": ("Show me a fox.", False, ("text", "image", "audio")),
     "embeds": ("What is in this picture?", True, ()),
     "embeds+forced video": ("Make a video of this.", True, ("text", "video")),
 }

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from nextgpt.config import GenerationOptions, LLMConfig, LoRAConfig
 from nextgpt.errors import CheckpointError, InvalidInput, ModelNotReady
-from nextgpt.llm import model as model_mod
+from nextgpt.llm import batch as batch_mod
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.prompt import build_prompt
 from nextgpt.tiny import dims
@@ -30,7 +30,7 @@ def _prompt(lm: NextGPTLanguageModel, text: str = "show me a picture of a red ca
 def _script(monkeypatch: pytest.MonkeyPatch, tokens: list[int]) -> None:
     """Replace sampling with a fixed token script, to drive the loop into exact situations."""
     it: Iterator[int] = iter(tokens)
-    monkeypatch.setattr(model_mod, "sample", lambda logits, options, generator: next(it))
+    monkeypatch.setattr(batch_mod, "sample", lambda logits, options, generator: next(it))
 
 
 def _lora(rank: int = dims.LORA_R, b_scale: float = 0.0) -> dict[str, torch.Tensor]:
