@@ -8,7 +8,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.body_limit import BodyLimit
 from gateway.openai_serving import OpenAIServingChat, error_body
@@ -19,6 +21,35 @@ from nextgpt.errors import NextGPTError
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 
 logger = logging.getLogger(__name__)
+
+
+class RequestContext:
+    """ASGI middleware: the request id (the client's `x-request-id`, else a new one) on
+    `request.state`, in the log context and on the response headers.
+
+    Plain ASGI rather than `@app.middleware("http")`: that runs the rest of the app in a task of its
+    own and passes every response message through a memory stream, SSE chunks included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = Headers(scope=scope).get(REQUEST_ID_HEADER) or new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        token = request_id_var.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
 
 
 def build_app(core: GatewayCore) -> FastAPI:
@@ -32,18 +63,9 @@ def build_app(core: GatewayCore) -> FastAPI:
     app.include_router(v1)
     app.include_router(probes)
 
-    # Added first, so it sits inside request_context: the route reads the counted body directly (through
-    # the http middleware's receive wrapper the 413 would surface as a 400 "error parsing the body").
+    # Added last, so outermost: every response, BodyLimit's 413 included, carries the request id.
     app.add_middleware(BodyLimit, limit=lambda: core.settings.max_request_bytes)
-
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):
-        request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
-        request.state.request_id = request_id
-        request_id_var.set(request_id)
-        response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        return response
+    app.add_middleware(RequestContext)
 
     @app.exception_handler(NextGPTError)
     @app.exception_handler(TimeoutError)

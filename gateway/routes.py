@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter
 
 from gateway.openai_serving import OpenAIServingChat
 from gateway.protocol import (
@@ -40,6 +41,7 @@ async def require_api_key(request: Request) -> None:
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 probes = APIRouter()
+RESPONSE_JSON = TypeAdapter(ChatCompletionResponse)
 
 
 @v1.post("/chat/completions", response_model=ChatCompletionResponse, response_model_exclude_none=True)
@@ -47,7 +49,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     serving: OpenAIServingChat = request.app.state.serving_chat
     result = await serving.create(body, request.state.request_id)
     if isinstance(result, ChatCompletionResponse):
-        return JSONResponse(result.model_dump(exclude_none=True))
+        # pydantic writes the JSON bytes in one pass; JSONResponse(model_dump()) would build a dict,
+        # then json.dumps would re-scan and copy the megabytes of base64 media twice (str, bytes)
+        return Response(RESPONSE_JSON.dump_json(result, exclude_none=True), media_type="application/json")
     return StreamingResponse(result, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 

@@ -43,6 +43,7 @@ def test_parse_data_url():
         ("http://example.com/a.png", "'http' URLs are not supported"),
         ("data:image/png,hi", "must be base64-encoded"),
         ("data:image/png;base64,a", "not valid base64"),
+        ("data:image/png;base64,aGk=\u00e9", "non-ASCII"),
         ("data:image/png;base64," + "A" * 100, "over the gateway's limit of 10 bytes"),
     ]:
         with pytest.raises(InvalidInput, match=expected):
