@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check -q
 export OMP_NUM_THREADS := 1
 export NEXTGPT_MODELS_DIR := $(abspath $(MODELS_DIR))
 
-.PHONY: setup setup-vllm models demo up test test-vllm test-gpu lint format protos clean help load
+.PHONY: setup setup-vllm models demo up test test-vllm test-gpu lint format protos clean help load bench-serve
 
 help:
 	@echo "make demo   - set up, build the tiny profile, run any-to-any requests, media in out/demo/"
@@ -53,6 +53,13 @@ demo: models
 LOAD_ARGS ?=
 load: models
 	$(BIN)/python tests/load/run_load.py --out out/load $(LOAD_ARGS)
+
+# The serving benchmark (bench/serve.py): the in-process serial loop and the local cluster with the HF and
+# vLLM engines at concurrency 1..32, results in bench/results/serve.{json,md} + PNGs (BENCH_ARGS e.g.
+# "--quick", "--engines hf --duration-s 10", "--profile").
+BENCH_ARGS ?=
+bench-serve: models setup-vllm
+	$(BIN)/python bench/serve.py $(BENCH_ARGS)
 
 test: models lint
 	$(BIN)/python -m pytest -q -m 'not slow and not gpu and not vllm'

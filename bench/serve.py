@@ -1,0 +1,794 @@
+"""Serving benchmark: the in-process serial loop against the local cluster (HF and vLLM engines) under load.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py [--quick] [--engines hf,vllm]
+        [--concurrency 1,2,4,8,16,32] [--duration-s 20 | --requests N] [--warmup 10] [--profile]
+        [--out bench/results/serve.json]
+
+One run measures, side by side, on the five-request mix (text->text, image->text, text->image,
+audio->video, text->audio; 32 new tokens, default decoder steps, seed = --seed + request index):
+
+1. the serial loop: one `NextGPT` pipeline in this process answering the mix one request at a time;
+2. per engine, the cluster `nextgpt up` starts (`LocalCluster`, free ports): at each concurrency, that
+   many closed-loop clients send the mix over REST (`/v1/chat/completions`, streamed SSE, one kept-alive
+   httpx connection each) for `--duration-s` seconds or `--requests` requests, after `--warmup` requests.
+
+Per configuration and level: requests/s (successful), p50/p95 latency per request type, time to first
+text token and to first medium (from the SSE events as they arrive), errors, each decoder's
+`nextgpt_decoder_batch_size` histogram and the encoder cache counters (Prometheus, before/after), load
+average before/after; at concurrency 1 the serving overhead (cluster p50 - serial p50 per type). Writes
+the JSON, `<stem>_throughput.png`, `<stem>_latency.png` and `<stem>.md` (the printed tables);
+`--profile` adds a py-spy flame graph per service at the highest concurrency (`<stem>_flame_<engine>_
+<service>.svg`). A cluster that fails to start is reported and the run goes on; the exit code is 1 then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import gc
+import itertools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+
+from nextgpt.demo import _parts as content_parts  # noqa: E402 - MediaItem -> OpenAI content parts
+from nextgpt.demo import sample_inputs  # noqa: E402
+from nextgpt.types import MediaItem  # noqa: E402
+from services.launcher import MODALITIES, ClusterPorts, LocalCluster  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "serve.json"
+SERVICES = ("gateway", "encoder", "llm", *(f"decoder-{m}" for m in MODALITIES))
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One request type of the mix: prompt, input media (names in `sample_inputs()`), outputs asked for."""
+
+    name: str
+    prompt: str
+    inputs: tuple[str, ...]
+    modalities: tuple[str, ...]
+
+    @property
+    def media_out(self) -> tuple[str, ...]:
+        return tuple(m for m in self.modalities if m != "text")
+
+
+# The prompts of bench/pipeline_tiny.py, so both benchmarks time the same requests.
+MIX = (
+    Kind("text->text", "Hello there.", (), ("text",)),
+    Kind("image->text", "Describe this.", ("image",), ("text",)),
+    Kind("text->image", "A picture of a cat.", (), ("text", "image")),
+    Kind("audio->video", "A video for this.", ("audio",), ("text", "video")),
+    Kind("text->audio", "The sound of rain.", (), ("text", "audio")),
+)
+
+
+@dataclass
+class Sample:
+    """One finished request. Times in seconds from the request's start; `error` None = success."""
+
+    kind: str
+    latency: float
+    ttft: float | None = None
+    ttfm: float | None = None
+    tokens: int = 0
+    error: str | None = None
+
+
+# --- statistics --------------------------------------------------------------------------------------
+
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    """p50 / p95 / mean in milliseconds, or None without values."""
+    if not values:
+        return None
+    ms = np.asarray(values) * 1000
+    p50, p95 = np.percentile(ms, [50, 95])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "mean": round(float(ms.mean()), 2)}
+
+
+def timings(ok: list[Sample]) -> dict[str, dict[str, float] | None]:
+    return {
+        "latency_ms": percentiles([s.latency for s in ok]),
+        "ttft_ms": percentiles([s.ttft for s in ok if s.ttft is not None]),
+        "ttfm_ms": percentiles([s.ttfm for s in ok if s.ttfm is not None]),
+    }
+
+
+def summarize(samples: list[Sample], wall_s: float) -> dict:
+    """A level's numbers: requests/s counts successful requests; latencies are of successful ones."""
+    ok = [s for s in samples if s.error is None]
+    per_type = {
+        k.name: {
+            "ok": sum(1 for s in ok if s.kind == k.name),
+            "errors": sum(1 for s in samples if s.kind == k.name and s.error),
+            **timings([s for s in ok if s.kind == k.name]),
+        }
+        for k in MIX
+    }
+    return {
+        "requests": len(samples),
+        "ok": len(ok),
+        "errors": len(samples) - len(ok),
+        "error_kinds": dict(Counter(s.error.split(":", 1)[0] for s in samples if s.error)),
+        "error_samples": list(dict.fromkeys(s.error for s in samples if s.error))[:5],
+        "wall_s": round(wall_s, 3),
+        "requests_per_s": round(len(ok) / wall_s, 3),
+        "tokens_per_s": round(sum(s.tokens for s in ok) / wall_s, 1),
+        **timings(ok),
+        "per_type": per_type,
+    }
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --- load --------------------------------------------------------------------------------------------
+
+
+async def run_load(
+    send: Callable[[int], Awaitable[Sample]],
+    concurrency: int,
+    *,
+    requests: int | None = None,
+    duration_s: float | None = None,
+    stop: asyncio.Event | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> tuple[list[Sample], float]:
+    """Closed loop: `concurrency` workers each send the next request of the mix (request i is
+    `MIX[i % 5]` with seed SEED + i) as soon as theirs ends, until `requests` were started,
+    `duration_s` passed or `stop` is set; requests in flight then finish and count."""
+    counter = itertools.count()
+    samples: list[Sample] = []
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        while not (stop is not None and stop.is_set()):
+            if duration_s is not None and time.perf_counter() - started >= duration_s:
+                return
+            i = next(counter)
+            if requests is not None and i >= requests:
+                return
+            samples.append(await send(i))
+            if on_done is not None:
+                on_done()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples, time.perf_counter() - started
+
+
+Scrape = Callable[[], Awaitable[dict[str, dict]]]
+
+
+async def measure_level(
+    name: str,
+    send: Callable[[int], Awaitable[Sample]],
+    concurrency: int,
+    args: argparse.Namespace,
+    progress: Progress,
+    scrape: Scrape | None = None,
+) -> dict:
+    """Warm up, then one measured level; with `scrape`, the Prometheus deltas over it."""
+    await run_load(send, concurrency, requests=args.warmup)
+    task = progress.add_task(f"{name} concurrency {concurrency}", total=args.requests)
+    before, load_before = (await scrape() if scrape else {}), load_average()
+    samples, wall = await run_load(
+        send,
+        concurrency,
+        requests=args.requests,
+        duration_s=None if args.requests is not None else args.duration_s,
+        on_done=lambda: progress.advance(task),
+    )
+    level = {"concurrency": concurrency, **summarize(samples, wall)}
+    if scrape:
+        level.update(metric_deltas(before, await scrape()))
+    level["load_average"] = {"before": load_before, "after": load_average()}
+    progress.update(task, visible=False)
+    p50 = (level["latency_ms"] or {}).get("p50", float("nan"))
+    progress.console.print(
+        f"{name} c={concurrency}: {level['requests_per_s']:.2f} req/s, p50 {p50:.0f} ms, "
+        f"{level['errors']} errors of {level['requests']}"
+    )
+    return level
+
+
+# --- the serial loop (in process) --------------------------------------------------------------------
+
+
+async def bench_serial(args: argparse.Namespace, inputs: dict[str, MediaItem], progress: Progress) -> dict:
+    """One `NextGPT` pipeline, one request at a time (the event loop runs nothing else meanwhile). The
+    media come with the result, so the time to first medium is the request's latency."""
+    import diffusers
+    import transformers
+
+    from nextgpt.config import GenerationOptions
+    from nextgpt.pipeline import NextGPT
+    from nextgpt.profiles import load_profile
+    from nextgpt.types import Message
+
+    diffusers.utils.logging.disable_progress_bar()  # their loading bars would break the rich display
+    transformers.utils.logging.disable_progress_bar()
+    started = time.perf_counter()
+    model = NextGPT.from_profile(load_profile("tiny", models_dir=args.models_dir))
+    load_s = time.perf_counter() - started
+
+    async def send(i: int) -> Sample:
+        kind = MIX[i % len(MIX)]
+        options = GenerationOptions(
+            seed=args.seed + i, max_new_tokens=args.max_new_tokens, modalities=kind.modalities
+        )
+        message = Message("user", kind.prompt, [inputs[m] for m in kind.inputs])
+        first_text: list[float] = []
+        t0 = time.perf_counter()
+        try:
+            result = model.generate(
+                [message], options, on_text=lambda _: first_text or first_text.append(time.perf_counter())
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed request is counted, not fatal
+            return Sample(kind.name, time.perf_counter() - t0, error=f"exception: {exc!r}")
+        latency = time.perf_counter() - t0
+        missing = [m for m in kind.media_out if m not in {x.modality for x in result.media}]
+        errors = [f"{e.modality}: {e.message}" for e in result.errors]
+        return Sample(
+            kind.name,
+            latency,
+            ttft=first_text[0] - t0 if first_text else None,
+            ttfm=latency if result.media else None,
+            tokens=result.completion_tokens,
+            error=f"media: missing {missing}; {errors}" if missing or errors else None,
+        )
+
+    level = await measure_level("serial", send, 1, args, progress)
+    return {"name": "serial", "status": "ok", "load_s": round(load_s, 2), "levels": [level]}
+
+
+# --- the cluster over REST ---------------------------------------------------------------------------
+
+
+def request_bodies(inputs: dict[str, MediaItem], max_new_tokens: int) -> dict[str, dict]:
+    """Per request type, the JSON body without its seed (README: API)."""
+    bodies = {}
+    for kind in MIX:
+        content = [{"type": "text", "text": kind.prompt}, *content_parts([inputs[m] for m in kind.inputs])]
+        bodies[kind.name] = {
+            "messages": [{"role": "user", "content": content}],
+            "modalities": list(kind.modalities),
+            "max_tokens": max_new_tokens,
+            "stream": True,
+        }
+    return bodies
+
+
+async def send_rest(client: httpx.AsyncClient, url: str, kind: Kind, body: dict) -> Sample:
+    """One streamed request. TTFT: the first non-empty text delta; first medium: the first image/video
+    content part or audio delta, whenever it comes (before or after the text ends)."""
+    t0 = time.perf_counter()
+    sample = Sample(kind.name, 0.0)
+    got: set[str] = set()
+    media_errors: list[str] = []
+    try:
+        async with client.stream("POST", url, json=body) as response:
+            if response.status_code != 200:
+                text = (await response.aread()).decode(errors="replace")[:300]
+                sample.error = f"http {response.status_code}: {text}"
+            else:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if line == "data: [DONE]":
+                        break
+                    now = time.perf_counter() - t0
+                    event = json.loads(line[6:])
+                    if "error" in event:  # in-band: the status line had been sent
+                        sample.error = f"stream: {event['error'].get('message', event['error'])}"
+                        continue
+                    delta = event["choices"][0]["delta"]
+                    content = delta.get("content")
+                    if isinstance(content, str) and content and sample.ttft is None:
+                        sample.ttft = now
+                    parts = content if isinstance(content, list) else []
+                    found = {p["type"].removesuffix("_url") for p in parts} | (
+                        {"audio"} if delta.get("audio") else set()
+                    )
+                    if found and sample.ttfm is None:
+                        sample.ttfm = now
+                    got |= found
+                    if event.get("nextgpt", {}).get("error"):
+                        e = event["nextgpt"]["error"]
+                        media_errors.append(f"{e.get('modality')}: {e.get('message')}")
+                    if event.get("usage"):
+                        sample.tokens = event["usage"].get("completion_tokens", 0)
+    except (httpx.HTTPError, httpx.StreamError, json.JSONDecodeError, KeyError) as exc:
+        sample.error = f"client: {type(exc).__name__}: {exc}"
+    sample.latency = time.perf_counter() - t0
+    missing = [m for m in kind.media_out if m not in got]
+    if sample.error is None and (missing or media_errors):
+        sample.error = f"media: missing {missing}; {media_errors}"
+    return sample
+
+
+async def scrape(client: httpx.AsyncClient, url: str) -> dict[tuple[str, tuple], float]:
+    """Prometheus text -> {(sample name, sorted labels): value}; empty when the endpoint fails."""
+    try:
+        text = (await client.get(url, timeout=10)).text
+    except httpx.HTTPError:
+        return {}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def scrape_cluster(client: httpx.AsyncClient, cluster: LocalCluster) -> dict[str, dict]:
+    ports = {f"decoder-{m}": cluster.ports.decoder_metrics[m] for m in MODALITIES}
+    ports["encoder"] = cluster.ports.encoder_metrics
+    return {name: await scrape(client, f"http://127.0.0.1:{port}/metrics") for name, port in ports.items()}
+
+
+def metric_deltas(before: dict[str, dict], after: dict[str, dict]) -> dict:
+    """Over one level: each decoder's batch sizes (`histogram`: batches per size range) and the encoder's
+    embedding cache hits and misses; None where a service's /metrics did not answer."""
+
+    def delta(service: str, name: str, **labels: str) -> list[tuple[dict, float]]:
+        return [
+            (dict(key[1]), v - before[service].get(key, 0.0))
+            for key, v in after[service].items()
+            if key[0] == name and labels.items() <= dict(key[1]).items()
+        ]
+
+    batches: dict[str, dict | None] = {}
+    for m in MODALITIES:
+        service = f"decoder-{m}"
+        if not after.get(service) or not before.get(service):
+            batches[m] = None
+            continue
+        count = sum(v for _, v in delta(service, "nextgpt_decoder_batch_size_count", modality=m))
+        total = sum(v for _, v in delta(service, "nextgpt_decoder_batch_size_sum", modality=m))
+        cumulative = sorted(
+            (float(lb["le"]), v) for lb, v in delta(service, "nextgpt_decoder_batch_size_bucket", modality=m)
+        )
+        histogram, low, seen = {}, 1, 0.0
+        for le, v in cumulative:  # Prometheus buckets are cumulative: <= 1, <= 2, ... <= +Inf
+            name = (
+                f">{low - 1}" if le == float("inf") else (f"{low}" if low == int(le) else f"{low}-{int(le)}")
+            )
+            if round(v - seen):
+                histogram[name] = round(v - seen)
+            seen, low = v, (int(le) + 1 if le != float("inf") else low)
+        mean = round(total / count, 2) if count else None
+        batches[m] = {"batches": round(count), "items": round(total), "mean": mean, "histogram": histogram}
+    cache = None
+    if after.get("encoder") and before.get("encoder"):
+        cache = {
+            kind: round(sum(v for _, v in delta("encoder", f"nextgpt_encoder_cache_{kind}_total")))
+            for kind in ("hits", "misses")
+        }
+    return {"decoder_batch_size": batches, "encoder_cache": cache}
+
+
+def vllm_unusable() -> str | None:
+    """Why `import vllm` fails in this interpreter (the launcher starts the services with it), or None."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import vllm"], capture_output=True, text=True, timeout=300, cwd=ROOT
+        )
+    except subprocess.TimeoutExpired:
+        return "`import vllm` took over 300 s"
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return f"`import vllm` fails here ({last}); `make setup-vllm` installs it"
+    return None
+
+
+async def bench_cluster(
+    engine: str, args: argparse.Namespace, inputs: dict[str, MediaItem], progress: Progress
+) -> dict:
+    result: dict = {"name": f"cluster-{engine}", "engine": engine, "status": "ok", "levels": []}
+    say = progress.console.print
+    if engine == "vllm" and (why := vllm_unusable()):
+        say(f"[yellow]skipping cluster-vllm: {why}[/yellow]")
+        return {**result, "status": "skipped", "note": why}
+    extra_env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    log_dir = args.log_dir / engine
+    cluster = LocalCluster(
+        models_dir=args.models_dir,
+        profile="tiny",
+        cluster_ports=ClusterPorts.free(),
+        log_dir=log_dir,
+        engine=engine,
+        extra_env=extra_env,
+    )
+    result["log_dir"] = str(log_dir)
+    say(f"starting the cluster with --engine {engine} (logs in {log_dir})...")
+    t0 = time.perf_counter()
+    try:
+        await asyncio.to_thread(cluster.start, args.start_timeout_s)
+    except Exception as exc:  # noqa: BLE001 - report it and go on with the other configurations
+        say(f"[red]cluster-{engine} did not start: {exc}[/red]")
+        return {**result, "status": "failed", "error": f"the cluster did not start: {exc}"}
+    result["start_s"] = round(time.perf_counter() - t0, 1)
+    bodies = request_bodies(inputs, args.max_new_tokens)
+    url = f"{cluster.rest_url}/v1/chat/completions"
+    top = max(args.concurrency)
+    limits = httpx.Limits(max_connections=top, max_keepalive_connections=top)
+    try:
+        async with httpx.AsyncClient(timeout=args.request_timeout_s, limits=limits) as client:
+
+            async def send(i: int) -> Sample:
+                kind = MIX[i % len(MIX)]
+                return await send_rest(client, url, kind, {**bodies[kind.name], "seed": args.seed + i})
+
+            async def scrape() -> dict[str, dict]:
+                return await scrape_cluster(client, cluster)
+
+            for c in args.concurrency:
+                result["levels"].append(await measure_level(result["name"], send, c, args, progress, scrape))
+            if args.profile:
+                result["profiles"] = await profile_cluster(cluster, engine, send, top, args, say)
+    except Exception as exc:  # noqa: BLE001 - keep what was measured, go on with the rest
+        say(f"[red]cluster-{engine} failed during the run: {exc!r}[/red]")
+        result.update(status="failed", error=f"during the run: {exc!r}")
+    finally:
+        await asyncio.to_thread(cluster.stop)
+    return result
+
+
+async def profile_cluster(
+    cluster: LocalCluster,
+    engine: str,
+    send: Callable[[int], Awaitable[Sample]],
+    concurrency: int,
+    args: argparse.Namespace,
+    say: Callable[[str], None],
+) -> dict[str, str]:
+    """A py-spy flame graph of every service at `concurrency`, in a load phase of its own so that the
+    sampling does not slow the measured levels. The LLM's child processes (vLLM's engines) are included."""
+    py_spy = shutil.which(
+        "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    if py_spy is None:
+        say("[yellow]--profile: py-spy not found (requirements/test.txt installs it)[/yellow]")
+        return {"error": "py-spy not found"}
+    say(f"profiling cluster-{engine} at concurrency {concurrency} for {args.profile_s:.0f}s with py-spy...")
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(send, concurrency, stop=stop))
+    await asyncio.sleep(1.0)  # let every worker get its first request in
+    runs = {}
+    for name in SERVICES:
+        svg = args.out.with_name(f"{args.out.stem}_flame_{engine}_{name}.svg")
+        command = [
+            py_spy,
+            "record",
+            "--pid",
+            str(cluster.children[name].process.pid),
+            "--format",
+            "flamegraph",
+        ]
+        command += ["--duration", str(int(args.profile_s)), "--output", str(svg), "--nonblocking"]
+        if name == "llm":
+            command.append("--subprocesses")
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        runs[name] = (proc, svg)
+    profiles = {}
+    for name, (proc, svg) in runs.items():
+        output, _ = await proc.communicate()
+        if proc.returncode == 0 and svg.exists():
+            profiles[name] = svg.name
+        else:
+            tail = output.decode(errors="replace").strip().splitlines()[-1:]
+            profiles[name] = f"error: py-spy exited {proc.returncode}: {' '.join(tail)}"
+            say(f"[yellow]py-spy on {name}: {profiles[name]}[/yellow]")
+    stop.set()
+    await load
+    return profiles
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], capture_output=True, text=True, cwd=ROOT, timeout=30
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def overhead_at_1(serial: dict, config: dict) -> dict[str, float | None] | None:
+    """Cluster p50 - serial p50 per request type (ms) at concurrency 1."""
+    level = next((lv for lv in config["levels"] if lv["concurrency"] == 1), None)
+    if level is None or not serial.get("levels"):
+        return None
+    out = {}
+    for kind in MIX:
+        a = level["per_type"][kind.name]["latency_ms"]
+        b = serial["levels"][0]["per_type"][kind.name]["latency_ms"]
+        out[kind.name] = round(a["p50"] - b["p50"], 2) if a and b else None
+    return out
+
+
+def _ms(stats: dict | None, key: str = "p50") -> str:
+    return f"{stats[key]:.0f}" if stats else "-"
+
+
+def _row(cells: list) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+HEADER = "configuration,concurrency,req/s,errors,p50 ms,p95 ms,TTFT p50 ms,first media p50 ms".split(",")
+HEADER += ["decoder batch mean (image/video/audio)", "load 1m before -> after"]
+
+
+def markdown(report: dict) -> str:
+    """The tables printed at the end (and written to `<stem>.md`)."""
+    m, settings = report["machine"], report["settings"]
+    configs = [report["serial"], *report["configurations"]]
+    kinds = [k.name for k in MIX]
+    dirty = " (dirty)" if m["git_dirty"] else ""
+    lines = [
+        f"{m['cpu_count']} CPUs ({m['cpu_model']}), {m['date']}, commit {m['git_commit'][:10]}{dirty}; "
+        f"tiny profile, {settings['max_new_tokens']} new tokens.",
+        "",
+        _row(HEADER),
+        _row(["---"] * len(HEADER)),
+    ]
+    for c in configs:
+        if not c.get("levels"):
+            lines.append(_row([c["name"], f"{c['status']}: {c.get('note') or c.get('error')}"]))
+        for lv in c.get("levels", []):
+            batch = lv.get("decoder_batch_size")
+            means = "/".join(str((batch[x] or {}).get("mean") or "-") for x in MODALITIES) if batch else "-"
+            cells = [
+                c["name"],
+                lv["concurrency"],
+                f"{lv['requests_per_s']:.2f}",
+                f"{lv['errors']}/{lv['requests']}",
+            ]
+            cells += [
+                _ms(lv["latency_ms"]),
+                _ms(lv["latency_ms"], "p95"),
+                _ms(lv["ttft_ms"]),
+                _ms(lv["ttfm_ms"]),
+            ]
+            cells += [
+                means,
+                "{} -> {}".format(lv["load_average"]["before"][0], lv["load_average"]["after"][0]),
+            ]
+            lines.append(_row(cells))
+    lines += ["", "Latency p50 / p95 (ms) per request type:", ""]
+    lines += [_row(["configuration", "concurrency", *kinds]), _row(["---"] * (2 + len(kinds)))]
+    for c in configs:
+        for lv in c.get("levels", []):
+            stats = [lv["per_type"][k]["latency_ms"] for k in kinds]
+            lines.append(
+                _row([c["name"], lv["concurrency"], *(f"{_ms(x)} / {_ms(x, 'p95')}" for x in stats)])
+            )
+    lines += ["", "Serving overhead at concurrency 1 (cluster p50 - in-process p50, ms):", ""]
+    lines += [_row(["configuration", *kinds]), _row(["---"] * (1 + len(kinds)))]
+    for c in report["configurations"]:
+        if over := c.get("overhead_c1_ms"):
+            lines.append(_row([c["name"], *("-" if over[k] is None else f"{over[k]:+.0f}" for k in kinds)]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, out: Path) -> list[Path]:
+    """`<stem>_throughput.png` (req/s per configuration, the serial loop as a line) and
+    `<stem>_latency.png` (p50 solid and p95 dashed per request type)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+
+    serial = report["serial"]["levels"][0] if report["serial"].get("levels") else None
+    configs = [c for c in report["configurations"] if c.get("levels")]
+    levels, m = report["settings"]["concurrency"], report["machine"]
+    tokens = report["settings"]["max_new_tokens"]
+    subtitle = f"{m['cpu_count']} CPUs, {m['date'][:10]}, tiny profile, {tokens} new tokens"
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def axis(ax, ylabel: str) -> None:  # type: ignore[no-untyped-def]
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(min(levels) / 1.3, max(levels) * 1.3)  # also where an axis holds only the serial line
+        ax.set_xticks(levels)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set(xlabel="concurrent clients", ylabel=ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+
+    paths = [out.with_name(f"{out.stem}_throughput.png"), out.with_name(f"{out.stem}_latency.png")]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for color, c in zip(colors, configs, strict=False):
+        xs, ys = [lv["concurrency"] for lv in c["levels"]], [lv["requests_per_s"] for lv in c["levels"]]
+        ax.plot(xs, ys, "o-", color=color, label=c["name"])
+    if serial:
+        ax.axhline(serial["requests_per_s"], color="gray", ls="--", label="serial loop (in process)")
+    axis(ax, "successful requests/s")
+    ax.set_title(f"Throughput on the five-request mix\n{subtitle}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 8))
+    for ax, kind in zip(axes.flat, MIX, strict=False):
+        for color, c in zip(colors, configs, strict=False):
+            points = [(lv["concurrency"], lv["per_type"][kind.name]["latency_ms"]) for lv in c["levels"]]
+            points = [(x, st) for x, st in points if st]
+            xs = [x for x, _ in points]
+            ax.plot(xs, [st["p50"] for _, st in points], "o-", color=color, label=f"{c['name']} p50")
+            ax.plot(
+                xs, [st["p95"] for _, st in points], "o--", color=color, alpha=0.6, label=f"{c['name']} p95"
+            )
+        if serial and serial["per_type"][kind.name]["latency_ms"]:
+            p50 = serial["per_type"][kind.name]["latency_ms"]["p50"]
+            ax.axhline(p50, color="gray", ls=":", label="serial loop p50")
+        axis(ax, "latency (ms)")
+        ax.set_title(kind.name)
+    axes.flat[-1].axis("off")
+    axes.flat[-1].legend(*axes.flat[0].get_legend_handles_labels(), loc="center")
+    fig.suptitle(f"Latency per request type\n{subtitle}")
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    parser.add_argument(
+        "--concurrency", type=ints, help="levels, e.g. 1,2,4,8,16,32 (the default; --quick: 1,4)"
+    )
+    parser.add_argument("--engines", help="cluster LLM engines, e.g. hf,vllm (the default; --quick: hf)")
+    parser.add_argument("--duration-s", type=float, default=20.0, help="seconds per level (default 20)")
+    parser.add_argument(
+        "--requests", type=int, help="requests per level instead of --duration-s (--quick: 10)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, help="unrecorded requests before each level (default 10; --quick: 2)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="request i gets seed SEED + i")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: concurrency 1,4, 10 requests, hf only"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy flame graph of each service at the top level"
+    )
+    parser.add_argument("--profile-s", type=float, default=10.0, help="seconds py-spy records (default 10)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="JSON path; plots and tables go beside it"
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, default=Path(os.environ.get("NEXTGPT_MODELS_DIR", ROOT / "models"))
+    )
+    parser.add_argument("--log-dir", type=Path, help="service logs (default: a new temporary directory)")
+    parser.add_argument(
+        "--start-timeout-s", type=float, default=300.0, help="per cluster, until all are SERVING"
+    )
+    parser.add_argument("--request-timeout-s", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 2, 4, 8, 16, 32])
+    args.engines = [e for e in (args.engines or ("hf" if args.quick else "hf,vllm")).split(",") if e]
+    if args.quick and args.requests is None:
+        args.requests = 10
+    if args.warmup is None:
+        args.warmup = 2 if args.quick else 10
+    for e in args.engines:
+        if e not in ("hf", "vllm"):
+            parser.error(f"--engines: {e!r} is not an engine; use hf and/or vllm")
+    if min(args.concurrency, default=0) < 1:
+        parser.error(f"--concurrency {args.concurrency}: every level must be >= 1")
+    args.models_dir = args.models_dir.resolve()
+    args.out = args.out.resolve()
+    args.log_dir = (args.log_dir or Path(tempfile.mkdtemp(prefix="nextgpt-bench-serve-"))).resolve()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    inputs = sample_inputs()
+    report: dict = {
+        "benchmark": "serve",
+        "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+        "settings": {
+            "profile": "tiny",
+            "concurrency": args.concurrency,
+            "engines": args.engines,
+            "duration_s": None if args.requests is not None else args.duration_s,
+            "requests_per_level": args.requests,
+            "warmup": args.warmup,
+            "max_new_tokens": args.max_new_tokens,
+            "seed": args.seed,
+            "py_spy": {"seconds": args.profile_s, "concurrency": max(args.concurrency)}
+            if args.profile
+            else None,
+            "api": "REST /v1/chat/completions, stream=true, one kept-alive connection per client",
+            "mix": [
+                {"name": k.name, "prompt": k.prompt, "inputs": k.inputs, "modalities": k.modalities}
+                for k in MIX
+            ],
+        },
+        "machine": machine_info(),
+    }
+    report["machine"]["load_average_start"] = load_average()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns) as progress:
+        progress.console.print("serial loop: loading the tiny pipeline in this process...")
+        try:
+            report["serial"] = asyncio.run(bench_serial(args, inputs, progress))
+        except Exception as exc:  # noqa: BLE001 - the clusters are still worth measuring
+            progress.console.print(f"[red]the serial loop failed: {exc!r}[/red]")
+            report["serial"] = {"name": "serial", "status": "failed", "error": repr(exc), "levels": []}
+        gc.collect()  # the pipeline went with bench_serial's frame: free it before the clusters start
+        report["configurations"] = [
+            asyncio.run(bench_cluster(engine, args, inputs, progress)) for engine in args.engines
+        ]
+    for config in report["configurations"]:
+        config["overhead_c1_ms"] = overhead_at_1(report["serial"], config)
+    report["machine"]["load_average_end"] = load_average()
+    table = markdown(report)
+    report["plots"] = [p.name for p in plot(report, args.out)]
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {args.out}, {args.out.with_suffix('.md').name} and {', '.join(report['plots'])} beside it")
+    failed = [c["name"] for c in [report["serial"], *report["configurations"]] if c["status"] == "failed"]
+    if failed:
+        print(f"failed: {', '.join(failed)} (see 'error' in the JSON and the logs in {args.log_dir})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
