@@ -217,16 +217,24 @@ class GatewayCore:
         result: llm_pb2.LLMResult | None = None
         first_decode: float | None = None
         llm = aiter(self.backends.generate(request, self._call(request_id, deadline, "llm")))
+        llm_open = True  # read to its end, so the call ends OK rather than cancelled after the result
         next_response: asyncio.Task[llm_pb2.LLMGenerateResponse] | None = None
         try:
-            while result is None or decoding:
-                if result is None and next_response is None:
+            while llm_open or decoding:
+                if llm_open and next_response is None:
                     next_response = asyncio.ensure_future(anext(llm))
                 waiting = {*decoding, *([next_response] if next_response else [])}
                 finished, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if next_response in finished:
-                    response, next_response = next_response.result(), None
-                    if response.HasField("result"):
+                    try:
+                        response = next_response.result()
+                    except StopAsyncIteration:
+                        response, llm_open = None, False
+                    next_response = None
+                    if response is None:
+                        if result is None:
+                            raise BackendError("the llm service ended its stream without a result")
+                    elif response.HasField("result"):
                         result = response.result
                         timings["llm"] = time.perf_counter() - t0
                         STAGE_SECONDS.labels("llm").observe(timings["llm"])
@@ -251,8 +259,6 @@ class GatewayCore:
                     else:
                         media[key] = outcome
                         yield MediaReady(outcome, sorted([*media]).index(key))
-        except StopAsyncIteration:
-            raise BackendError("the llm service ended its stream without a result") from None
         finally:  # the client left, or the LLM failed: stop every backend call of this request
             for task in decoding:
                 task.cancel()
@@ -260,6 +266,7 @@ class GatewayCore:
                 next_response.cancel()
                 await asyncio.gather(next_response, return_exceptions=True)
             await llm.aclose()
+        assert result is not None
         # decode: from the first span sent to a decoder to the last medium back (it overlaps the llm stage)
         timings["decode"] = 0.0 if first_decode is None else time.perf_counter() - first_decode
         if first_decode is not None:

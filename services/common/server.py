@@ -7,6 +7,7 @@ error responses themselves, and records request counts and latencies per method.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -115,7 +116,10 @@ def _begin(context: grpc.aio.ServicerContext) -> tuple[float, Any]:
 def _end(method: str, code: str, started: float, token: Any) -> None:
     RPC_REQUESTS.labels(method, code).inc()
     RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
-    request_id_var.reset(token)
+    # A stream closed from another task ends in another context, where the token is foreign (and the
+    # id set by `_begin` dies with its own context anyway).
+    with contextlib.suppress(ValueError):
+        request_id_var.reset(token)
 
 
 async def _fail(

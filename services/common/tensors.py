@@ -40,5 +40,6 @@ def from_proto(message: common_pb2.Tensor, what: str = "tensor") -> torch.Tensor
     if dtype == torch.bfloat16:
         words = np.frombuffer(message.data, dtype="<i2").copy()
         return torch.from_numpy(words).view(torch.bfloat16).reshape(shape)
-    array = np.frombuffer(message.data, dtype=np.dtype(message.dtype).newbyteorder("<")).copy()
+    # One copy: astype gives a writable array in native byte order (torch must own its memory).
+    array = np.frombuffer(message.data, dtype=np.dtype(message.dtype).newbyteorder("<"))
     return torch.from_numpy(array.astype(np.dtype(message.dtype))).reshape(shape)

@@ -130,8 +130,9 @@ def span_to_proto(span: SignalSpan) -> llm_pb2.SignalSpan:
     return llm_pb2.SignalSpan(
         modality=MODALITY_TO_PROTO[span.modality],
         start=span.start,
-        hidden=tensors.to_proto(span.hidden.float()),  # (N, H)
-        token_embeds=tensors.to_proto(span.token_embeds.float()),  # (N, H)
+        # (N, H) each, in the LLM's own dtype: an fp16 LLM sends half the bytes of an upcast
+        hidden=tensors.to_proto(span.hidden),
+        token_embeds=tensors.to_proto(span.token_embeds),
     )
 
 
