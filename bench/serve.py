@@ -32,10 +32,12 @@ import json
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -92,6 +94,27 @@ class Sample:
     ttfm: float | None = None
     tokens: int = 0
     error: str | None = None
+
+
+_FRESH = itertools.count()
+"""Numbers the input media of a run, so that no two requests send the same bytes."""
+
+
+def fresh(item: MediaItem, n: int) -> MediaItem:
+    """`item` in bytes no other request of the run sends (a PNG text chunk, the WAV's last PCM-16
+    sample), so that every request costs the encoder a real encode, as varied user media would, in the
+    serial loop and in the cluster alike (the cluster's embedding cache keys on the bytes)."""
+    if item.mime_type == "image/png":
+        chunk = b"tEXt" + b"nonce\x00" + str(n).encode()
+        body = struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk))
+        return MediaItem(item.modality, item.data[:-12] + body + item.data[-12:], item.mime_type)
+    if item.mime_type == "audio/wav":
+        return MediaItem(item.modality, item.data[:-2] + struct.pack("<h", n % 32768), item.mime_type)
+    raise ValueError(f"no way to vary {item.mime_type}")
+
+
+def media_for(kind: Kind, inputs: dict[str, MediaItem]) -> list[MediaItem]:
+    return [fresh(inputs[m], next(_FRESH)) for m in kind.inputs]
 
 
 # --- statistics --------------------------------------------------------------------------------------
@@ -237,7 +260,7 @@ async def bench_serial(args: argparse.Namespace, inputs: dict[str, MediaItem], p
         options = GenerationOptions(
             seed=args.seed + i, max_new_tokens=args.max_new_tokens, modalities=kind.modalities
         )
-        message = Message("user", kind.prompt, [inputs[m] for m in kind.inputs])
+        message = Message("user", kind.prompt, media_for(kind, inputs))
         first_text: list[float] = []
         t0 = time.perf_counter()
         try:
@@ -265,18 +288,16 @@ async def bench_serial(args: argparse.Namespace, inputs: dict[str, MediaItem], p
 # --- the cluster over REST ---------------------------------------------------------------------------
 
 
-def request_bodies(inputs: dict[str, MediaItem], max_new_tokens: int) -> dict[str, dict]:
-    """Per request type, the JSON body without its seed (README: API)."""
-    bodies = {}
-    for kind in MIX:
-        content = [{"type": "text", "text": kind.prompt}, *content_parts([inputs[m] for m in kind.inputs])]
-        bodies[kind.name] = {
-            "messages": [{"role": "user", "content": content}],
-            "modalities": list(kind.modalities),
-            "max_tokens": max_new_tokens,
-            "stream": True,
-        }
-    return bodies
+def request_body(kind: Kind, inputs: dict[str, MediaItem], max_new_tokens: int, seed: int) -> dict:
+    """The JSON body of one request of the mix, with fresh input media (README: API)."""
+    content = [{"type": "text", "text": kind.prompt}, *content_parts(media_for(kind, inputs))]
+    return {
+        "messages": [{"role": "user", "content": content}],
+        "modalities": list(kind.modalities),
+        "max_tokens": max_new_tokens,
+        "stream": True,
+        "seed": seed,
+    }
 
 
 async def send_rest(client: httpx.AsyncClient, url: str, kind: Kind, body: dict) -> Sample:
@@ -428,7 +449,6 @@ async def bench_cluster(
         say(f"[red]cluster-{engine} did not start: {exc}[/red]")
         return {**result, "status": "failed", "error": f"the cluster did not start: {exc}"}
     result["start_s"] = round(time.perf_counter() - t0, 1)
-    bodies = request_bodies(inputs, args.max_new_tokens)
     url = f"{cluster.rest_url}/v1/chat/completions"
     top = max(args.concurrency)
     limits = httpx.Limits(max_connections=top, max_keepalive_connections=top)
@@ -437,7 +457,8 @@ async def bench_cluster(
 
             async def send(i: int) -> Sample:
                 kind = MIX[i % len(MIX)]
-                return await send_rest(client, url, kind, {**bodies[kind.name], "seed": args.seed + i})
+                body = request_body(kind, inputs, args.max_new_tokens, args.seed + i)
+                return await send_rest(client, url, kind, body)
 
             async def scrape() -> dict[str, dict]:
                 return await scrape_cluster(client, cluster)
