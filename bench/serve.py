@@ -225,6 +225,10 @@ async def measure_level(
     level = {"concurrency": concurrency, **summarize(samples, wall)}
     if scrape:
         level.update(metric_deltas(before, await scrape()))
+        ok = level["requests"] - level["errors"]
+        level["cpu_ms_per_request"] = (
+            {k: round(1000 * v / ok, 1) for k, v in level["cpu_s"].items()} if ok else {}
+        )
     level["load_average"] = {"before": load_before, "after": load_average()}
     progress.update(task, visible=False)
     p50 = (level["latency_ms"] or {}).get("p50", float("nan"))
@@ -364,7 +368,10 @@ async def scrape(client: httpx.AsyncClient, url: str) -> dict[tuple[str, tuple],
 async def scrape_cluster(client: httpx.AsyncClient, cluster: LocalCluster) -> dict[str, dict]:
     ports = {f"decoder-{m}": cluster.ports.decoder_metrics[m] for m in MODALITIES}
     ports["encoder"] = cluster.ports.encoder_metrics
-    return {name: await scrape(client, f"http://127.0.0.1:{port}/metrics") for name, port in ports.items()}
+    ports["llm"] = cluster.ports.llm_metrics
+    return {"gateway": await scrape(client, f"{cluster.rest_url}/metrics")} | {
+        name: await scrape(client, f"http://127.0.0.1:{port}/metrics") for name, port in ports.items()
+    }
 
 
 def metric_deltas(before: dict[str, dict], after: dict[str, dict]) -> dict:
@@ -405,7 +412,14 @@ def metric_deltas(before: dict[str, dict], after: dict[str, dict]) -> dict:
             kind: round(sum(v for _, v in delta("encoder", f"nextgpt_encoder_cache_{kind}_total")))
             for kind in ("hits", "misses")
         }
-    return {"decoder_batch_size": batches, "encoder_cache": cache}
+    # CPU seconds each service process spent over the level (prometheus_client's process collector;
+    # vLLM's engine-core processes are children of the llm service and not counted in it).
+    cpu = {
+        service: round(sum(v for _, v in delta(service, "process_cpu_seconds_total")), 3)
+        for service in after
+        if after.get(service) and before.get(service)
+    }
+    return {"decoder_batch_size": batches, "encoder_cache": cache, "cpu_s": cpu}
 
 
 def vllm_unusable() -> str | None:
@@ -634,6 +648,17 @@ def markdown(report: dict) -> str:
     for c in report["configurations"]:
         if over := c.get("overhead_c1_ms"):
             lines.append(_row([c["name"], *("-" if over[k] is None else f"{over[k]:+.0f}" for k in kinds)]))
+    services = ["gateway", "encoder", "llm", *(f"decoder-{m}" for m in MODALITIES)]
+    lines += [
+        "",
+        "CPU ms per request by service (the mix's average; vLLM's engine processes not counted):",
+        "",
+    ]
+    lines += [_row(["configuration", "concurrency", *services]), _row(["---"] * (2 + len(services)))]
+    for c in configs:
+        for lv in c.get("levels", []):
+            if cpu := lv.get("cpu_ms_per_request"):
+                lines.append(_row([c["name"], lv["concurrency"], *(cpu.get(name, "-") for name in services)]))
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,7 @@ from nextgpt.llm.decoding import (
     TextStreamer,
     make_generator,
     mask_banned,
-    sample,
+    sample_rows,
 )
 from nextgpt.types import LLMOutput, Modality, SignalSpan
 
@@ -125,42 +125,64 @@ class BatchDecoder:
     # ------------------------------------------------------------------ decoding
     @torch.inference_mode()
     def step(self) -> list[Outcome]:
-        """Advance every row by one fed token (sampling as its policy says); one forward for all."""
+        """Advance every row by one fed token (sampling as its policy says); one forward for all.
+
+        A row samples at most once per step (a sampled token is fed next, or ends the row), so all rows
+        that sample do it together (`sample_rows`), then each row's policy decides what it feeds."""
         ended: list[Outcome] = []
-        feeding: list[tuple[int, int]] = []  # (row index, token)
+        feeding: dict[int, int] = {}  # row index -> token
+        sampling: list[tuple[int, Sample]] = []
         for i, row in enumerate(self.rows):
-            try:
-                token = self._advance(i, row)
-            except BaseException as exc:  # noqa: BLE001 - ends this row only (e.g. the client left)
-                ended.append((row.request, exc))
-                continue
-            if token is None:
-                ended.append((row.request, row.policy.output(row.streamer, row.spans)))
-            else:
-                feeding.append((i, token))
-        if len(feeding) < len(self.rows):
-            self._keep([i for i, _ in feeding])
-        if feeding:
-            self._forward([token for _, token in feeding])
+            self._next(i, row, ended, feeding, sampling)
+        if sampling:
+            rows = [self.rows[i] for i, _ in sampling]
+            logits = torch.stack(
+                [
+                    mask_banned(r.next_logits, a.banned, self.lm.ids)
+                    for r, (_, a) in zip(rows, sampling, strict=True)
+                ]
+            )  # (b, V)
+            tokens = sample_rows(logits, [r.request.options for r in rows], [r.generator for r in rows])
+            for (i, _), row, token in zip(sampling, rows, tokens, strict=True):
+                drop = row.policy.on_sampled(token).drop
+                if drop:  # a stop sequence's earlier tokens are taken back
+                    del row.states[-drop:]
+                    if not row.policy.finished:
+                        self._take_back(i, row, drop)
+                again: list[tuple[int, Sample]] = []
+                self._next(i, row, ended, feeding, again)
+                if again:  # cannot happen with this policy (a sample is followed by a feed or the end)
+                    raise RuntimeError(f"row {i} asked to sample twice in one step")
+        kept = sorted(feeding)
+        if len(kept) < len(self.rows):
+            self._keep(kept)
+        if kept:
+            self._forward([feeding[i] for i in kept])
         return ended
 
-    def _advance(self, index: int, row: _Row) -> int | None:
-        """Run the row's policy up to its next token to feed (None: the row is finished)."""
-        policy, request = row.policy, row.request
-        while True:
-            if request.on_step is not None:
-                request.on_step(len(policy.ids))
-            action = policy.next_action()
-            if isinstance(action, Finish):
-                return None
-            if not isinstance(action, Sample):
-                return action.token
-            logits = mask_banned(row.next_logits, action.banned, self.lm.ids)
-            drop = policy.on_sampled(sample(logits, request.options, row.generator)).drop
-            if drop:  # a stop sequence's earlier tokens are taken back
-                del row.states[-drop:]
-                if not policy.finished:
-                    self._take_back(index, row, drop)
+    def _next(
+        self,
+        index: int,
+        row: _Row,
+        ended: list[Outcome],
+        feeding: dict[int, int],
+        sampling: list[tuple[int, Sample]],
+    ) -> None:
+        """The row's next action, filed where it belongs: ended (finished or failed), a token to feed,
+        or a sample to draw."""
+        try:
+            if row.request.on_step is not None:
+                row.request.on_step(len(row.policy.ids))
+            action = row.policy.next_action()
+        except BaseException as exc:  # noqa: BLE001 - ends this row only (e.g. the client left)
+            ended.append((row.request, exc))
+            return
+        if isinstance(action, Finish):
+            ended.append((row.request, row.policy.output(row.streamer, row.spans)))
+        elif isinstance(action, Sample):
+            sampling.append((index, action))
+        else:
+            feeding[index] = action.token
 
     def _take_back(self, index: int, row: _Row, n: int) -> None:
         """Hide the row's last `n` cache positions (the single-row case crops them, as before)."""

@@ -297,15 +297,36 @@ def mask_banned(logits: torch.Tensor, banned: Sequence[Modality], ids: SignalTok
 
 def sample(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator) -> int:
     """Greedy for temperature 0, else temperature + nucleus (top_p) sampling. logits: (V,)."""
-    if options.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / options.temperature, dim=-1)
-    sorted_probs, order = torch.sort(probs, descending=True)
-    cumulative = torch.cumsum(sorted_probs, dim=-1)
-    keep = cumulative - sorted_probs < options.top_p  # always keeps the most likely token
-    sorted_probs = sorted_probs * keep
-    choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-    return int(order[choice])
+    return sample_rows(logits[None], [options], [generator])[0]
+
+
+def sample_rows(
+    logits: torch.Tensor, options: Sequence[GenerationOptions], generators: Sequence[torch.Generator]
+) -> list[int]:
+    """`sample` for each row of `logits` (B, V), with the row's own options and generator.
+
+    The softmax, sort and cumulative sum run once for the batch; only the draw is per row (each row
+    has its own generator). Every row gets exactly what `sample` gives it alone: the batched kernels
+    reduce along each row independently."""
+    tokens: list[int | None] = [None] * len(options)
+    greedy = [i for i, o in enumerate(options) if o.temperature == 0]
+    if greedy:
+        for i, token in zip(greedy, torch.argmax(logits[greedy], dim=-1).tolist(), strict=True):
+            tokens[i] = int(token)
+    drawn = [i for i, o in enumerate(options) if o.temperature != 0]
+    if drawn:
+        temperature = torch.tensor([[options[i].temperature] for i in drawn], dtype=torch.float32)
+        top_p = torch.tensor([[options[i].top_p] for i in drawn], dtype=torch.float32)
+        probs = torch.softmax(logits[drawn].float() / temperature.to(logits.device), dim=-1)  # (b, V)
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        keep = cumulative - sorted_probs < top_p.to(logits.device)  # always keeps the most likely token
+        sorted_probs = sorted_probs * keep
+        for row, i in enumerate(drawn):
+            weights = sorted_probs[row]
+            choice = torch.multinomial(weights / weights.sum(), 1, generator=generators[i])
+            tokens[i] = int(order[row, choice])
+    return [int(t) for t in tokens if t is not None]
 
 
 # ---------------------------------------------------------------------- streaming text

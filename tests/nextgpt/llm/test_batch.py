@@ -28,10 +28,10 @@ def scripted(monkeypatch: pytest.MonkeyPatch, scripts: dict[int, list[int]]) -> 
     """Each row samples its own token script, picked by its options' seed."""
     its: dict[int, Iterator[int]] = {}
 
-    def fake_sample(logits, options, generator) -> int:  # noqa: ANN001
-        return next(its.setdefault(options.seed, iter(scripts[options.seed])))
+    def fake_sample_rows(logits, options, generators) -> list[int]:  # noqa: ANN001
+        return [next(its.setdefault(o.seed, iter(scripts[o.seed]))) for o in options]
 
-    monkeypatch.setattr(batch_mod, "sample", fake_sample)
+    monkeypatch.setattr(batch_mod, "sample_rows", fake_sample_rows)
 
 
 def test_rows_join_leave_and_take_back_as_alone(
@@ -96,3 +96,21 @@ def test_a_failing_row_leaves_the_others(monkeypatch: pytest.MonkeyPatch, lm: Ne
         outcomes += [(r.options.seed, o) for r, o in decoder.step()]
     assert isinstance(outcomes[0][1], KeyboardInterrupt) and outcomes[0][0] == 1
     assert outcomes[1][0] == 2 and outcomes[1][1].token_ids == [310, 311, 312]
+
+
+def test_batched_sampling_draws_what_each_row_draws_alone() -> None:
+    from nextgpt.llm.decoding import make_generator, sample, sample_rows
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 1038) * 3
+    options = [
+        GenerationOptions(temperature=t, top_p=p, seed=s)
+        for s, (t, p) in enumerate([(1.0, 0.01), (0, 1.0), (1.5, 1.0), (0.7, 0.9), (0, 0.5), (1.0, 0.3)])
+    ]
+    for _ in range(3):  # a few draws in a row: the generators advance alike
+        alone_gens = [make_generator(o.seed) for o in options]
+        batch_gens = [make_generator(o.seed) for o in options]
+        for _ in range(4):
+            alone = [sample(row, o, g) for row, o, g in zip(logits, options, alone_gens, strict=True)]
+            assert sample_rows(logits, options, batch_gens) == alone
+        logits = torch.randn(6, 1038) * 3

@@ -30,7 +30,9 @@ def _prompt(lm: NextGPTLanguageModel, text: str = "show me a picture of a red ca
 def _script(monkeypatch: pytest.MonkeyPatch, tokens: list[int]) -> None:
     """Replace sampling with a fixed token script, to drive the loop into exact situations."""
     it: Iterator[int] = iter(tokens)
-    monkeypatch.setattr(batch_mod, "sample", lambda logits, options, generator: next(it))
+    monkeypatch.setattr(
+        batch_mod, "sample_rows", lambda logits, options, generators: [next(it) for _ in options]
+    )
 
 
 def _lora(rank: int = dims.LORA_R, b_scale: float = 0.0) -> dict[str, torch.Tensor]:
