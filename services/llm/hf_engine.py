@@ -152,8 +152,19 @@ class HFEngine:
         job = _Job(request, adapter, push, finished, contextvars.copy_context(), cancel)
         self._submit(job)
         try:
+            held: EngineEvent | BaseException | None = None
             while True:
-                item = await events.get()
+                item = held if held is not None else await events.get()
+                held = None
+                if isinstance(item, TextDelta):  # deltas that piled up go out as one message
+                    texts = [item.text]
+                    while not events.empty() and held is None:
+                        following = events.get_nowait()
+                        if isinstance(following, TextDelta):
+                            texts.append(following.text)
+                        else:
+                            held = following
+                    item = TextDelta("".join(texts))
                 if isinstance(item, BaseException):
                     raise item
                 yield item
