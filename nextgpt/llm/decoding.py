@@ -349,6 +349,7 @@ class TextStreamer:
         self.read = 0
         self.text = ""  # emitted so far
         self.pending_space = ""  # trailing whitespace not emitted yet
+        self._before: tuple[int, int, str] = (0, 0, "")  # (prefix, read, decoded visible[prefix:read])
 
     def update(self, ids: list[int], final: bool = False) -> None:
         hold = 0 if final else self.rules.stop_prefix_len(ids)
@@ -357,7 +358,13 @@ class TextStreamer:
                 self.visible.append(token)
         self.fed = max(self.fed, len(ids) - hold)
         decode = self.tokenizer.decode
-        before = decode(self.visible[self.prefix : self.read], skip_special_tokens=True)
+        if self._before[:2] != (self.prefix, self.read):  # decoded once per emission, not per token
+            self._before = (
+                self.prefix,
+                self.read,
+                decode(self.visible[self.prefix : self.read], skip_special_tokens=True),
+            )
+        before = self._before[2]
         after = decode(self.visible[self.prefix :], skip_special_tokens=True)
         if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
             return

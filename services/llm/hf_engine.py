@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,9 +59,11 @@ class _Job:
 
     request: EngineRequest
     adapter: str
-    push: Callable[[EngineEvent | BaseException], None]
-    finished: Callable[[], None]
-    """Tells the consumer that the worker is done with this request."""
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[EngineEvent | BaseException]
+    """What the consumer reads; filled on `loop`, from the worker's outbox."""
+    done: asyncio.Future[None]
+    """Set once the worker is done with this request."""
     context: contextvars.Context
     """The caller's context: the worker's log lines about this request carry its request id."""
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -95,6 +97,8 @@ class HFEngine:
         self._wakeup = threading.Condition()
         self._closed = False
         self._worker: threading.Thread | None = None
+        self._outbox: list[tuple[_Job, EngineEvent | BaseException | None]] = []
+        """Events the worker produced since it last handed them over (None: the job is finished)."""
         self.running = 0
         """Requests in the batch now (written by the worker)."""
 
@@ -137,19 +141,8 @@ class HFEngine:
                 f"the LLM queue is full ({len(self._pending)} waiting); retry later or add replicas"
             )
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
-        done = loop.create_future()
-        cancel = threading.Event()
-
-        def push(item: EngineEvent | BaseException) -> None:
-            if not cancel.is_set():  # else nobody listens any more (and the loop may be gone)
-                loop.call_soon_threadsafe(events.put_nowait, item)
-
-        def finished() -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
-
-        job = _Job(request, adapter, push, finished, contextvars.copy_context(), cancel)
+        job = _Job(request, adapter, loop, asyncio.Queue(), loop.create_future(), contextvars.copy_context())
+        events, done, cancel = job.events, job.done, job.cancel
         self._submit(job)
         try:
             held: EngineEvent | BaseException | None = None
@@ -208,6 +201,7 @@ class HFEngine:
             for job in admitted:
                 job.context.run(self._admit, job, decoder, jobs)
             self.running = len(decoder)
+            self._flush()
             if not len(decoder):
                 continue
             BATCH_SIZE.observe(len(decoder))
@@ -221,13 +215,14 @@ class HFEngine:
                 job = jobs.pop(id(request))
                 job.context.run(self._deliver, job, outcome)
             self.running = len(decoder)
+            self._flush()
 
     def _admit(self, job: _Job, decoder: BatchDecoder, jobs: dict[int, _Job]) -> None:
         """Prompt embeddings, then prefill into the batch; a failure ends this request only."""
         job.started.set()
         STAGE_SECONDS.labels("queue").observe(time.perf_counter() - job.queued_at)
         if job.cancel.is_set():
-            job.finished()
+            self._outbox.append((job, None))
             return
 
         def on_step(n: int) -> None:
@@ -247,9 +242,9 @@ class HFEngine:
                 prompt,
                 options,
                 force=options.requested_media,
-                on_text=lambda text: job.push(TextDelta(text)),
+                on_text=lambda text: self._push(job, TextDelta(text)),
                 on_step=on_step,
-                on_span=job.push,
+                on_span=lambda span: self._push(job, span),
             )
             job.decode_started = time.perf_counter()
             decoder.add(request)
@@ -263,10 +258,27 @@ class HFEngine:
             logger.info("cancelled after %d tokens", job.decoded)
         elif isinstance(outcome, LLMOutput):
             STAGE_SECONDS.labels("decode").observe(time.perf_counter() - job.decode_started)
-            job.push(outcome)
+            self._push(job, outcome)
         else:
-            job.push(outcome)
-        job.finished()
+            self._push(job, outcome)
+        self._outbox.append((job, None))
+
+    def _push(self, job: _Job, item: EngineEvent | BaseException) -> None:
+        if not job.cancel.is_set():  # else nobody listens any more (and the loop may be gone)
+            self._outbox.append((job, item))
+
+    def _flush(self) -> None:
+        """Hand the outbox to the consumers' event loops: one wake-up per loop and step, not one per
+        event (each wake-up is a write to the loop's self-pipe: 16% of the service's CPU at 16 clients)."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, EngineEvent | BaseException | None]]] = {}
+        for job, item in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_hand_over, items)
 
     @torch.inference_mode()
     def _prompt(self, request: EngineRequest) -> torch.Tensor:
@@ -280,3 +292,13 @@ class HFEngine:
             self._wakeup.notify()
         if self._worker is not None:
             await asyncio.to_thread(self._worker.join)
+
+
+def _hand_over(items: list[tuple[_Job, EngineEvent | BaseException | None]]) -> None:
+    """On the consumers' loop: queue each event; None marks a job the worker is done with."""
+    for job, item in items:
+        if item is None:
+            if not job.done.done():
+                job.done.set_result(None)
+        else:
+            job.events.put_nowait(item)
