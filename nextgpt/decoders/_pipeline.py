@@ -1,5 +1,6 @@
-"""The few lines every diffusion decoder shares: load a pipeline onto its placement, seed a generator,
-check a conditioning tensor. Everything model-specific stays in `image.py`, `video.py`, `audio.py`."""
+"""The few lines every diffusion decoder shares: load a pipeline onto its placement, make it batch well,
+seed a generator, check a conditioning tensor. Everything model-specific stays in `image.py`,
+`video.py`, `audio.py`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import TypeVar
 
 import torch
 from diffusers import DiffusionPipeline
+from torch import nn
 
 from nextgpt.config import DecoderConfig, Placement
+from nextgpt.decoders.invariance import make_batch_invariant, share_guidance_halves
 from nextgpt.errors import InvalidInput, ModelNotReady
 
 logger = logging.getLogger(__name__)
@@ -41,6 +44,25 @@ def load_pipeline(pipeline_cls: type[P], cfg: DecoderConfig, what: str) -> tuple
     pipe.set_progress_bar_config(disable=True)
     logger.info("%s decoder: loaded %s from %s on %s", what, pipeline_cls.__name__, path, placement)
     return pipe, placement
+
+
+def prepare_for_batching(pipe: DiffusionPipeline, shared: Sequence[str], what: str) -> None:
+    """Make one pipeline call over B items cost less than B calls, and give each item the same bits
+    whatever batch it is in (see `nextgpt.decoders.invariance`).
+
+    - On the CPU, the denoiser, the VAE and the vocoder get batch-invariant linear / conv / norm layers.
+    - The UNet modules named in `shared` (those before the first cross-attention or class embedding)
+      run once for both classifier-free-guidance halves when the halves are equal.
+    """
+    if execution_device(pipe).type == "cpu":
+        switched = 0
+        for name in ("unet", "vae", "vocoder"):
+            component = getattr(pipe, name, None)
+            if isinstance(component, nn.Module):
+                switched += make_batch_invariant(component)
+        logger.debug("%s decoder: %d layers switched to batch-invariant kernels", what, switched)
+    for name in shared:
+        share_guidance_halves(pipe.unet.get_submodule(name))
 
 
 def execution_device(pipe: DiffusionPipeline) -> torch.device:

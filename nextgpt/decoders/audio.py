@@ -26,12 +26,17 @@ from nextgpt.decoders._pipeline import (
     item_seeds,
     load_pipeline,
     make_generators,
+    prepare_for_batching,
 )
 from nextgpt.errors import InvalidInput
 from nextgpt.media.encode import WAV_MIME, encode_wav
 from nextgpt.types import MediaItem
 
 logger = logging.getLogger(__name__)
+
+# UNet modules whose two classifier-free-guidance halves carry equal values, computed once per batch
+# instead of twice. The class embedding (the CLAP vector) enters every resnet: only conv_in qualifies.
+GUIDANCE_SHARED = ("conv_in",)
 
 
 class AudioDecoder:
@@ -43,6 +48,7 @@ class AudioDecoder:
         self.placement = placement
         # Pipelines are not reentrant (the scheduler keeps per-call timesteps): one decode at a time.
         self._lock = threading.Lock()
+        prepare_for_batching(pipe, GUIDANCE_SHARED, "audio")
         self.negative_embeds = self._encode([""])  # (1, D), unit norm, on the compute device
 
     @classmethod
@@ -99,8 +105,8 @@ class AudioDecoder:
     ) -> list[MediaItem]:
         """One WAV (options.audio_seconds at the vocoder's rate, 16 kHz) per row of `cond`, in a single
         pipeline call. `cond` is (B, D); the projector's (B, 1, D) is accepted too. Each row gets its own
-        generator (`seeds[i]`, or `seed + i` from a single `seed`), so a row's audio does not depend on the
-        rest of the batch (up to float rounding of batched kernels)."""
+        generator (`seeds[i]`, or `seed + i` from a single `seed`), and on the CPU the kernels are
+        batch-invariant (`nextgpt.decoders.invariance`): a row's WAV is the same bytes in any batch."""
         return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
 
     def diffuse(

@@ -23,12 +23,17 @@ from nextgpt.decoders._pipeline import (
     item_seeds,
     load_pipeline,
     make_generators,
+    prepare_for_batching,
 )
 from nextgpt.errors import InvalidInput
-from nextgpt.media.encode import PNG_MIME, encode_png
+from nextgpt.media.encode import PNG_MIME, encode_png, to_uint8
 from nextgpt.types import MediaItem
 
 logger = logging.getLogger(__name__)
+
+# UNet modules whose two classifier-free-guidance halves carry equal values (they see only the latents
+# and the timestep), computed once per batch instead of twice.
+GUIDANCE_SHARED = ("conv_in", "down_blocks.0.resnets.0")
 
 
 class ImageDecoder:
@@ -40,6 +45,7 @@ class ImageDecoder:
         self.placement = placement
         # Pipelines are not reentrant (the scheduler keeps per-call timesteps): one decode at a time.
         self._lock = threading.Lock()
+        prepare_for_batching(pipe, GUIDANCE_SHARED, "image")
         self.negative_embeds = self._encode([""])  # (1, 77, D), on the compute device
 
     @classmethod
@@ -84,8 +90,9 @@ class ImageDecoder:
         """One PNG per row of `cond` (B, 77, D), in a single pipeline call.
 
         Each row gets its own generator (`seeds[i]`, or `seed + i` from a single `seed`), so a row's image
-        depends only on its conditioning, its seed and the options, not on the rest of the batch
-        (up to float rounding of batched kernels; see `tests/services/test_decoder_service.py`).
+        depends only on its conditioning, its seed and the options, not on the rest of the batch: on the
+        CPU the kernels are batch-invariant (`nextgpt.decoders.invariance`), so the PNG is the same bytes
+        in any batch (`tests/nextgpt/decoders/test_batch_invariance.py`).
         """
         return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
 
@@ -124,5 +131,6 @@ class ImageDecoder:
         return images
 
     def to_media(self, images: np.ndarray, options: DecodeDefaults) -> list[MediaItem]:
-        """(B, H, W, 3) floats -> one PNG each."""
-        return [MediaItem("image", encode_png(image), PNG_MIME) for image in images]
+        """(B, H, W, 3) floats -> one PNG each (one uint8 conversion for the batch, then one file each)."""
+        pixels = to_uint8(images)  # (B, H, W, 3) uint8
+        return [MediaItem("image", encode_png(image), PNG_MIME) for image in pixels]

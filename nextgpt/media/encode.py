@@ -68,22 +68,23 @@ def _even(frames: np.ndarray) -> np.ndarray:
 
 
 def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB with even H, W -> (H * 3 // 2, W) uint8 planar Y, U, V (BT.601, limited range).
+    """(..., H, W, 3) uint8 RGB with even H, W -> (..., H * 3 // 2, W) uint8 planar Y, U, V (BT.601,
+    limited range), every frame of a clip in one vectorised pass.
 
     Done in numpy rather than by PyAV/swscale: swscale picks SIMD paths by buffer alignment, so the same
     pixels could convert to different YUV values from call to call, and the MP4 bytes would drift.
     """
     x = rgb.astype(np.float64)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    y = 16.0 + 0.256788 * r + 0.504129 * g + 0.097906 * b  # (H, W)
-    h, w = r.shape
+    y = 16.0 + 0.256788 * r + 0.504129 * g + 0.097906 * b  # (..., H, W)
+    *lead, h, w = r.shape
     # Chroma from the 2x2 block means of RGB (the conversion is linear, so this equals averaging U, V).
-    blocks = x.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))  # (H/2, W/2, 3)
+    blocks = x.reshape(*lead, h // 2, 2, w // 2, 2, 3).mean(axis=(-4, -2))  # (..., H/2, W/2, 3)
     rb, gb, bb = blocks[..., 0], blocks[..., 1], blocks[..., 2]
-    u = 128.0 - 0.148223 * rb - 0.290993 * gb + 0.439216 * bb  # (H/2, W/2)
+    u = 128.0 - 0.148223 * rb - 0.290993 * gb + 0.439216 * bb  # (..., H/2, W/2)
     v = 128.0 + 0.439216 * rb - 0.367788 * gb - 0.071427 * bb
-    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8).ravel() for p in (y, u, v)]
-    return np.concatenate(planes).reshape(h * 3 // 2, w)  # PyAV's flat yuv420p layout
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8).reshape(*lead, -1) for p in (y, u, v)]
+    return np.concatenate(planes, axis=-1).reshape(*lead, h * 3 // 2, w)  # PyAV's flat yuv420p layout
 
 
 def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
@@ -116,8 +117,8 @@ def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
             "x264-params": "mbtree=0",
         }
         stream.codec_context.thread_count = 1
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
+        for i, yuv in enumerate(rgb_to_yuv420p(frames)):  # (T, H * 3 // 2, W)
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))  # flush delayed frames

@@ -20,6 +20,7 @@ from nextgpt.checkpoint import load_delta
 from nextgpt.config import DecodeDefaults, DecodeOptions, ProfileConfig
 from nextgpt.decoders.audio import AudioDecoder
 from nextgpt.decoders.image import ImageDecoder
+from nextgpt.decoders.invariance import project_padded
 from nextgpt.decoders.video import VideoDecoder
 from nextgpt.errors import CheckpointError, ConfigError, InvalidInput, ModelNotReady
 from nextgpt.projectors.loading import load_output_projector
@@ -167,7 +168,7 @@ class DecoderCore:
         param = next(self.projector.parameters())
         hidden = torch.stack([i.hidden for i in items]).to(param.device, param.dtype)  # (B, N, H)
         embeds = torch.stack([i.token_embeds for i in items]).to(param.device, param.dtype)  # (B, N, H)
-        cond = self.projector(hidden, embeds)  # (B, Q, D) or (B, D)
+        cond = project_padded(self.projector, hidden, embeds)  # (B, Q, D) or (B, D), batch-invariant
         # 2. Diffuse, one generator per item.
         projected = time.perf_counter()
         outputs = self.decoder.diffuse(cond, settings, seeds=[i.seed for i in items])

@@ -1,0 +1,252 @@
+"""Batch invariance: an item decodes to the same bits alone or inside a batch of any size.
+
+Every row of a batch gets its own seed, but that alone does not make a row's output independent of the
+batch: a few CPU kernels pick their algorithm by the batch size, and two algorithms sum in different
+orders. Measured with torch 2.13 (MKL sgemm, oneDNN, one thread) on the tiny pipelines, by comparing
+every module's output for an item alone and the same item in a batch of 3 (`tests/nextgpt/decoders/
+test_batch_invariance.py` holds the end-to-end check):
+
+- `F.linear` with 1-3 rows takes another kernel than with >= 4 rows (rows of >= 4 are computed alike
+  whatever their count). Hit: the timestep / class embedding MLPs and every resnet's `time_emb_proj`,
+  whose rows are the 2 * B guidance rows of the batch.
+- oneDNN convolutions with batch 1 take another kernel than with batch >= 2. Hit: the VAE decoder and
+  the HiFi-GAN vocoder, whose batch is B (1 for a lone image or sound).
+- 1x1 convolutions and Zeroscope's temporal (3, 1, 1) convolutions run a per-sample gemm below batch 16
+  and oneDNN from 16 on. Hit: transformer proj_in / proj_out, resnet shortcuts, the VAE's
+  post_quant_conv, every temporal conv of the 3D UNet (batch 2 * B).
+
+Everything else the pipelines run (3x3 convs at batch >= 2, attention, norms, activations, the
+schedulers) was bit-identical between batch sizes. `make_batch_invariant` moves each affected layer to
+one algorithm for all batch sizes, by changing only the shapes it hands to the kernels:
+
+- linear layers pad their rows to at least `MIN_GEMM_ROWS` (zero rows, sliced off again);
+- 1x1 convolutions run as a linear layer over the pixels (rows = batch x pixels);
+- (k, 1, 1) convolutions run as a (k, 1) 2D convolution over (frames, pixels) (the kernel oneDNN's 3D
+  convolution gives the same bits as), and convolutions pad a batch of 1 to 2.
+
+The layers keep their class hierarchy (subclasses of the torch layers) and weights, so state dicts and
+`from_pretrained` are unchanged. On CUDA the choice of cuBLAS / cuDNN kernels also depends on shapes;
+this module does not address that (see `DecoderConfig` docs); it is a CPU guarantee.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MIN_GEMM_ROWS = 16
+"""Rows a linear layer's matrix multiply gets at least. 4 sufficed on the machines measured (AMD EPYC,
+AVX2); 16 leaves room for wider SIMD kernels and costs nothing measurable on the few small layers."""
+
+MIN_CONV_BATCH = 2
+"""Batch a oneDNN convolution gets at least (batch 1 takes its own kernel)."""
+
+
+class InvariantLinear(nn.Linear):
+    """`nn.Linear` whose matrix multiply always has >= MIN_GEMM_ROWS rows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return padded_linear(x, self.weight, self.bias)
+
+
+def padded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` as one row-major (rows, K) matrix multiply of >= MIN_GEMM_ROWS rows.
+
+    Row-major always: a strided input that happens to fold into a transposed matrix (e.g. a 1x1 conv's
+    pixels when the batch is 1) would otherwise reach the gemm transposed, and sum in another order."""
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
+    if rows == 0:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, k).contiguous()  # (R, K)
+    if rows < MIN_GEMM_ROWS:
+        flat = torch.cat([flat, flat.new_zeros(MIN_GEMM_ROWS - rows, k)])  # (MIN, K)
+    out = F.linear(flat, weight, bias)[:rows]  # (R, N)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _pad_batch(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(x contiguous with batch >= MIN_CONV_BATCH, the original batch)."""
+    batch = x.shape[0]
+    x = x.contiguous()
+    if batch >= MIN_CONV_BATCH:
+        return x, batch
+    return torch.cat([x, x.new_zeros(MIN_CONV_BATCH - batch, *x.shape[1:])]), batch
+
+
+class InvariantGroupNorm(nn.GroupNorm):
+    """`nn.GroupNorm` on a contiguous (NCHW) input: its channels-last kernel sums in another order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous())
+
+
+class InvariantConv1d(nn.Conv1d):
+    """`nn.Conv1d` that never runs oneDNN at batch 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, batch = _pad_batch(x)
+        return super().forward(padded)[:batch]
+
+
+class InvariantConvTranspose1d(nn.ConvTranspose1d):
+    """`nn.ConvTranspose1d` that never runs oneDNN at batch 1."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        padded, batch = _pad_batch(x)
+        return super().forward(padded, output_size)[:batch]
+
+
+class InvariantConv2d(nn.Conv2d):
+    """`nn.Conv2d`: 1x1 kernels as a linear layer over pixels, others never at batch 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _is_pointwise(self):
+            # (N, C, H, W) -> rows of pixels (N*H*W, C) -> (N, O, H, W), contiguous like a conv output.
+            rows = x.permute(0, 2, 3, 1)
+            out = padded_linear(rows, self.weight.flatten(1), self.bias)  # (N, H, W, O)
+            return out.permute(0, 3, 1, 2).contiguous()
+        padded, batch = _pad_batch(x)
+        return super().forward(padded)[:batch]
+
+
+class InvariantConv3d(nn.Conv3d):
+    """`nn.Conv3d` for temporal (k, 1, 1) kernels: a (k, 1) 2D convolution over (frames, pixels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _is_temporal(self):
+            padded, batch = _pad_batch(x)
+            return super().forward(padded)[:batch]
+        n, c, frames, h, w = x.shape
+        padded, batch = _pad_batch(x.reshape(n, c, frames, h * w))  # (N', C, F, H*W)
+        out = F.conv2d(
+            padded,
+            self.weight[..., 0],  # (O, C, k, 1)
+            self.bias,
+            stride=self.stride[:2],
+            padding=self.padding[:2],  # type: ignore[arg-type]
+            dilation=self.dilation[:2],
+            groups=self.groups,
+        )[:batch]  # (N, O, F', H*W)
+        return out.reshape(n, out.shape[1], out.shape[2], h, w)
+
+
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    return (
+        conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+def _is_temporal(conv: nn.Conv3d) -> bool:
+    return (
+        conv.kernel_size[1:] == (1, 1)
+        and conv.stride[1:] == (1, 1)
+        and conv.padding[1:] == (0, 0)  # type: ignore[index]
+        and conv.dilation[1:] == (1, 1)
+        and conv.padding_mode == "zeros"
+    )
+
+
+def project_padded(projector: nn.Module, hidden: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
+    """`projector(hidden, token_embeds)` for (B, N, H) spans, batch-invariant on the CPU.
+
+    The output projector's attention layers call `F.linear` directly (no module to switch), on
+    B x N source rows and B x Q query rows; the audio projector has Q = 1, so B < 4 spans would take the
+    small-matrix gemm. Zero spans pad the batch until every such product has >= MIN_GEMM_ROWS rows (16
+    spans for audio, 4 for image, none for video); their rows are dropped from the result."""
+    cfg = projector.cfg
+    per_span = max(1, min(int(cfg.num_signal_tokens), int(cfg.num_queries)))
+    batch = hidden.shape[0]
+    needed = -(-MIN_GEMM_ROWS // per_span)
+    if batch >= needed:
+        return projector(hidden, token_embeds)
+    pad = hidden.new_zeros(needed - batch, *hidden.shape[1:])  # (P, N, H)
+    out: torch.Tensor = projector(torch.cat([hidden, pad]), torch.cat([token_embeds, pad]))
+    return out[:batch]
+
+
+_REPLACEMENTS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: InvariantLinear,
+    nn.Conv1d: InvariantConv1d,
+    nn.ConvTranspose1d: InvariantConvTranspose1d,
+    nn.Conv2d: InvariantConv2d,
+    nn.Conv3d: InvariantConv3d,
+    nn.GroupNorm: InvariantGroupNorm,
+}
+
+
+def make_batch_invariant(module: nn.Module) -> int:
+    """Switch every plain torch linear / conv / group-norm layer inside `module` to its batch-invariant
+    subclass, in place (same weights, same state dict). Returns how many layers were switched. Layers of
+    other classes (subclasses with a forward of their own, e.g. LoRA wrappers) are left alone, logged."""
+    switched = 0
+    for name, child in module.named_modules():
+        replacement = _REPLACEMENTS.get(type(child))
+        if replacement is not None and getattr(child, "padding_mode", "zeros") == "zeros":
+            child.__class__ = replacement
+            switched += 1
+        elif isinstance(child, (nn.Linear, nn.modules.conv._ConvNd, nn.GroupNorm)) and not isinstance(
+            child, tuple(_REPLACEMENTS.values())
+        ):
+            logger.warning("batch invariance: %s (%s) left as is", name, type(child).__name__)
+    return switched
+
+
+def _halves_equal(t: torch.Tensor, rows: int) -> bool:
+    return torch.equal(t[: rows // 2], t[rows // 2 :])
+
+
+def _halve(value: object, rows: int) -> object:
+    if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows:
+        return value[: rows // 2]
+    return value
+
+
+def _double(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value])
+    if isinstance(value, tuple):
+        return tuple(_double(v) for v in value)
+    raise TypeError(f"share_guidance_halves: cannot repeat a {type(value).__name__} output")
+
+
+def share_guidance_halves(module: nn.Module) -> None:
+    """Run `module` once for both halves of a classifier-free-guidance batch when they are equal.
+
+    The pipelines stack a batch as [unconditional rows; conditional rows] with the same latents in both
+    halves, and until the first cross-attention (or class embedding) both halves carry equal values: a
+    module there computes everything twice. Wrapped, it checks bit-exactly that its input and every other
+    tensor argument with the same rows has two equal halves, runs on the first half and repeats the
+    result; otherwise it runs as before. With batch-invariant kernels both ways give the same bits. The
+    module must return a tensor or a tuple of tensors."""
+    if getattr(module, "_shares_guidance_halves", False):
+        return
+    inner = module.forward
+
+    def forward(*args: object, **kwargs: object) -> object:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not x.ndim or x.shape[0] % 2:
+            return inner(*args, **kwargs)
+        rows = x.shape[0]
+        batched = [
+            a
+            for a in (*args, *kwargs.values())
+            if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == rows
+        ]
+        if not all(_halves_equal(a, rows) for a in batched):
+            return inner(*args, **kwargs)
+        out = inner(*(_halve(a, rows) for a in args), **{k: _halve(v, rows) for k, v in kwargs.items()})
+        return _double(out)
+
+    module.forward = forward  # type: ignore[method-assign]
+    module._shares_guidance_halves = True  # type: ignore[assignment]
