@@ -20,6 +20,7 @@ help:
 	@echo "make train-demo - stage 0 + the three training stages on the shapes world, report in out/train-demo/"
 	@echo "make up     - run the local cluster (Redis, services, gateway) until Ctrl-C"
 	@echo "make load   - locust load test (mixed REST + gRPC traffic) against a local cluster, report in out/load/"
+	@echo "make bench-serve - serving benchmark: serial loop vs the cluster (hf, vllm) at 1..32 clients, bench/results/"
 	@echo "make lint   - ruff"
 	@echo "make clean  - remove the venv, models and outputs"
 
@@ -55,9 +56,9 @@ load: models
 	$(BIN)/python tests/load/run_load.py --out out/load $(LOAD_ARGS)
 
 # The serving benchmark (bench/serve.py): the in-process serial loop and the local cluster with the HF and
-# vLLM engines at concurrency 1..32, results in bench/results/serve.{json,md} + PNGs (BENCH_ARGS e.g.
-# "--quick", "--engines hf --duration-s 10", "--profile").
-BENCH_ARGS ?=
+# vLLM engines at concurrency 1..32, results in bench/results/serve.{json,md} + PNGs + py-spy flame graphs,
+# and the README's benchmark block (BENCH_ARGS e.g. "--quick", "--engines hf --duration-s 10"); ~15 min.
+BENCH_ARGS ?= --profile --readme README.md
 bench-serve: models setup-vllm
 	$(BIN)/python bench/serve.py $(BENCH_ARGS)
 

@@ -599,6 +599,41 @@ HEADER = "configuration,concurrency,req/s,errors,p50 ms,p95 ms,TTFT p50 ms,first
 HEADER += ["decoder batch mean (image/video/audio)", "load 1m before -> after"]
 
 
+def speedups(report: dict) -> list[str]:
+    """One line per cluster: its best throughput and the one at 16 clients, as multiples of the loop."""
+    serial = (report["serial"].get("levels") or [{}])[0].get("requests_per_s")
+    if not serial:
+        return []
+    lines = []
+    for c in report["configurations"]:
+        levels = {lv["concurrency"]: lv["requests_per_s"] for lv in c.get("levels", [])}
+        if not levels:
+            continue
+        best = max(levels, key=lambda k: levels[k])
+        at16 = f"{levels[16] / serial:.2f}x at 16 clients, " if 16 in levels else ""
+        lines.append(
+            f"- **{c['name']}**: {at16}{levels[best] / serial:.2f}x at best ({best} clients) the serial "
+            f"loop's {serial:.2f} requests/s"
+        )
+    return [*lines, ""] if lines else []
+
+
+README_BEGIN = "<!-- bench/serve.py: begin (generated; do not edit by hand) -->"
+README_END = "<!-- bench/serve.py: end -->"
+
+
+def update_readme(readme: Path, report: dict, table: str, out: Path) -> None:
+    """Replace the block between the markers in `readme` with this run's tables and plots."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_BEGIN!r} ... {README_END!r} block to fill")
+    base = out.parent.relative_to(readme.parent.resolve()) if out.is_absolute() else out.parent
+    images = [f"![{p}]({(base / p).as_posix()})" for p in report["plots"]]
+    block = "\n".join([README_BEGIN, "", table.rstrip(), "", *images, "", README_END])
+    head, rest = text.split(README_BEGIN, 1)
+    readme.write_text(head + block + rest.split(README_END, 1)[1])
+
+
 def markdown(report: dict) -> str:
     """The tables printed at the end (and written to `<stem>.md`)."""
     m, settings = report["machine"], report["settings"]
@@ -609,6 +644,7 @@ def markdown(report: dict) -> str:
         f"{m['cpu_count']} CPUs ({m['cpu_model']}), {m['date']}, commit {m['git_commit'][:10]}{dirty}; "
         f"tiny profile, {settings['max_new_tokens']} new tokens.",
         "",
+        *speedups(report),
         _row(HEADER),
         _row(["---"] * len(HEADER)),
     ]
@@ -763,6 +799,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--start-timeout-s", type=float, default=300.0, help="per cluster, until all are SERVING"
     )
     parser.add_argument("--request-timeout-s", type=float, default=300.0)
+    parser.add_argument(
+        "--readme", type=Path, help="also write the tables and plots into this file's generated block"
+    )
     args = parser.parse_args(argv)
     args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 2, 4, 8, 16, 32])
     args.engines = [e for e in (args.engines or ("hf" if args.quick else "hf,vllm")).split(",") if e]
@@ -830,6 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".md").write_text(table)
     print(table)
     print(f"wrote {args.out}, {args.out.with_suffix('.md').name} and {', '.join(report['plots'])} beside it")
+    if args.readme is not None:
+        update_readme(args.readme, report, table, args.out.resolve())
+        print(f"updated the benchmark block of {args.readme}")
     failed = [c["name"] for c in [report["serial"], *report["configurations"]] if c["status"] == "failed"]
     if failed:
         print(f"failed: {', '.join(failed)} (see 'error' in the JSON and the logs in {args.log_dir})")
