@@ -419,7 +419,12 @@ def metric_deltas(before: dict[str, dict], after: dict[str, dict]) -> dict:
         for service in after
         if after.get(service) and before.get(service)
     }
-    return {"decoder_batch_size": batches, "encoder_cache": cache, "cpu_s": cpu}
+    llm_batch = None  # rows per decode step of the HF engine (vLLM schedules its own batches)
+    if after.get("llm") and before.get("llm"):
+        steps = sum(v for _, v in delta("llm", "nextgpt_llm_batch_size_count"))
+        rows = sum(v for _, v in delta("llm", "nextgpt_llm_batch_size_sum"))
+        llm_batch = {"steps": round(steps), "mean": round(rows / steps, 2) if steps else None}
+    return {"decoder_batch_size": batches, "llm_batch_size": llm_batch, "encoder_cache": cache, "cpu_s": cpu}
 
 
 def vllm_unusable() -> str | None:
@@ -596,7 +601,7 @@ def _row(cells: list) -> str:
 
 
 HEADER = "configuration,concurrency,req/s,errors,p50 ms,p95 ms,TTFT p50 ms,first media p50 ms".split(",")
-HEADER += ["decoder batch mean (image/video/audio)", "load 1m before -> after"]
+HEADER += ["batch mean: llm (hf) / image / video / audio", "load 1m before -> after"]
 
 
 def speedups(report: dict) -> list[str]:
@@ -654,6 +659,7 @@ def markdown(report: dict) -> str:
         for lv in c.get("levels", []):
             batch = lv.get("decoder_batch_size")
             means = "/".join(str((batch[x] or {}).get("mean") or "-") for x in MODALITIES) if batch else "-"
+            means = f"{(lv.get('llm_batch_size') or {}).get('mean') or '-'} / {means}"
             cells = [
                 c["name"],
                 lv["concurrency"],
