@@ -32,8 +32,12 @@ from nextgpt.types import MediaItem
 logger = logging.getLogger(__name__)
 
 # UNet modules whose two classifier-free-guidance halves carry equal values (they see only the latents
-# and the timestep), computed once per batch instead of twice.
-GUIDANCE_SHARED = ("conv_in", "down_blocks.0.resnets.0")
+# and the timestep, up to the first cross-attention), computed once per batch instead of twice.
+GUIDANCE_SHARED = (
+    "conv_in",
+    "down_blocks.0.resnets.0",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+)
 
 
 class ImageDecoder:

@@ -32,9 +32,15 @@ from nextgpt.types import MediaItem
 logger = logging.getLogger(__name__)
 
 # UNet modules whose two classifier-free-guidance halves carry equal values (they see only the latents
-# and the timestep), computed once per batch instead of twice; transformer_in alone was ~30% of the
-# cost of a video item on the tiny profile.
-GUIDANCE_SHARED = ("conv_in", "transformer_in", "down_blocks.0.resnets.0", "down_blocks.0.temp_convs.0")
+# and the timestep, up to the first cross-attention), computed once per batch instead of twice;
+# transformer_in alone was ~30% of the cost of a video item on the tiny profile.
+GUIDANCE_SHARED = (
+    "conv_in",
+    "transformer_in",
+    "down_blocks.0.resnets.0",
+    "down_blocks.0.temp_convs.0",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1",  # self-attention, before the first cross
+)
 
 
 class VideoDecoder:

@@ -10,6 +10,21 @@ from services.common import ports
 
 ENV_PREFIX = "NEXTGPT_DECODER_"
 
+BATCHING: dict[str, dict[str, tuple[int, float]]] = {
+    # (max_batch, max_wait_ms) by profile and modality, from bench/decoder_batching.py (CPU, one thread;
+    # bench/results/decoder_batching.json). Per item, a batch of 16 costs 0.22x a single image and 0.31x
+    # a single sound: 16 pays. Video stops paying past 8 (0.47x per item at 8 and at 16) while a batch of
+    # 16 takes ~4 s. A lone request waits up to ~5% of a single decode for company.
+    "tiny": {"image": (16, 10.0), "video": (8, 25.0), "audio": (16, 10.0)},
+}
+FALLBACK_BATCHING = (4, 10.0)
+"""Other profiles (real sizes, GPUs): not measured here; a batch of 16 Zeroscope videos may not fit."""
+
+
+def default_batching(profile: str, modality: str) -> tuple[int, float]:
+    """(max_batch, max_wait_ms) for one decoder of `profile`, when the settings leave them unset."""
+    return BATCHING.get(profile, {}).get(modality, FALLBACK_BATCHING)
+
 
 @dataclass
 class DecoderServiceSettings:
@@ -31,10 +46,12 @@ class DecoderServiceSettings:
     """YAML/TOML profile overrides (default: NEXTGPT_CONFIG)."""
     models_dir: str | None = None
     """Directory holding the weights (default: NEXTGPT_MODELS_DIR or ./models)."""
-    max_batch: int = 4
-    """Most requests (with equal settings) that run through one projector + pipeline call."""
-    max_wait_ms: float = 10.0
-    """How long the first request of a batch waits for others to join, in milliseconds."""
+    max_batch: int | None = None
+    """Most requests (with equal settings) that run through one projector + pipeline call (default: by
+    profile and modality, `BATCHING`: tiny image 16, video 8, audio 16; 4 for other profiles)."""
+    max_wait_ms: float | None = None
+    """How long the first request of a batch waits for others to join, in milliseconds (default: by
+    profile and modality, `BATCHING`: tiny image 10, video 25, audio 10; 10 for other profiles)."""
     grace_s: float = 30.0
     """On SIGTERM, how long in-flight batches may take to finish, in seconds."""
 
@@ -47,9 +64,9 @@ class DecoderServiceSettings:
             self.port = ports.DECODERS[self.modality]
         if self.metrics_port is None:
             self.metrics_port = ports.DECODER_METRICS[self.modality]
-        if self.max_batch < 1:
+        if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"max_batch={self.max_batch} must be at least 1")
-        if self.max_wait_ms < 0 or self.grace_s < 0:
+        if (self.max_wait_ms is not None and self.max_wait_ms < 0) or self.grace_s < 0:
             raise ConfigError(f"max_wait_ms={self.max_wait_ms} and grace_s={self.grace_s} must be >= 0")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) < 65536:

@@ -20,13 +20,14 @@ from nextgpt.checkpoint import load_delta
 from nextgpt.config import DecodeDefaults, DecodeOptions, ProfileConfig
 from nextgpt.decoders.audio import AudioDecoder
 from nextgpt.decoders.image import ImageDecoder
-from nextgpt.decoders.invariance import project_padded
+from nextgpt.decoders.invariance import project_spans
 from nextgpt.decoders.video import VideoDecoder
 from nextgpt.errors import CheckpointError, ConfigError, InvalidInput, ModelNotReady
 from nextgpt.projectors.loading import load_output_projector
 from nextgpt.projectors.output import OutputProjector
 from nextgpt.types import MODALITIES, MediaItem, Modality
 from services.common.batching import MicroBatcher
+from services.decoders.config import FALLBACK_BATCHING, default_batching
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +66,22 @@ class _Item:
 class DecoderCore:
     """`await core.decode(hidden, token_embeds, options, seed)` -> (medium, batch size) for one modality."""
 
-    def __init__(self, modality: str, *, max_batch: int = 4, max_wait_s: float = 0.01) -> None:
+    def __init__(
+        self, modality: str, *, max_batch: int | None = None, max_wait_s: float | None = None
+    ) -> None:
+        """`max_batch` / `max_wait_s` left None follow the loaded profile (`config.BATCHING`); before a
+        profile loads (or with components attached by hand) they are `config.FALLBACK_BATCHING`."""
         if modality not in MODALITIES:
             raise ConfigError(f"modality={modality!r}: use one of {MODALITIES}")
         self.modality: Modality = modality  # type: ignore[assignment]
         self.projector: OutputProjector | None = None
         self.decoder: Decoder | None = None
+        self._limits = (max_batch, max_wait_s)
+        fallback_batch, fallback_wait_ms = FALLBACK_BATCHING
         self.batcher: MicroBatcher[_Item, tuple[MediaItem, int]] = MicroBatcher(
             self._run_batch,
-            max_batch=max_batch,
-            max_wait_s=max_wait_s,
+            max_batch=max_batch if max_batch is not None else fallback_batch,
+            max_wait_s=max_wait_s if max_wait_s is not None else fallback_wait_ms / 1000.0,
             queue_gauge=QUEUE_DEPTH,
             batch_histogram=BATCH_SIZE,
             labels=(modality,),
@@ -93,6 +100,17 @@ class DecoderCore:
         projector = load_output_projector(profile, delta, self.modality)
         decoder = DECODER_CLASSES[self.modality].load(profile.decoders[self.modality])
         self.attach(projector, decoder)
+        max_batch, max_wait_ms = default_batching(profile.name, self.modality)
+        if self._limits[0] is None:
+            self.batcher.max_batch = max_batch
+        if self._limits[1] is None:
+            self.batcher.max_wait_s = max_wait_ms / 1000.0
+        logger.info(
+            "%s decoder batches up to %d requests, waiting up to %.0f ms",
+            self.modality,
+            self.batcher.max_batch,
+            self.batcher.max_wait_s * 1000.0,
+        )
         logger.info("%s decoder loaded in %.2fs", self.modality, time.perf_counter() - started)
 
     def attach(self, projector: OutputProjector, decoder: Decoder) -> None:
@@ -168,7 +186,7 @@ class DecoderCore:
         param = next(self.projector.parameters())
         hidden = torch.stack([i.hidden for i in items]).to(param.device, param.dtype)  # (B, N, H)
         embeds = torch.stack([i.token_embeds for i in items]).to(param.device, param.dtype)  # (B, N, H)
-        cond = project_padded(self.projector, hidden, embeds)  # (B, Q, D) or (B, D), batch-invariant
+        cond = project_spans(self.projector, hidden, embeds)  # (B, Q, D) or (B, D), batch-invariant
         # 2. Diffuse, one generator per item.
         projected = time.perf_counter()
         outputs = self.decoder.diffuse(cond, settings, seeds=[i.seed for i in items])

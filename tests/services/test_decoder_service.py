@@ -21,7 +21,6 @@ from typing import Any
 
 import av
 import grpc
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -39,7 +38,7 @@ from services.common import convert, ports
 from services.common.server import CHANNEL_OPTIONS, ServiceServer
 from services.common.settings import load_settings
 from services.common.tensors import to_proto
-from services.decoders.config import ENV_PREFIX, DecoderServiceSettings
+from services.decoders.config import ENV_PREFIX, FALLBACK_BATCHING, DecoderServiceSettings, default_batching
 from services.decoders.core import DecoderCore
 from services.decoders.server import start
 
@@ -185,18 +184,12 @@ def test_equal_settings_share_a_batch(services) -> None:
     sizes = [r.batch_size for r in responses]
     assert max(sizes) > 1 and all(1 <= s <= MAX_BATCH for s in sizes)
     assert sum(1 / s for s in sizes) == pytest.approx(count)  # every response names its own batch
-    # Each answer belongs to its own request: equal to decoding that request alone (batch invariance).
+    # Each answer belongs to its own request: the same bytes as decoding that request alone (batch
+    # invariance, nextgpt/decoders/invariance.py).
     alone = service.stub.Decode(requests[4], timeout=TIMEOUT)
     assert alone.batch_size == 1
-    diff = _image_diff(alone.media.data, responses[4].media.data)
-    assert diff <= 1, f"max pixel difference {diff}"
+    assert alone.media.data == responses[4].media.data
     assert len({r.media.data for r in responses}) == 6
-
-
-def _image_diff(a: bytes, b: bytes) -> int:
-    pa = np.asarray(Image.open(io.BytesIO(a))).astype(int)
-    pb = np.asarray(Image.open(io.BytesIO(b))).astype(int)
-    return int(np.abs(pa - pb).max())
 
 
 def test_different_settings_never_share_a_batch(services) -> None:
@@ -291,7 +284,9 @@ def test_projector_width_must_fit_the_decoder(tiny_profile) -> None:
 def test_settings() -> None:
     settings = load_settings(DecoderServiceSettings, ENV_PREFIX, [], {f"{ENV_PREFIX}MODALITY": "video"})
     assert (settings.port, settings.metrics_port) == (ports.DECODERS["video"], ports.DECODER_METRICS["video"])
-    assert (settings.max_batch, settings.max_wait_ms) == (4, 10.0)
+    assert (settings.max_batch, settings.max_wait_ms) == (None, None)  # chosen by profile at load
+    assert default_batching("tiny", "image") == (16, 10.0) and default_batching("tiny", "video") == (8, 25.0)
+    assert default_batching("nextgpt-7b-tiva-v0", "video") == FALLBACK_BATCHING == (4, 10.0)
     flags = ["--modality", "audio", "--port", "0", "--metrics-port", "0", "--max-batch", "8"]
     settings = load_settings(DecoderServiceSettings, ENV_PREFIX, flags, {f"{ENV_PREFIX}MODALITY": "video"})
     assert (settings.modality, settings.port, settings.metrics_enabled_port, settings.max_batch) == (

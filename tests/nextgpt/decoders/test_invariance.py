@@ -8,11 +8,10 @@ from torch import nn
 
 from nextgpt.config import OutputProjectorConfig
 from nextgpt.decoders.invariance import (
-    MIN_GEMM_ROWS,
     InvariantConv2d,
     InvariantLinear,
     make_batch_invariant,
-    project_padded,
+    project_spans,
     share_guidance_halves,
 )
 from nextgpt.projectors.output import OutputProjector
@@ -126,17 +125,17 @@ def test_guidance_halves_run_once_when_equal() -> None:
     assert plain.shape == (2, 4)
 
 
-def test_projector_batches_are_padded_for_one_query_row() -> None:
+@pytest.mark.parametrize("num_queries", [1, 5])
+def test_projected_spans_do_not_depend_on_the_batch(num_queries: int) -> None:
     cfg = OutputProjectorConfig(
         in_dim=16, d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32,
-        num_queries=1, out_dim=8, num_signal_tokens=8, normalize=True,
+        num_queries=num_queries, out_dim=8, num_signal_tokens=8, normalize=num_queries == 1,
     )  # fmt: skip
     torch.manual_seed(0)
     projector = OutputProjector(cfg).eval()
-    hidden, embeds = torch.randn(MIN_GEMM_ROWS + 3, 8, 16), torch.randn(MIN_GEMM_ROWS + 3, 8, 16)
+    hidden, embeds = torch.randn(9, 8, 16), torch.randn(9, 8, 16)
     with torch.inference_mode():
-        alone = [project_padded(projector, hidden[i : i + 1], embeds[i : i + 1]) for i in range(len(hidden))]
-        for batch in (2, 3, MIN_GEMM_ROWS, MIN_GEMM_ROWS + 3):
-            out = project_padded(projector, hidden[:batch], embeds[:batch])
-            assert out.shape == (batch, 8)
+        alone = [projector(hidden[i : i + 1], embeds[i : i + 1]) for i in range(9)]  # as the pipeline does
+        for batch in (2, 3, 9):
+            out = project_spans(projector, hidden[:batch], embeds[:batch])
             assert all(torch.equal(out[i : i + 1], alone[i]) for i in range(batch))
