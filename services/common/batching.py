@@ -3,10 +3,8 @@
 Items are grouped by a key (e.g. modality, or equal diffusion settings); only items with the same key
 share a batch. The batch function runs in a worker thread so the event loop keeps accepting calls.
 
-Sizes and waits are the services' business (`services/decoders/config.py`, `services/encoder/config.py`
-hold the defaults measured with `bench/decoder_batching.py`). Every batch is observed in a batch-size
-histogram, labelled by the service's fixed labels (e.g. the decoder's modality) and, with `key_label`, by
-a label derived from the batch key (e.g. the encoder's modality).
+Sizes and waits are the services' business: `services/decoders/config.py` holds the decoders' defaults,
+measured with `bench/decoder_batching.py`. Every batch is observed in the service's batch-size histogram.
 """
 
 from __future__ import annotations
@@ -48,7 +46,6 @@ class MicroBatcher(Generic[T, R]):
         queue_gauge: Gauge,
         batch_histogram: Histogram,
         labels: tuple[str, ...] = (),
-        key_label: Callable[[Hashable], str] | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch = max_batch
@@ -56,9 +53,7 @@ class MicroBatcher(Generic[T, R]):
         self._queues: dict[Hashable, list[_Pending[T, R]]] = {}
         self._wakeup = asyncio.Event()
         self._queue_gauge = queue_gauge.labels(*labels) if labels else queue_gauge
-        self._batch_histogram = batch_histogram
-        self._labels = labels
-        self._key_label = key_label
+        self._batch_histogram = batch_histogram.labels(*labels) if labels else batch_histogram
         self._worker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -70,10 +65,6 @@ class MicroBatcher(Generic[T, R]):
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-
-    def _histogram(self, key: Hashable) -> Histogram:
-        labels = self._labels + ((self._key_label(key),) if self._key_label is not None else ())
-        return self._batch_histogram.labels(*labels) if labels else self._batch_histogram
 
     @property
     def depth(self) -> int:
@@ -105,7 +96,7 @@ class MicroBatcher(Generic[T, R]):
             self._queue_gauge.set(self.depth)
             if not pending:
                 continue
-            self._histogram(key).observe(len(pending))
+            self._batch_histogram.observe(len(pending))
             try:
                 results = await asyncio.to_thread(self.run_batch, key, [p.item for p in pending])
             except Exception as exc:  # noqa: BLE001 - every waiter gets the batch's error

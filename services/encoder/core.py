@@ -30,10 +30,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE_DEPTH = Gauge("nextgpt_encoder_queue_depth", "Inputs waiting to join an ImageBind batch")
 BATCH_SIZE = Histogram(
-    "nextgpt_encoder_batch_size",
-    "Inputs encoded together in one ImageBind call, by modality",
-    ["modality"],
-    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+    "nextgpt_encoder_batch_size", "Inputs per ImageBind batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 )
 STAGE_SECONDS = Histogram(
     "nextgpt_encoder_stage_seconds",
@@ -44,8 +41,6 @@ STAGE_SECONDS = Histogram(
 INPUTS = Counter(
     "nextgpt_encoder_inputs_total", "Inputs received (cache hits included), by modality", ["modality"]
 )
-
-ENCODER_MODALITIES = ("image", "audio", "video", "text")
 
 EncodeInput = MediaItem | str
 """A medium (bytes + MIME type) or a text for ImageBind's text tower."""
@@ -85,10 +80,7 @@ class EncoderCore:
             max_wait_s=settings.max_wait_ms / 1000.0,
             queue_gauge=QUEUE_DEPTH,
             batch_histogram=BATCH_SIZE,
-            key_label=str,
         )
-        for modality in ENCODER_MODALITIES:  # every series on /metrics from the start
-            BATCH_SIZE.labels(modality)
 
     async def load(self, cfg: EncoderConfig) -> None:
         """Load the weights in a worker thread, so health keeps answering (NOT_SERVING) meanwhile."""

@@ -91,35 +91,6 @@ def test_micro_batcher_groups_concurrent_items_by_key():
     assert registry.get_sample_value("b_sum") == 7  # 3 + 3 + the bad batch of 1
 
 
-def test_micro_batcher_labels_batch_sizes_by_key():
-    registry = CollectorRegistry()
-    gauge = Gauge("q", "q", ["service"], registry=registry)
-    hist = Histogram("b", "b", ["service", "modality"], registry=registry)
-
-    async def main():
-        batcher = MicroBatcher(
-            lambda key, items: items,
-            max_batch=4,
-            max_wait_s=0.05,
-            queue_gauge=gauge,
-            batch_histogram=hist,
-            labels=("encoder",),
-            key_label=str,
-        )
-        keys = ["image"] * 6 + ["audio"]
-        results = await asyncio.gather(*(batcher.submit(k, i) for i, k in enumerate(keys)))
-        await batcher.stop()
-        return results
-
-    assert asyncio.run(main()) == list(range(7))
-
-    def sample(name: str, modality: str) -> float | None:
-        return registry.get_sample_value(name, {"service": "encoder", "modality": modality})
-
-    assert sample("b_count", "image") == 2 and sample("b_sum", "image") == 6  # max_batch 4: 4 + 2
-    assert sample("b_count", "audio") == 1 and sample("b_sum", "audio") == 1
-
-
 def test_interceptor_maps_domain_errors_and_hides_crashes():
     import grpc
 

@@ -133,16 +133,15 @@ def test_same_input_twice_is_a_cache_hit_with_identical_bytes(encoder: ImageBind
 
 def test_concurrent_requests_share_a_batch(encoder: ImageBindEncoder) -> None:
     items = [image(100 + i) for i in range(8)]
-    count = metric("nextgpt_encoder_batch_size_count", modality="image")
-    total = metric("nextgpt_encoder_batch_size_sum", modality="image")
+    count, total = metric("nextgpt_encoder_batch_size_count"), metric("nextgpt_encoder_batch_size_sum")
 
     async def main() -> list[encoder_pb2.EncodeResponse]:
         async with serving(encoder, max_wait_ms=200.0) as stub:
             return await asyncio.gather(*(stub.Encode(request(x), timeout=60) for x in items))
 
     responses = asyncio.run(main())
-    batches = metric("nextgpt_encoder_batch_size_count", modality="image") - count
-    assert metric("nextgpt_encoder_batch_size_sum", modality="image") - total == 8
+    batches = metric("nextgpt_encoder_batch_size_count") - count
+    assert metric("nextgpt_encoder_batch_size_sum") - total == 8
     assert batches < 8, "8 concurrent requests ran as 8 batches of one"
     for response, item in zip(responses, items, strict=True):
         assert torch.allclose(from_proto(response.embeddings[0].embedding), encoder.encode(item), atol=1e-5)
