@@ -1,32 +1,41 @@
-"""Batch invariance: an item decodes to the same bits alone or inside a batch of any size.
+"""Batch invariance: an item decodes to the same bits alone or inside a batch of any size, on the CPU.
 
 Every row of a batch gets its own seed, but that alone does not make a row's output independent of the
 batch: a few CPU kernels pick their algorithm by the batch size, and two algorithms sum in different
-orders. Measured with torch 2.13 (MKL sgemm, oneDNN, one thread) on the tiny pipelines, by comparing
-every module's output for an item alone and the same item in a batch of 3 (`tests/nextgpt/decoders/
-test_batch_invariance.py` holds the end-to-end check):
+orders (~1e-6 apart, enough to flip PNG levels, WAV steps and MP4 macroblocks). Found with torch 2.13
+(MKL sgemm, oneDNN, one thread) on the tiny pipelines by comparing every module's output for an item
+alone and inside a batch of 3, then checked end to end up to batch 16
+(`tests/nextgpt/decoders/test_batch_invariance.py`):
 
 - `F.linear` with 1-3 rows takes another kernel than with >= 4 rows (rows of >= 4 are computed alike
-  whatever their count). Hit: the timestep / class embedding MLPs and every resnet's `time_emb_proj`,
-  whose rows are the 2 * B guidance rows of the batch.
+  whatever their count), and a strided input that folds into a transposed matrix another still. Hit:
+  the timestep / class-embedding MLPs and every resnet's `time_emb_proj` (2 * B guidance rows).
 - oneDNN convolutions with batch 1 take another kernel than with batch >= 2. Hit: the VAE decoder and
   the HiFi-GAN vocoder, whose batch is B (1 for a lone image or sound).
 - 1x1 convolutions and Zeroscope's temporal (3, 1, 1) convolutions run a per-sample gemm below batch 16
   and oneDNN from 16 on. Hit: transformer proj_in / proj_out, resnet shortcuts, the VAE's
   post_quant_conv, every temporal conv of the 3D UNet (batch 2 * B).
+- Group norm has a channels-last kernel; the VAE's attention block hands it channels-last strides at
+  batch >= 2 but not at batch 1.
 
-Everything else the pipelines run (3x3 convs at batch >= 2, attention, norms, activations, the
-schedulers) was bit-identical between batch sizes. `make_batch_invariant` moves each affected layer to
-one algorithm for all batch sizes, by changing only the shapes it hands to the kernels:
+Attention (SDPA), layer norm, softmax, activations and the schedulers were bit-identical between batch
+sizes. `make_batch_invariant` moves each affected layer to one algorithm for all batch sizes, changing
+only what it hands to the kernels:
 
-- linear layers pad their rows to at least `MIN_GEMM_ROWS` (zero rows, sliced off again);
-- 1x1 convolutions run as a linear layer over the pixels (rows = batch x pixels);
-- (k, 1, 1) convolutions run as a (k, 1) 2D convolution over (frames, pixels) (the kernel oneDNN's 3D
-  convolution gives the same bits as), and convolutions pad a batch of 1 to 2.
+- linear layers get a row-major matrix of at least `MIN_GEMM_ROWS` rows (zero rows, sliced off again);
+- 1x1 convolutions always take torch's per-sample gemm (`thnn_conv2d`, what nn.Conv2d ran below 16);
+- (k, 1, 1) convolutions run as a (k, 1) 2D oneDNN convolution over (frames, pixels) (the same bits as
+  oneDNN's 3D one), and every other convolution pads a batch of 1 to 2;
+- group norms get contiguous (NCHW) inputs.
 
-The layers keep their class hierarchy (subclasses of the torch layers) and weights, so state dicts and
-`from_pretrained` are unchanged. On CUDA the choice of cuBLAS / cuDNN kernels also depends on shapes;
-this module does not address that (see `DecoderConfig` docs); it is a CPU guarantee.
+The layers keep their classes' parents and their weights, so state dicts and `from_pretrained` are
+unchanged. The cost is ~10 ms on a lone tiny image or sound (mostly the VAE at batch 2), nothing in a
+batch. On CUDA, cuBLAS / cuDNN also choose kernels by shape; this module does not address that, so the
+decoders apply it on the CPU only.
+
+`share_guidance_halves` is the other half of making batches cheap: modules that see only the latents and
+the timestep compute once for both classifier-free-guidance halves. `project_spans` keeps the output
+projector batch-invariant too.
 """
 
 from __future__ import annotations
@@ -230,12 +239,13 @@ def _halve(value: object, rows: int) -> object:
     return value
 
 
-def _double(value: object) -> object:
+def _double(value: object) -> object | None:
+    """[value; value] along rows, or None for an output this cannot repeat."""
     if isinstance(value, torch.Tensor):
         return torch.cat([value, value])
-    if isinstance(value, tuple):
-        return tuple(_double(v) for v in value)
-    raise TypeError(f"share_guidance_halves: cannot repeat a {type(value).__name__} output")
+    if isinstance(value, tuple) and all(isinstance(v, torch.Tensor) for v in value):
+        return tuple(torch.cat([v, v]) for v in value)
+    return None
 
 
 def share_guidance_halves(module: nn.Module) -> None:
@@ -245,8 +255,8 @@ def share_guidance_halves(module: nn.Module) -> None:
     halves, and until the first cross-attention (or class embedding) both halves carry equal values: a
     module there computes everything twice. Wrapped, it checks bit-exactly that its input and every other
     tensor argument with the same rows has two equal halves, runs on the first half and repeats the
-    result; otherwise it runs as before. With batch-invariant kernels both ways give the same bits. The
-    module must return a tensor or a tuple of tensors."""
+    result; otherwise it runs as before. With batch-invariant kernels both ways give the same bits. Meant
+    for modules that return a tensor or a tuple of tensors (others run both halves after all)."""
     if getattr(module, "_shares_guidance_halves", False):
         return
     inner = module.forward
@@ -263,8 +273,13 @@ def share_guidance_halves(module: nn.Module) -> None:
         ]
         if not all(_halves_equal(a, rows) for a in batched):
             return inner(*args, **kwargs)
-        out = inner(*(_halve(a, rows) for a in args), **{k: _halve(v, rows) for k, v in kwargs.items()})
-        return _double(out)
+        out = _double(
+            inner(*(_halve(a, rows) for a in args), **{k: _halve(v, rows) for k, v in kwargs.items()})
+        )
+        if out is None:  # not a tensor or a tuple of tensors: never seen in the pipelines, but stay correct
+            logger.warning("%s: output not a tensor (tuple); running both halves", type(module).__name__)
+            return inner(*args, **kwargs)
+        return out
 
     module.forward = forward  # type: ignore[method-assign]
     module._shares_guidance_halves = True  # type: ignore[assignment]
