@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -302,3 +303,10 @@ def test_server_process_health_reflection_metrics_and_sigterm(tiny_models_dir: P
             proc.wait(timeout=10)
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_freed_memory_is_kept_for_the_next_batch_on_glibc() -> None:
+    from services.encoder.server import keep_freed_memory
+
+    applied = keep_freed_memory()
+    assert applied == (platform.libc_ver()[0] == "glibc")
