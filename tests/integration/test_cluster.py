@@ -314,6 +314,8 @@ def test_sixteen_concurrent_requests_succeed_and_form_batches(cluster, rest):
 
     def one(i: int) -> httpx.Response:
         content = [{"type": "text", "text": f"Picture {i}"}, image_part(png(100 + i))]
+        if i == 0:  # inputs of one request are encoded together, whatever the timing of the others
+            content += [image_part(png(200)), image_part(png(201))]
         with httpx.Client(base_url=cluster.rest_url, timeout=300) as client:
             return chat(client, content, ("text", "image"), seed=i, max_tokens=8)
 
