@@ -11,7 +11,8 @@ batch by batch so that both see the same machine load:
 The median over --repeats runs is reported, in wall-clock seconds and in CPU seconds of this process (one
 thread, so CPU time is the work done, whatever else the machine runs), with the ratio batch-of-4 / single.
 Each variant is also checked for bit-identity: item 0 of every batch against the same item decoded alone.
-ImageBind's `encode_batch` is timed the same way per modality (the encoder service batches per modality).
+ImageBind's `encode_batch` is timed the same way per modality (the encoder service batches per modality),
+after the decoders and with glibc keeping freed memory as the encoder service does (`keep_freed_memory`).
 
 Writes bench/results/decoder_batching.json and prints the tables.
 """
@@ -39,6 +40,7 @@ import torch  # noqa: E402
 from nextgpt.decoders import audio, image, video  # noqa: E402
 from nextgpt.encoders import imagebind as ib  # noqa: E402
 from nextgpt.profiles import load_profile  # noqa: E402
+from services.encoder.server import keep_freed_memory  # noqa: E402
 
 MODULES = {"image": image, "video": video, "audio": audio}
 CLASSES = {"image": image.ImageDecoder, "video": video.VideoDecoder, "audio": audio.AudioDecoder}
@@ -104,6 +106,7 @@ def bench_decoders(
 
 
 def bench_encoder(profile: Any, sizes: list[int], repeats: int) -> dict[str, Any]:
+    keep_freed_memory()
     encoder = ib.ImageBindEncoder.load(profile.encoder)
     shapes: dict[str, tuple[int, ...]] = dict(ib._EXPECTED_SHAPES)
     inputs: dict[str, Callable[[int], list[Any]]] = {

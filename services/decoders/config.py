@@ -12,9 +12,9 @@ ENV_PREFIX = "NEXTGPT_DECODER_"
 
 BATCHING: dict[str, dict[str, tuple[int, float]]] = {
     # (max_batch, max_wait_ms) by profile and modality, from bench/decoder_batching.py (CPU, one thread;
-    # bench/results/decoder_batching.json). Per item, a batch of 16 costs 0.22x a single image and 0.31x
-    # a single sound: 16 pays. Video stops paying past 8 (0.47x per item at 8 and at 16) while a batch of
-    # 16 takes ~4 s. A lone request waits up to ~5% of a single decode for company.
+    # bench/results/decoder_batching.json). Per item, a batch of 16 costs 0.21x a single image and 0.30x
+    # a single sound: 16 pays. Video stops paying past 8 (0.50x a single per item at 8, 0.48x at 16)
+    # while a batch of 16 takes 3.6 s. A lone request waits up to ~5% of a single decode for company.
     "tiny": {"image": (16, 10.0), "video": (8, 25.0), "audio": (16, 10.0)},
 }
 FALLBACK_BATCHING = (4, 10.0)
