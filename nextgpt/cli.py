@@ -37,7 +37,7 @@ class LLMEngine(StrEnum):
 
 EngineOpt = Annotated[
     LLMEngine,
-    typer.Option("--engine", help="LLM engine: auto = vllm where it imports (make setup-vllm), else hf"),
+    typer.Option("--engine", help="LLM engine: auto = vllm on a GPU where it imports, else hf"),
 ]
 
 

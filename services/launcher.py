@@ -82,7 +82,8 @@ class Child:
 class LocalCluster:
     """Start and stop the local cluster. Use as a context manager or call `start()` / `stop()`.
 
-    `engine` is the LLM service's `--engine`: "auto" (vLLM where it imports, else HF), "hf" or "vllm".
+    `engine` is the LLM service's `--engine`: "auto" (vLLM on a GPU where it imports, else HF), "hf" or
+    "vllm".
     """
 
     def __init__(

@@ -13,6 +13,7 @@ Pass `normalize=True` for unit vectors (retrieval, similarity), never for the pr
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import logging
 import sys
@@ -122,6 +123,10 @@ def _install_import_shims() -> None:
     except Exception:
         timm = types.ModuleType("timm")
         layers = types.ModuleType("timm.layers")
+        # Specs, so that `importlib.util.find_spec("timm")` (diffusers asks it) answers instead of raising
+        # "timm.__spec__ is None"; with no distribution metadata, libraries still see timm as absent.
+        timm.__spec__ = importlib.machinery.ModuleSpec("timm", None, is_package=True)
+        layers.__spec__ = importlib.machinery.ModuleSpec("timm.layers", None)
         layers.DropPath = _DropPath  # type: ignore[attr-defined]
         layers.trunc_normal_ = nn.init.trunc_normal_  # type: ignore[attr-defined]
         timm.layers = layers  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ class LLMServiceSettings:
     """Directory holding the profile's weights (default: NEXTGPT_MODELS_DIR or ./models)."""
     engine: str = "auto"
     """Generation engine: "hf" (transformers), "vllm" (vLLM's scheduler and kernels) or "auto"
-    (vllm where it is installed and imports, else hf)."""
+    (vllm on a GPU where it is installed and imports, else hf)."""
     adapters_dir: str | None = None
     """Directory of extra PEFT LoRA adapters, one subdirectory per adapter name."""
     max_queue: int = 64
@@ -72,18 +72,33 @@ class LLMServiceSettings:
             raise ConfigError(f"grace_s={self.grace_s} must be >= 0")
 
 
-def resolve_engine(engine: str) -> tuple[str, str]:
-    """The engine to load and why: "auto" is vllm where `import vllm` works in this interpreter, else hf.
+def resolve_engine(engine: str, *, gpu: bool | None = None) -> tuple[str, str]:
+    """The engine to load and why: "auto" is vllm on a CUDA machine where `import vllm` works in this
+    interpreter, else hf.
 
-    The import is tried for real (~6 s, spent anyway when vllm is picked): an installed vLLM that cannot
-    import (a CUDA torchvision beside the CPU torch, say) falls back to hf instead of failing the start.
+    On CPU the batched HF engine serves the whole cluster faster than vLLM's CPU build, at every
+    concurrency from 1 to 32 and with a third of the latency at 1 (bench/results/serve.md; vLLM's engine
+    loop costs ~3x more per token there and its processes compete with the decoders for the cores), so
+    auto takes vllm on GPUs only; `--engine vllm` still runs it anywhere. The import is tried for real
+    (~6 s, spent anyway when vllm is picked): an installed vLLM that cannot import (a CUDA torchvision
+    beside the CPU torch, say) falls back to hf instead of failing the start. `gpu`: whether CUDA is
+    usable (default: ask torch).
     """
     if engine != "auto":
         return engine, f"engine={engine!r} was asked for"
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    if not gpu:
+        return "hf", "auto: no GPU here, and on CPU the HF engine serves faster than vLLM's CPU build"
     if importlib.util.find_spec("vllm") is None:
         return "hf", "auto: vLLM is not installed here (`make setup-vllm` or a vLLM image enables it)"
     try:
         import vllm
     except Exception as exc:  # any import failure means: not usable here
         return "hf", f"auto: vLLM is installed but `import vllm` fails ({type(exc).__name__}: {exc})"
-    return "vllm", f"auto: vLLM {getattr(vllm, '__version__', '?')} imports in this interpreter"
+    return (
+        "vllm",
+        f"auto: vLLM {getattr(vllm, '__version__', '?')} imports in this interpreter and a GPU is here",
+    )

@@ -167,8 +167,8 @@ class VLLMEngine:
             adapter_dirs[DEFAULT_ADAPTER] = hf.lm.export_peft_adapter(work_dir / "lora-default")
             adapter_dirs.update(discover(adapters_dir) if adapters_dir is not None else {})
         configs = [json.loads((p / "adapter_config.json").read_text()) for p in adapter_dirs.values()]
-        lm = NextGPTLanguageModel(profile.llm, hf.lm.tokenizer, None, hf.lm.ids)  # type: ignore[arg-type]
-        lm.model = _EmbeddingsOnly(hf.lm.model.get_input_embeddings())
+        table = _EmbeddingsOnly(hf.lm.model.get_input_embeddings())
+        lm = NextGPTLanguageModel(profile.llm, hf.lm.tokenizer, table, hf.lm.ids)
         projector = hf.input_projector
         del hf  # the transformer layers live in vLLM's processes from here on
         gc.collect()

@@ -218,14 +218,14 @@ def test_auto_engine_is_hf_where_vllm_is_missing_or_does_not_import(monkeypatch)
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
     )
-    engine, why = resolve_engine("auto")
+    engine, why = resolve_engine("auto", gpu=True)
     assert engine == "hf" and "not installed" in why
     # installed but broken: `import vllm` raises, auto falls back to hf and says why
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a)
     )
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
-    engine, why = resolve_engine("auto")
+    engine, why = resolve_engine("auto", gpu=True)
     assert engine == "hf" and "`import vllm` fails (ModuleNotFoundError" in why
     assert resolve_engine("hf") == ("hf", "engine='hf' was asked for")
 

@@ -139,8 +139,10 @@ def test_closing_the_stream_aborts_the_vllm_request(vllm_engine, loop):
     assert loop.run_until_complete(first_delta_then_leave()) == 0
 
 
-def test_auto_engine_is_vllm_where_vllm_imports():
+def test_auto_engine_is_vllm_on_a_gpu_where_vllm_imports():
     from services.llm.config import resolve_engine
 
-    engine, why = resolve_engine("auto")
+    engine, why = resolve_engine("auto", gpu=True)
     assert engine == "vllm" and why.startswith("auto: vLLM ")
+    engine, why = resolve_engine("auto", gpu=False)
+    assert engine == "hf" and "no GPU" in why

@@ -173,3 +173,19 @@ def test_huge_arch_matches_package_constructor(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(module, "ImageBindModel", Recorder)
     module.imagebind_huge(pretrained=False)
     assert seen == ib.ARCHS["huge"]
+
+
+def test_the_timm_stand_in_does_not_break_diffusers_imported_after_it() -> None:
+    """diffusers asks `importlib.util.find_spec("timm")`, which raised on a stand-in without a spec."""
+    import subprocess
+    import sys
+
+    code = (
+        "from nextgpt.encoders.imagebind import imagebind_module\n"
+        "imagebind_module()\n"
+        "from diffusers import StableDiffusionPipeline\n"
+        "from diffusers.utils import is_timm_available\n"
+        "assert not is_timm_available()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
