@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import base64
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 
@@ -47,3 +52,35 @@ def media_of(content) -> list[tuple[str, bytes]]:
             url = part[part["type"]]["url"]
             out.append((part["type"], base64.b64decode(url.split(",", 1)[1])))
     return out
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gateway_process(
+    cluster: FakeCluster, env: dict[str, str] | None = None, *, output: int | None = subprocess.DEVNULL
+) -> tuple[subprocess.Popen, int, int]:
+    """`python -m gateway.server` against the fake backends, on free ports: (process, REST, gRPC port)."""
+    http_port, grpc_port = free_port(), free_port()
+    targets = {name: f"127.0.0.1:{server.port}" for name, server in cluster.servers.items()}
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "NEXTGPT_GATEWAY_ENCODER_TARGET": targets["encoder"],
+        "NEXTGPT_GATEWAY_LLM_TARGET": targets["llm"],
+        **(env or {}),
+    }
+    args = ["--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+    for m in ("image", "video", "audio"):
+        args += [f"--{m}-decoder-target", targets[f"decoder.{m}"]]
+    stderr = subprocess.STDOUT if output == subprocess.PIPE else output
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.server", *args], cwd=ROOT, env=full_env, stdout=output, stderr=stderr
+    )
+    return proc, http_port, grpc_port

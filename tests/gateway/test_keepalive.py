@@ -10,26 +10,17 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.gateway.fakes import REPLY_WORDS, FakeCluster
+from tests.gateway.helpers import start_gateway_process
 
-ROOT = Path(__file__).resolve().parents[2]
 TEXT = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(conn: http.client.HTTPConnection, method: str, path: str, body: str | None = None) -> bytes:
@@ -45,24 +36,7 @@ def _request(conn: http.client.HTTPConnection, method: str, path: str, body: str
 @pytest.fixture
 def gateway_process(cluster: FakeCluster) -> Iterator[int]:
     """`python -m gateway.server` against the fake backends; yields its REST port."""
-    http_port, grpc_port = _free_port(), _free_port()
-    targets = {name: f"127.0.0.1:{server.port}" for name, server in cluster.servers.items()}
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "NEXTGPT_GATEWAY_ENCODER_TARGET": targets["encoder"],
-        "NEXTGPT_GATEWAY_LLM_TARGET": targets["llm"],
-    }
-    args = ["--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
-    for m in ("image", "video", "audio"):
-        args += [f"--{m}-decoder-target", targets[f"decoder.{m}"]]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.server", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, http_port, _ = start_gateway_process(cluster)
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -3,14 +3,10 @@ REST and gRPC health, reflection, a request, graceful drain of an in-flight requ
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import httpx
@@ -18,14 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.gateway.fakes import REPLY_WORDS
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.gateway.helpers import start_gateway_process
 
 
 def _poll(check, timeout: float, what: str):
@@ -42,24 +31,8 @@ def _poll(check, timeout: float, what: str):
 
 
 def test_gateway_process(cluster):
-    http_port, grpc_port = _free_port(), _free_port()
-    targets = {name: f"127.0.0.1:{server.port}" for name, server in cluster.servers.items()}
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "NEXTGPT_GATEWAY_ENCODER_TARGET": targets["encoder"],
-        "NEXTGPT_GATEWAY_LLM_TARGET": targets["llm"],
-        "NEXTGPT_GATEWAY_GRACE_S": "10",
-    }
-    args = ["--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
-    for m in ("image", "video", "audio"):
-        args += [f"--{m}-decoder-target", targets[f"decoder.{m}"]]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.server", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    proc, http_port, grpc_port = start_gateway_process(
+        cluster, {"NEXTGPT_GATEWAY_GRACE_S": "10"}, output=subprocess.PIPE
     )
     base = f"http://127.0.0.1:{http_port}"
     try:
