@@ -141,6 +141,23 @@ class _SpanChooser:
         ]
 
 
+class _Nothing:
+    """No LLM message this turn (only decoders finished)."""
+
+
+_NOTHING = _Nothing()
+
+
+async def _next_or_none(
+    stream: AsyncIterator[llm_pb2.LLMGenerateResponse],
+) -> llm_pb2.LLMGenerateResponse | None:
+    """The stream's next message; None at its end."""
+    try:
+        return await anext(stream)
+    except StopAsyncIteration:
+        return None
+
+
 class GatewayCore:
     """Runs requests through the backends; knows nothing of HTTP or the public proto."""
 
@@ -218,38 +235,42 @@ class GatewayCore:
         first_decode: float | None = None
         llm = aiter(self.backends.generate(request, self._call(request_id, deadline, "llm")))
         llm_open = True  # read to its end, so the call ends OK rather than cancelled after the result
-        next_response: asyncio.Task[llm_pb2.LLMGenerateResponse] | None = None
+        next_response: asyncio.Future[llm_pb2.LLMGenerateResponse | None] | None = None
         try:
             while llm_open or decoding:
-                if llm_open and next_response is None:
-                    next_response = asyncio.ensure_future(anext(llm))
-                waiting = {*decoding, *([next_response] if next_response else [])}
-                finished, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if next_response in finished:
-                    try:
-                        response = next_response.result()
-                    except StopAsyncIteration:
-                        response, llm_open = None, False
-                    next_response = None
-                    if response is None:
-                        if result is None:
-                            raise BackendError("the llm service ended its stream without a result")
-                    elif response.HasField("result"):
-                        result = response.result
-                        timings["llm"] = time.perf_counter() - t0
-                        STAGE_SECONDS.labels("llm").observe(timings["llm"])
-                    elif response.HasField("span"):
-                        modality = PROTO_TO_MODALITY.get(response.span.modality)
-                        k = chooser.take(modality) if modality else None
-                        if modality and k is not None:
-                            first_decode = first_decode or time.perf_counter()
-                            decoding.add(
-                                asyncio.create_task(
-                                    self._decode(modality, k, response.span, options, request_id, deadline)
-                                )
+                response: llm_pb2.LLMGenerateResponse | None | _Nothing = _NOTHING
+                finished: set[asyncio.Future] = set()
+                if llm_open and not decoding and next_response is None:  # only the LLM to wait for
+                    response = await _next_or_none(llm)
+                else:
+                    if llm_open and next_response is None:
+                        next_response = asyncio.ensure_future(_next_or_none(llm))
+                    waiting = {*decoding, *([next_response] if next_response else [])}
+                    finished, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if next_response in finished:
+                        response, next_response = next_response.result(), None
+                if response is None:  # the end of the LLM stream
+                    llm_open = False
+                    if result is None:
+                        raise BackendError("the llm service ended its stream without a result")
+                elif isinstance(response, _Nothing):
+                    pass
+                elif response.HasField("result"):
+                    result = response.result
+                    timings["llm"] = time.perf_counter() - t0
+                    STAGE_SECONDS.labels("llm").observe(timings["llm"])
+                elif response.HasField("span"):
+                    modality = PROTO_TO_MODALITY.get(response.span.modality)
+                    k = chooser.take(modality) if modality else None
+                    if modality and k is not None:
+                        first_decode = first_decode or time.perf_counter()
+                        decoding.add(
+                            asyncio.create_task(
+                                self._decode(modality, k, response.span, options, request_id, deadline)
                             )
-                    elif response.text_delta:
-                        yield TextDelta(response.text_delta)
+                        )
+                elif response.text_delta:
+                    yield TextDelta(response.text_delta)
                 for task in decoding & finished:
                     decoding.discard(task)
                     key, outcome = task.result()
