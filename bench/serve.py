@@ -201,6 +201,7 @@ async def run_load(
 
 
 Scrape = Callable[[], Awaitable[dict[str, dict]]]
+Send = Callable[[int], Awaitable[Sample]]
 
 
 async def measure_level(
@@ -242,9 +243,9 @@ async def measure_level(
 # --- the serial loop (in process) --------------------------------------------------------------------
 
 
-async def bench_serial(args: argparse.Namespace, inputs: dict[str, MediaItem], progress: Progress) -> dict:
-    """One `NextGPT` pipeline, one request at a time (the event loop runs nothing else meanwhile). The
-    media come with the result, so the time to first medium is the request's latency."""
+def load_serial(args: argparse.Namespace, inputs: dict[str, MediaItem]) -> tuple[Send, float]:
+    """One tiny `NextGPT` pipeline in this process and a sender that runs one request of the mix on it
+    (the event loop runs nothing else meanwhile); returns (send, seconds to load)."""
     import diffusers
     import transformers
 
@@ -285,8 +286,26 @@ async def bench_serial(args: argparse.Namespace, inputs: dict[str, MediaItem], p
             error=f"media: missing {missing}; {errors}" if missing or errors else None,
         )
 
+    return send, load_s
+
+
+async def bench_serial(send: Send, load_s: float, args: argparse.Namespace, progress: Progress) -> dict:
+    """The serial loop: one request at a time on the in-process pipeline. The media come with the
+    result, so the time to first medium is the request's latency."""
     level = await measure_level("serial", send, 1, args, progress)
     return {"name": "serial", "status": "ok", "load_s": round(load_s, 2), "levels": [level]}
+
+
+async def interleaved_overhead(serial: Send, cluster: Send, rounds: int) -> dict:
+    """Serving overhead at one client with the machine's speed drift taken out: the same requests go
+    alternately to the in-process pipeline and to the cluster (`rounds` of each request type), and the
+    overhead is the median of the per-pair differences (cluster - in-process), per request type."""
+    pairs: dict[str, list[float]] = {k.name: [] for k in MIX}
+    for i in range(rounds * len(MIX)):
+        a, b = await serial(i), await cluster(i)
+        if not a.error and not b.error:
+            pairs[a.kind].append(1000 * (b.latency - a.latency))
+    return {k: round(float(np.median(v)), 1) if v else None for k, v in pairs.items()}
 
 
 # --- the cluster over REST ---------------------------------------------------------------------------
@@ -442,7 +461,11 @@ def vllm_unusable() -> str | None:
 
 
 async def bench_cluster(
-    engine: str, args: argparse.Namespace, inputs: dict[str, MediaItem], progress: Progress
+    engine: str,
+    args: argparse.Namespace,
+    inputs: dict[str, MediaItem],
+    progress: Progress,
+    serial: Send | None,
 ) -> dict:
     result: dict = {"name": f"cluster-{engine}", "engine": engine, "status": "ok", "levels": []}
     say = progress.console.print
@@ -484,6 +507,11 @@ async def bench_cluster(
 
             for c in args.concurrency:
                 result["levels"].append(await measure_level(result["name"], send, c, args, progress, scrape))
+            if serial is not None and args.overhead_rounds:
+                say(f"cluster-{engine}: overhead at one client, {args.overhead_rounds} interleaved rounds...")
+                result["overhead_c1_interleaved_ms"] = await interleaved_overhead(
+                    serial, send, args.overhead_rounds
+                )
             if args.profile:
                 result["profiles"] = await profile_cluster(cluster, engine, send, top, args, say)
     except Exception as exc:  # noqa: BLE001 - keep what was measured, go on with the rest
@@ -690,6 +718,16 @@ def markdown(report: dict) -> str:
     for c in report["configurations"]:
         if over := c.get("overhead_c1_ms"):
             lines.append(_row([c["name"], *("-" if over[k] is None else f"{over[k]:+.0f}" for k in kinds)]))
+    lines += [
+        "",
+        "Serving overhead at one client, interleaved (the same requests alternately in process and to the"
+        " cluster; median of the per-pair differences, ms):",
+        "",
+    ]
+    lines += [_row(["configuration", *kinds]), _row(["---"] * (1 + len(kinds)))]
+    for c in report["configurations"]:
+        if over := c.get("overhead_c1_interleaved_ms"):
+            lines.append(_row([c["name"], *("-" if over[k] is None else f"{over[k]:+.0f}" for k in kinds)]))
     services = ["gateway", "encoder", "llm", *(f"decoder-{m}" for m in MODALITIES)]
     lines += [
         "",
@@ -806,11 +844,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--request-timeout-s", type=float, default=300.0)
     parser.add_argument(
+        "--overhead-rounds",
+        type=int,
+        help="per cluster, rounds of the mix sent alternately in process and to the cluster (default 6;"
+        " --quick: 1; 0: skip)",
+    )
+    parser.add_argument(
         "--readme", type=Path, help="also write the tables and plots into this file's generated block"
     )
     args = parser.parse_args(argv)
     args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 2, 4, 8, 16, 32])
     args.engines = [e for e in (args.engines or ("hf" if args.quick else "hf,vllm")).split(",") if e]
+    if args.overhead_rounds is None:
+        args.overhead_rounds = 1 if args.quick else 6
     if args.quick and args.requests is None:
         args.requests = 10
     if args.warmup is None:
@@ -857,15 +903,20 @@ def main(argv: list[str] | None = None) -> int:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns) as progress:
         progress.console.print("serial loop: loading the tiny pipeline in this process...")
+        serial: Send | None = None
         try:
-            report["serial"] = asyncio.run(bench_serial(args, inputs, progress))
+            serial, load_s = load_serial(args, inputs)
+            report["serial"] = asyncio.run(bench_serial(serial, load_s, args, progress))
         except Exception as exc:  # noqa: BLE001 - the clusters are still worth measuring
             progress.console.print(f"[red]the serial loop failed: {exc!r}[/red]")
             report["serial"] = {"name": "serial", "status": "failed", "error": repr(exc), "levels": []}
-        gc.collect()  # the pipeline went with bench_serial's frame: free it before the clusters start
+            serial = None
+        # The pipeline stays loaded (idle) for the interleaved overhead measurement of each cluster.
         report["configurations"] = [
-            asyncio.run(bench_cluster(engine, args, inputs, progress)) for engine in args.engines
+            asyncio.run(bench_cluster(engine, args, inputs, progress, serial)) for engine in args.engines
         ]
+        del serial
+        gc.collect()
     for config in report["configurations"]:
         config["overhead_c1_ms"] = overhead_at_1(report["serial"], config)
     report["machine"]["load_average_end"] = load_average()

@@ -52,6 +52,9 @@ def test_quick_run_writes_json_table_and_plots(tiny_models_dir: Path, tmp_path: 
         assert level["decoder_batch_size"]["image"]["items"] == 1  # one text->image in 5 requests
         assert {"before", "after"} == level["load_average"].keys()
     assert set(cluster["overhead_c1_ms"]) == KINDS
+    assert set(cluster["overhead_c1_interleaved_ms"]) == KINDS  # one interleaved round under --quick
+    assert all(isinstance(v, float) for v in cluster["overhead_c1_interleaved_ms"].values())
+    assert {"gateway", "llm", "decoder-video"} <= set(cluster["levels"][-1]["cpu_ms_per_request"])
 
     for name in report["plots"] + ["serve.md"]:
         assert (out.parent / name).stat().st_size > 0
