@@ -76,10 +76,9 @@ def resolve_engine(engine: str, *, gpu: bool | None = None) -> tuple[str, str]:
     """The engine to load and why: "auto" is vllm on a CUDA machine where `import vllm` works in this
     interpreter, else hf.
 
-    On CPU the batched HF engine serves the whole cluster faster than vLLM's CPU build, at every
-    concurrency from 1 to 32 and with a third of the latency at 1 (bench/results/serve.md; vLLM's engine
-    loop costs ~3x more per token there and its processes compete with the decoders for the cores), so
-    auto takes vllm on GPUs only; `--engine vllm` still runs it anywhere. The import is tried for real
+    On CPU the batched HF engine adds about a third of the latency of vLLM's CPU build at one client,
+    serves the loaded cluster about as fast and starts in a quarter of the time (bench/results/serve*.md),
+    so auto takes vllm on GPUs only; `--engine vllm` still runs it anywhere. The import is tried for real
     (~6 s, spent anyway when vllm is picked): an installed vLLM that cannot import (a CUDA torchvision
     beside the CPU torch, say) falls back to hf instead of failing the start. `gpu`: whether CUDA is
     usable (default: ask torch).
