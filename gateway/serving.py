@@ -66,9 +66,9 @@ class TextDelta:
 
 @dataclass
 class MediaReady:
+    """A medium, as soon as it is decoded (the summary orders them by modality, then span order)."""
+
     item: MediaItem
-    index: int
-    """Position of the medium in the summary: by modality (image, video, audio), then span order."""
 
 
 @dataclass
@@ -279,7 +279,7 @@ class GatewayCore:
                         yield MediaFailed(outcome)
                     else:
                         media[key] = outcome
-                        yield MediaReady(outcome, sorted([*media]).index(key))
+                        yield MediaReady(outcome)
         finally:  # the client left, or the LLM failed: stop every backend call of this request
             for task in decoding:
                 task.cancel()
