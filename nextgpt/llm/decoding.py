@@ -18,7 +18,8 @@ The loop of an engine is then:
 
     while not isinstance(action := policy.next_action(), Finish):
         if isinstance(action, Sample):
-            drop = policy.on_sampled(sample(logits, banned=action.banned)).drop  # take back `drop` states
+            logits = mask_banned(logits, action.banned, rules.ids)  # or sample, then reject (vLLM)
+            drop = policy.on_sampled(sample(logits, options, generator)).drop  # take back `drop` states
         else:
             span = policy.feed(action.token)  # and run the model on the token
 
@@ -64,6 +65,10 @@ class TokenRules:
 
     def span_length(self, modality: Modality) -> int:
         return len(self.ids.spans[modality])
+
+    @property
+    def longest_stop(self) -> int:
+        return len(self.stop_ids[0]) if self.stop_ids else 0
 
     def stop_match(self, ids: Sequence[int]) -> int:
         """Length of the stop sequence `ids` ends with, else 0."""
@@ -219,7 +224,9 @@ class DecodePolicy:
     def on_sampled(self, token: int) -> Sampled:
         """Apply a token sampled after a `Sample` action; the tokens it decides are fed next."""
         rules = self.rules
-        stop_len = rules.stop_match([*self.ids, token])
+        # Only the tail can end in a stop sequence: no copy of the whole reply per sampled token.
+        tail = self.ids[max(0, len(self.ids) - rules.longest_stop + 1) :]
+        stop_len = rules.stop_match([*tail, token])
         if token == rules.eos or stop_len:
             drop = max(stop_len - 1, 0)
             if drop:
