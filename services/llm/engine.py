@@ -1,8 +1,8 @@
 """The engine interface of the LLM service, its request/event types and the metrics every engine shares.
 
 An engine turns a conversation (text turns + projected-to-be ImageBind embeddings) into a reply. It is
-async and streaming so that one interface fits both the HF engine (a worker thread, one request at a
-time) and the vLLM engine (continuous batching in its own process pair):
+async and streaming so that one interface fits both the HF engine (a worker thread batching requests
+itself) and the vLLM engine (continuous batching in its own process pair):
 
     async for event in engine.generate(request):   # TextDelta / SignalSpan ..., then one LLMOutput
         ...
