@@ -14,7 +14,8 @@ BATCHING: dict[str, dict[str, tuple[int, float]]] = {
     # (max_batch, max_wait_ms) by profile and modality, from bench/decoder_batching.py (CPU, one thread;
     # bench/results/decoder_batching.json). Per item, a batch of 16 costs 0.21x a single image and 0.30x
     # a single sound: 16 pays. Video stops paying past 8 (0.50x a single per item at 8, 0.48x at 16)
-    # while a batch of 16 takes 3.6 s. A lone request waits up to ~5% of a single decode for company.
+    # while a batch of 16 takes 3.6 s. A request in a burst waits up to ~5% of a single decode for company;
+    # a lone one starts at once (services/common/batching.py).
     "tiny": {"image": (16, 10.0), "video": (8, 25.0), "audio": (16, 10.0)},
 }
 FALLBACK_BATCHING = (4, 10.0)
@@ -50,8 +51,9 @@ class DecoderServiceSettings:
     """Most requests (with equal settings) that run through one projector + pipeline call (default: by
     profile and modality, `BATCHING`: tiny image 16, video 8, audio 16; 4 for other profiles)."""
     max_wait_ms: float | None = None
-    """How long the first request of a batch waits for others to join, in milliseconds (default: by
-    profile and modality, `BATCHING`: tiny image 10, video 25, audio 10; 10 for other profiles)."""
+    """How long the first request of a batch waits for others to join, in milliseconds, when it came in a
+    burst (within this long of the previous request; a lone one starts at once). Default: by profile and
+    modality, `BATCHING`: tiny image 10, video 25, audio 10; 10 for other profiles."""
     grace_s: float = 30.0
     """On SIGTERM, how long in-flight batches may take to finish, in seconds."""
 

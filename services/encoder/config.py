@@ -29,7 +29,8 @@ class EncoderServiceSettings:
     max_batch: int = 16
     """Most inputs of one modality that run through ImageBind as one batch."""
     max_wait_ms: float = 5.0
-    """How long the first input of a batch waits for others to join, in milliseconds."""
+    """How long the first input of a batch waits for others to join, in milliseconds, when it came in a
+    burst (within this long of the previous input; a lone one starts at once)."""
     max_inputs: int = 16
     """Most inputs one Encode request may carry."""
     max_media_bytes: int = 32 * 1024 * 1024

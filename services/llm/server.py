@@ -63,7 +63,7 @@ def build_engine(settings: LLMServiceSettings) -> Engine:
 
 
 async def serve(settings: LLMServiceSettings) -> None:
-    servicer = LLMServicer()
+    servicer = LLMServicer(stream_interval_s=settings.stream_interval_ms / 1000)
 
     def add(server: grpc.aio.Server) -> list[str]:
         llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)

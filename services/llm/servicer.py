@@ -27,14 +27,17 @@ from services.llm.engine import (
     EngineEvent,
     EngineRequest,
     TextDelta,
+    paced,
 )
 
 
 class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
-    """`engine` is None while the model loads (calls get UNAVAILABLE); the server sets it once loaded."""
+    """`engine` is None while the model loads (calls get UNAVAILABLE); the server sets it once loaded.
+    `stream_interval_s`: text deltas go out at most this often (see `paced`)."""
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    def __init__(self, engine: Engine | None = None, stream_interval_s: float = 0.0) -> None:
         self.engine = engine
+        self.stream_interval_s = stream_interval_s
 
     def _ready(self) -> Engine:
         if self.engine is None:
@@ -48,7 +51,8 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         started = time.perf_counter()
         engine_request = request_from_proto(request, engine.embed_dim, request_id_var.get())
         with REQUESTS_IN_FLIGHT.track_inprogress():
-            async for event in _observed(engine.generate(engine_request), started):
+            events = paced(engine.generate(engine_request), self.stream_interval_s)
+            async for event in _observed(events, started):
                 yield event_to_proto(event)
 
     async def ListAdapters(

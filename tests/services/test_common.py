@@ -125,3 +125,30 @@ def test_interceptor_maps_domain_errors_and_hides_crashes():
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and bad.details() == "inputs[0] is not a PNG"
     assert crash.code() == grpc.StatusCode.INTERNAL
     assert "RuntimeError" in crash.details() and "r-2" in crash.details() and "boom" not in crash.details()
+
+
+def test_batcher_waits_for_company_only_in_a_burst():
+    """A request after a quiet spell starts at once, however long the window; one that follows another
+    within the window waits for company (here: until the batch is full)."""
+    registry = CollectorRegistry()
+    gauge = Gauge("q", "q", registry=registry)
+    hist = Histogram("b", "b", registry=registry)
+    seen: list[list[int]] = []
+
+    def run(key, items):
+        seen.append(items)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(run, max_batch=2, max_wait_s=600, queue_gauge=gauge, batch_histogram=hist)
+        assert await asyncio.wait_for(batcher.submit("k", 1), 30) == 1  # not 600 s
+        second = asyncio.ensure_future(batcher.submit("k", 2))
+        await asyncio.sleep(0.05)
+        assert not second.done(), "a request right after another did not wait for company"
+        third = batcher.submit("k", 3)
+        burst = await asyncio.wait_for(asyncio.gather(second, third), 30)
+        await batcher.stop()
+        return burst
+
+    assert asyncio.run(main()) == [2, 3]
+    assert seen == [[1], [2, 3]]

@@ -219,8 +219,10 @@ def test_not_loaded_is_unavailable_and_deadlines_are_honoured(encoder: ImageBind
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in (
                 info.value.details() or ""
             )
-        # a batch window far beyond the deadline: the call ends with DEADLINE_EXCEEDED, not a hang
-        async with serving(encoder, max_wait_ms=3000.0) as stub:
+        # a batch window far beyond the deadline: the call ends with DEADLINE_EXCEEDED, not a hang (the
+        # window applies to a request that comes right after another, so one goes first)
+        async with serving(encoder, max_wait_ms=60_000.0) as stub:
+            await stub.Encode(request("first"), timeout=30)
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Encode(request("slow"), timeout=0.3)
