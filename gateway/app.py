@@ -13,9 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.body_limit import BodyLimit
-from gateway.openai_serving import OpenAIServingChat, error_body
+from gateway.openai_serving import OpenAIServingChat, error_body, retry_after_header
 from gateway.protocol import error_response
-from gateway.routes import Unauthorized, probes, v1
+from gateway.routes import probes, v1
 from gateway.serving import GatewayCore
 from nextgpt.errors import NextGPTError
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
@@ -72,11 +72,7 @@ def build_app(core: GatewayCore) -> FastAPI:
     async def domainerror_response(request: Request, exc: Exception) -> JSONResponse:
         status, body = error_body(exc)
         logger.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
-        return JSONResponse(body.model_dump(), status_code=status)
-
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
-        return error_response(401, str(exc), "authentication_error", "invalid_api_key")
+        return JSONResponse(body.model_dump(), status_code=status, headers=retry_after_header(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

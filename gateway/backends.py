@@ -16,31 +16,49 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import GatewaySettings
 from nextgpt._proto import decoder_pb2, decoder_pb2_grpc, encoder_pb2, encoder_pb2_grpc, llm_pb2, llm_pb2_grpc
-from nextgpt.errors import InvalidInput, ModelNotReady, NextGPTError
+from nextgpt.errors import (
+    BackendError,
+    DeadlineExceeded,
+    ModelNotReady,
+    NextGPTError,
+    Overloaded,
+    from_grpc_code,
+    pushback_seconds,
+)
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.server import channel
 
 logger = logging.getLogger(__name__)
 
 
-class BackendError(NextGPTError):
-    """A backend failed in a way that is not the client's fault (HTTP 502, gRPC INTERNAL)."""
+def map_rpc_error(service: str, exc: grpc.aio.AioRpcError) -> NextGPTError:
+    """A backend's status -> the domain error the client should see.
 
-
-class GatewayTimeout(TimeoutError):
-    """The request's deadline passed while a backend worked (HTTP 504, gRPC DEADLINE_EXCEEDED)."""
-
-
-def map_rpc_error(service: str, target: str, exc: grpc.aio.AioRpcError) -> Exception:
-    """A backend's status -> the domain error the client should see, keeping the backend's message."""
+    Only messages our services wrote reach the client (a bad option, a budget): transport failures
+    ("failed to connect to all addresses; last error: ... ipv4:127.0.0.1:...") and crashes are logged
+    here and replaced by a plain sentence, so no internal address or raw gRPC text leaks out. A
+    backend's `grpc-retry-pushback-ms` becomes the error's `retry_after_s`."""
     code, details = exc.code(), exc.details() or ""
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
-        return InvalidInput(details)
+    retry_after_s = pushback_seconds(exc.trailing_metadata())
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.NOT_FOUND):
+        return from_grpc_code(code.name, details)
+    logger.warning("%s service: %s: %s", service, code.name, details)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return GatewayTimeout(f"the {service} service did not answer within the request deadline")
+        return DeadlineExceeded(f"the {service} service did not answer within the request deadline")
+    # our services send a pushback with every refusal they raise (see `retry_pushback`): their message
+    # is meant for the client; without one the status came from the transport and its text is not
+    ours = retry_after_s is not None
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Overloaded(
+            f"the {service} service is busy: {details}" if ours else f"the {service} service is busy",
+            retry_after_s=retry_after_s,
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ModelNotReady(f"the {service} service ({target}) is unavailable: {details}")
-    return BackendError(f"the {service} service failed ({code.name}): {details}")
+        why = details if ours else "not reachable (starting or restarting)"
+        return ModelNotReady(f"the {service} service is unavailable: {why}", retry_after_s=retry_after_s)
+    return BackendError(
+        f"the {service} service failed ({code.name}); its log has the details under this request's id"
+    )
 
 
 @dataclass
@@ -76,7 +94,7 @@ class Backends:
         try:
             return await self.encoder.Encode(request, timeout=call.timeout_s, metadata=call.metadata)
         except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error("encoder", self.targets["encoder"], exc) from None
+            raise map_rpc_error("encoder", exc) from None
 
     async def generate(
         self, request: llm_pb2.LLMGenerateRequest, call: CallInfo
@@ -86,7 +104,7 @@ class Backends:
             async for response in stream:
                 yield response
         except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error("llm", self.targets["llm"], exc) from None
+            raise map_rpc_error("llm", exc) from None
         finally:
             stream.cancel()  # no-op when finished; stops the LLM when the client went away
 
@@ -99,7 +117,7 @@ class Backends:
         try:
             return await stub.Decode(request, timeout=call.timeout_s, metadata=call.metadata)
         except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(f"{modality} decoder", self.targets[f"decoder.{modality}"], exc) from None
+            raise map_rpc_error(f"{modality} decoder", exc) from None
 
     async def list_adapters(self, call: CallInfo) -> list[str]:
         try:
@@ -107,7 +125,7 @@ class Backends:
                 llm_pb2.ListAdaptersRequest(), timeout=call.timeout_s, metadata=call.metadata
             )
         except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error("llm", self.targets["llm"], exc) from None
+            raise map_rpc_error("llm", exc) from None
         return list(response.adapters)
 
     async def health(self) -> dict[str, dict[str, str]]:

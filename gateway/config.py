@@ -52,6 +52,15 @@ class GatewaySettings:
     `authorization` metadata)."""
     grace_s: float = 30.0
     """On SIGTERM: seconds in-flight requests get to finish before the listeners close."""
+    max_in_flight: int = 32
+    """Requests served at once (REST and gRPC together); more wait (`max_waiting`, `max_wait_s`). The
+    default fits the tiny profile on 2 cores, saturated from 16 clients on (bench/results/serve.md);
+    raise it with the backends' capacity (GPU replicas, bigger batches)."""
+    max_waiting: int = 64
+    """Requests that may wait for a slot; beyond them 429 / RESOURCE_EXHAUSTED at once, with a retry
+    hint (`Retry-After` / `grpc-retry-pushback-ms`)."""
+    max_wait_s: float = 10.0
+    """Longest wait for a slot; then 429 / RESOURCE_EXHAUSTED with a retry hint."""
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port"):
@@ -68,6 +77,11 @@ class GatewaySettings:
             raise ConfigError("max_media_bytes and max_request_bytes must be > 0")
         if self.grace_s < 0:
             raise ConfigError(f"grace_s={self.grace_s} must be >= 0")
+        if self.max_in_flight < 1 or self.max_waiting < 0 or self.max_wait_s < 0:
+            raise ConfigError(
+                f"max_in_flight={self.max_in_flight} must be >= 1, max_waiting={self.max_waiting} and "
+                f"max_wait_s={self.max_wait_s} >= 0"
+            )
         if not self.encoder_target or not self.llm_target:
             raise ConfigError("encoder_target and llm_target must be set (host:port)")
         if not self.model_name:

@@ -9,6 +9,7 @@ import contextlib
 
 import grpc
 
+from gateway.auth import authorize
 from gateway.serving import Done, Event, GatewayCore, MediaFailed, MediaReady, TextDelta
 from nextgpt._proto import common_pb2, nextgpt_pb2, nextgpt_pb2_grpc
 from nextgpt.types import GenerateResult, Message
@@ -103,11 +104,5 @@ class NextGPTServicer(nextgpt_pb2_grpc.NextGPTServicer):
 
 async def _authorize(core: GatewayCore, context: grpc.aio.ServicerContext) -> None:
     """With api_keys set, require `authorization: Bearer KEY` metadata (as REST requires the header)."""
-    keys = core.settings.api_keys
-    if not keys:
-        return
-    sent = dict(context.invocation_metadata() or ()).get("authorization", "")
-    if not (sent.startswith("Bearer ") and sent[len("Bearer ") :] in keys):
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key: send authorization: Bearer KEY"
-        )
+    metadata = dict(context.invocation_metadata() or ())
+    authorize(core.settings.api_keys, metadata.get("authorization"))

@@ -7,10 +7,10 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 
-from gateway.backends import BackendError
 from gateway.protocol import (
     ChatCompletionAudio,
     ChatCompletionChunk,
@@ -30,7 +30,14 @@ from gateway.protocol import (
 )
 from gateway.serving import Done, Event, GatewayCore, MediaFailed, MediaReady, TextDelta
 from nextgpt.config import DecodeOptions, GenerationOptions
-from nextgpt.errors import ConfigError, InvalidInput, ModelNotReady, NextGPTError
+from nextgpt.errors import (
+    BackendError,
+    ConfigError,
+    InvalidInput,
+    ModelNotFound,
+    client_message,
+    status_of,
+)
 from nextgpt.media.decode import accepted_mime_types, sniff_modality
 from nextgpt.types import GenerateResult, MediaItem, Message, Modality
 
@@ -46,26 +53,17 @@ PART_MODALITY: dict[str, Modality] = {
 AUDIO_TTL_S = 3600
 
 
-class ModelNotFound(NextGPTError):
-    """`model` names neither the served model nor an adapter (HTTP 404, as OpenAI and vLLM)."""
-
-
 def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
-    """A domain error -> (HTTP status, OpenAI-style error object)."""
-    if isinstance(exc, ModelNotFound):
-        status, kind, code = 404, "invalid_request_error", "model_not_found"
-    elif isinstance(exc, InvalidInput | ConfigError):
-        status, kind, code = 400, "invalid_request_error", "invalid_argument"
-    elif isinstance(exc, ModelNotReady):
-        status, kind, code = 503, "service_unavailable", "unavailable"
-    elif isinstance(exc, TimeoutError):
-        status, kind, code = 504, "timeout", "deadline_exceeded"
-    elif isinstance(exc, BackendError):
-        status, kind, code = 502, "backend_error", "bad_gateway"
-    else:
-        status, kind, code = 500, "internal_error", "internal"
-    message = str(exc) if status != 500 else "internal error; see the gateway logs"
-    return status, ErrorResponse(error=ErrorInfo(message=message, type=kind, code=code))
+    """A domain error -> (HTTP status, OpenAI-style error object), from the table in `nextgpt.errors`."""
+    status = status_of(exc)
+    info = ErrorInfo(message=client_message(exc), type=status.http_type, code=status.label)
+    return status.http_status, ErrorResponse(error=info)
+
+
+def retry_after_header(exc: BaseException) -> dict[str, str]:
+    """`Retry-After` (whole seconds, at least 1) for an error the client may retry, else no header."""
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    return {} if retry_after_s is None else {"retry-after": str(max(1, math.ceil(retry_after_s)))}
 
 
 def decode_base64(text: str, where: str, max_bytes: int, start: int = 0) -> bytes:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 
+from gateway.auth import authorize, is_authorized
 from gateway.openai_serving import OpenAIServingChat
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -21,24 +22,15 @@ from gateway.serving import GatewayCore
 from nextgpt.errors import NextGPTError
 
 
-class Unauthorized(Exception):
-    """No or a wrong API key (HTTP 401)."""
-
-
 def _core(request: Request) -> GatewayCore:
     return request.app.state.core
 
 
 async def require_api_key(request: Request) -> None:
-    keys = _core(request).settings.api_keys
-    if not keys:
-        return
-    sent = request.headers.get("authorization", "")
-    if not (sent.startswith("Bearer ") and sent[len("Bearer ") :] in keys):
-        raise Unauthorized("missing or wrong API key: send the header Authorization: Bearer KEY")
+    authorize(_core(request).settings.api_keys, request.headers.get("authorization"))
 
 
-ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 502, 503, 504)}
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 probes = APIRouter()
 RESPONSE_JSON = TypeAdapter(ChatCompletionResponse)
@@ -79,8 +71,12 @@ async def healthz() -> dict:
 
 @probes.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """200 only when every backend reports SERVING; the body names what is missing."""
-    ready, details = await _core(request).readiness()
+    """200 only when every backend reports SERVING; the body names what is missing. With API keys set,
+    a caller without a key gets the verdict only (no backend addresses, no Redis URL)."""
+    core = _core(request)
+    ready, details = await core.readiness()
+    if not is_authorized(core.settings.api_keys, request.headers.get("authorization")):
+        details = {"ready": ready, "draining": details["draining"], "missing": details["missing"]}
     return JSONResponse(details, status_code=200 if ready else 503)
 
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.backends import BackendError, Backends, CallInfo, GatewayTimeout
+from gateway.admission import Admission
+from gateway.backends import Backends, CallInfo
 from gateway.config import GatewaySettings
 from nextgpt._proto import common_pb2, decoder_pb2, encoder_pb2, llm_pb2
 from nextgpt.config import DecodeDefaults, GenerationOptions
-from nextgpt.errors import ConfigError, InvalidInput, ModelNotReady
+from nextgpt.errors import CANCELLED, BackendError, ConfigError, DeadlineExceeded, InvalidInput, status_of
 from nextgpt.media.decode import check_media_item
 from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem, Message, Modality, check_messages
 from services.common.convert import (
@@ -88,16 +89,10 @@ Event = TextDelta | MediaReady | MediaFailed | Done
 
 
 def status_name(exc: BaseException) -> str:
-    """Metric label of a failed request."""
-    if isinstance(exc, InvalidInput | ConfigError):
-        return "invalid_argument"
-    if isinstance(exc, ModelNotReady):
-        return "unavailable"
-    if isinstance(exc, TimeoutError):
-        return "deadline_exceeded"
+    """Metric label of a failed request (the table in `nextgpt.errors`)."""
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return "cancelled"
-    return "internal"
+        return CANCELLED.label
+    return status_of(exc).label
 
 
 def check_media(messages: list[Message], max_bytes: int) -> None:
@@ -165,6 +160,7 @@ class GatewayCore:
         self.settings = settings
         self.backends = backends
         self.draining = False
+        self.admission = Admission(settings.max_in_flight, settings.max_waiting, settings.max_wait_s)
 
     async def generate(
         self,
@@ -188,17 +184,21 @@ class GatewayCore:
         )
         started = time.perf_counter()
         status: str | None = None
-        IN_FLIGHT.inc()
+        deadline = time.monotonic() + budget
         try:
-            async for event in self._run(messages, options, lora, request_id, time.monotonic() + budget):
-                if isinstance(event, Done):
-                    status = "ok"  # the caller may close the iterator once it has the summary
-                yield event
+            async with self.admission.slot():
+                IN_FLIGHT.inc()
+                try:
+                    async for event in self._run(messages, options, lora, request_id, deadline):
+                        if isinstance(event, Done):
+                            status = "ok"  # the caller may close the iterator once it has the summary
+                        yield event
+                finally:
+                    IN_FLIGHT.dec()
         except BaseException as exc:
             status = status or status_name(exc)
             raise
         finally:
-            IN_FLIGHT.dec()
             elapsed = time.perf_counter() - started
             REQUESTS.labels(api, status or "cancelled").inc()
             REQUEST_SECONDS.labels(api).observe(elapsed)
@@ -314,7 +314,7 @@ class GatewayCore:
         """The remaining request budget (capped per stage) becomes the backend call's deadline."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise GatewayTimeout(f"the request deadline passed before the {stage} stage")
+            raise DeadlineExceeded(f"the request deadline passed before the {stage} stage")
         cap = getattr(self.settings, f"{stage}_timeout_s")
         return CallInfo(request_id, remaining if cap is None else min(cap, remaining))
 

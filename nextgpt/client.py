@@ -25,7 +25,7 @@ import grpc
 
 from nextgpt._proto import nextgpt_pb2, nextgpt_pb2_grpc
 from nextgpt.config import GenerationOptions
-from nextgpt.errors import InvalidInput, ModelNotReady, NextGPTError
+from nextgpt.errors import from_grpc_code, pushback_seconds
 from nextgpt.types import MediaItem, Message, Modality
 from services.common.convert import (
     PROTO_TO_MODALITY,
@@ -112,14 +112,10 @@ def _error(e: nextgpt_pb2.MediaError) -> MediaError:
 
 
 def _domain_error(exc: grpc.RpcError) -> Exception:
+    """The gateway's status -> the same domain error the gateway raised (`nextgpt.errors`' table)."""
     code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidInput(details)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return ModelNotReady(details)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return TimeoutError(details)
-    return NextGPTError(f"{code.name}: {details}")
+    retry_after_s = pushback_seconds(exc.trailing_metadata())  # type: ignore[attr-defined]
+    return from_grpc_code(code.name, details or "", retry_after_s)
 
 
 class _Events:

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from nextgpt.errors import CheckpointError, ConfigError, InvalidInput, ModelNotReady, NextGPTError
+from nextgpt.errors import RETRY_PUSHBACK_KEY, NextGPTError, status_of
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 
 logger = logging.getLogger(__name__)
@@ -44,15 +44,16 @@ RPC_LATENCY = Histogram(
 
 
 def status_code_for(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, InvalidInput | ConfigError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, ModelNotReady):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, CheckpointError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(exc, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.INTERNAL
+    """The gRPC code of an exception, from the one table in `nextgpt.errors`."""
+    return grpc.StatusCode[status_of(exc).grpc_code]
+
+
+def retry_pushback(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """`grpc-retry-pushback-ms` trailing metadata for an error the client may retry, else nothing."""
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    if retry_after_s is None:
+        return ()
+    return ((RETRY_PUSHBACK_KEY, str(round(retry_after_s * 1000))),)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -144,7 +145,7 @@ async def _fail(
     code = status_code_for(exc)
     logger.info("%s -> %s: %s", method, code.name, exc)
     _end(method, code.name, started, token)
-    await context.abort(code, str(exc))
+    await context.abort(code, str(exc), trailing_metadata=retry_pushback(exc))
 
 
 @dataclass
@@ -185,7 +186,7 @@ async def start_server(
     port: int,
     add_servicers: Callable[[grpc.aio.Server], Iterable[str]],
     *,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     metrics_port: int | None = None,
 ) -> ServiceServer:
     """Start a gRPC server with health (NOT_SERVING until `set_serving`), reflection and metrics.
@@ -201,7 +202,8 @@ async def start_server(
         raise OSError(f"cannot bind gRPC port {host}:{port}")
     await server.start()
     if metrics_port is not None:
-        start_http_server(metrics_port)
+        # same interface as gRPC: loopback in the local cluster, 0.0.0.0 where Prometheus scrapes a pod
+        start_http_server(metrics_port, addr=host)
     result = ServiceServer(server, health_servicer, names, bound)
     await result.set_serving(False)
     logger.info("gRPC on %s:%d (metrics on %s)", host, bound, metrics_port)

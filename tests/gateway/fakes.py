@@ -81,11 +81,15 @@ class _Fake:
     break (LLM only: fails after the text)."""
     delay_s: float = 0.0
     calls: list[Call] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    """When set, every call waits for it after being recorded (calls held in flight, deterministically)."""
 
     async def _begin(self, request: Any, context) -> Call:
         metadata = dict(context.invocation_metadata() or ())
         call = Call(metadata.get(REQUEST_ID_HEADER), context.time_remaining(), request, time.monotonic())
         self.calls.append(call)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.mode == "hang":
             await asyncio.sleep(3600)  # cancelled by the caller's deadline
         if self.mode == "fail":
@@ -99,7 +103,7 @@ class _Fake:
         return call
 
     def reset(self) -> None:
-        self.mode, self.delay_s, self.calls = "ok", 0.0, []
+        self.mode, self.delay_s, self.calls, self.gate = "ok", 0.0, [], None
 
 
 @dataclass

@@ -31,9 +31,8 @@ def test_failing_decoder_gives_text_other_media_and_an_error_entry(cluster):
     assert "audio" not in body["choices"][0]["message"]
     errors = {e["modality"]: e["message"] for e in body["nextgpt"]["errors"]}
     assert set(errors) == {"video", "audio"} and "rejects this request" in errors["audio"]
-    assert (
-        errors["video"].startswith("the video decoder service failed") and "RuntimeError" in errors["video"]
-    )
+    assert errors["video"].startswith("the video decoder service failed (INTERNAL)")
+    assert "RuntimeError" not in errors["video"]  # internal details stay in the logs
     metrics = httpx.get(f"{cluster.http_url}/metrics").text
     assert 'nextgpt_gateway_media_errors_total{modality="video"}' in metrics
 
@@ -126,4 +125,9 @@ def test_stream_failing_midway_reports_the_error_in_band(cluster):
     with httpx.stream("POST", f"{cluster.http_url}/v1/chat/completions", json=body, timeout=10) as r:
         assert r.status_code == 200
         lines = [line for line in r.iter_lines() if line]
-    assert lines[-1] == "data: [DONE]" and '"error"' in lines[-2] and "RuntimeError" in lines[-2]
+    assert (
+        lines[-1] == "data: [DONE]"
+        and '"error"' in lines[-2]
+        and "llm service failed" in lines[-2]
+        and "RuntimeError" not in lines[-2]
+    )

@@ -226,6 +226,8 @@ def test_encoder_down_fails_only_requests_with_media(cluster):
     cluster.encoder.mode = "unavailable"
     r = chat(cluster, user("look", image_part()))
     assert r.status_code == 503 and "encoder" in r.json()["error"]["message"]
+    assert "weights are not loaded" in r.json()["error"]["message"]  # the service's own words
+    assert r.headers["retry-after"] == "1"
     assert chat(cluster, user("just text")).status_code == 200
 
 
@@ -238,6 +240,10 @@ def test_api_keys(make_cluster):
     )
     assert chat(c, user("hi"), headers={"authorization": "Bearer k2"}).status_code == 200
     assert httpx.get(f"{c.http_url}/healthz").status_code == 200
+    anonymous = httpx.get(f"{c.http_url}/readyz").json()  # the verdict, no addresses or Redis URL
+    assert anonymous == {"ready": True, "draining": False, "missing": []}
+    keyed = httpx.get(f"{c.http_url}/readyz", headers={"authorization": "Bearer k1"}).json()
+    assert keyed["dependencies"]["llm"]["target"].startswith("127.0.0.1:")
     with grpc.insecure_channel(c.grpc_target) as channel:
         stub = nextgpt_pb2_grpc.NextGPTStub(channel)
         hello = nextgpt_pb2.GenerateRequest(

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
-from gateway.backends import BackendError, GatewayTimeout, map_rpc_error
+from gateway.admission import Admission
+from gateway.backends import map_rpc_error
 from gateway.config import ENV_PREFIX, GatewaySettings
 from gateway.openai_serving import parse_data_url
 from gateway.serving import _SpanChooser, check_media, check_options
 from nextgpt.config import DecodeOptions, GenerationOptions
-from nextgpt.errors import ConfigError, InvalidInput, ModelNotReady
+from nextgpt.errors import (
+    BackendError,
+    ConfigError,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotReady,
+    Overloaded,
+)
 from nextgpt.types import MediaItem, Message
 from services.common.settings import load_settings
 
@@ -61,15 +71,78 @@ def test_check_media_and_options():
 
 
 class _RpcError(grpc.aio.AioRpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple = ()) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
+
+
+TRANSPORT = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:50061: Connection refused"
+)
 
 
 def test_backend_status_codes_become_domain_errors():
-    assert type(map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad"))) is InvalidInput
-    assert str(map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad"))) == "bad"
-    assert isinstance(map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.UNAVAILABLE, "x")), ModelNotReady)
+    assert type(map_rpc_error("llm", _RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad"))) is InvalidInput
+    assert str(map_rpc_error("llm", _RpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad"))) == "bad"
+    assert isinstance(map_rpc_error("llm", _RpcError(grpc.StatusCode.UNAVAILABLE, "x")), ModelNotReady)
     assert isinstance(
-        map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "x")), GatewayTimeout
+        map_rpc_error("llm", _RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "x")), DeadlineExceeded
     )
-    assert isinstance(map_rpc_error("llm", "t", _RpcError(grpc.StatusCode.INTERNAL, "x")), BackendError)
+    assert isinstance(map_rpc_error("llm", _RpcError(grpc.StatusCode.INTERNAL, "x")), BackendError)
+
+
+def test_backend_errors_hide_transport_texts_and_keep_retry_hints():
+    """No internal address or raw gRPC text reaches the client; a backend's pushback does."""
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        message = str(map_rpc_error("image decoder", _RpcError(code, TRANSPORT)))
+        assert "127.0.0.1" not in message and "ipv4" not in message and "image decoder" in message
+    pushback = (("grpc-retry-pushback-ms", "2500"),)
+    busy = map_rpc_error("llm", _RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", pushback))
+    assert isinstance(busy, Overloaded) and busy.retry_after_s == 2.5
+    assert map_rpc_error("llm", _RpcError(grpc.StatusCode.UNAVAILABLE, "x")).retry_after_s == 1.0
+
+
+def test_admission_serves_waits_then_refuses_with_a_retry_hint():
+    async def main() -> None:
+        admission = Admission(max_in_flight=1, max_waiting=1, max_wait_s=600)
+        release = asyncio.Event()
+        order: list[str] = []
+
+        async def request(name: str) -> None:
+            async with admission.slot():
+                order.append(name)
+                await release.wait()
+
+        first = asyncio.ensure_future(request("first"))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(request("second"))
+        await asyncio.sleep(0)
+        assert admission.in_flight == 1 and admission.waiting == 1
+        with pytest.raises(Overloaded, match="at capacity") as refused:
+            await request("third")
+        assert refused.value.retry_after_s is not None and 1 <= refused.value.retry_after_s <= 60
+        release.set()
+        await asyncio.gather(first, second)
+        assert order == ["first", "second"] and admission.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_admission_refuses_a_request_that_waited_too_long():
+    async def main() -> None:
+        admission = Admission(max_in_flight=1, max_waiting=8, max_wait_s=0.05)
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with admission.slot():
+                await release.wait()
+
+        holder = asyncio.ensure_future(hold())
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="within 0.05 s"):
+            async with admission.slot():
+                pass
+        assert admission.waiting == 0
+        release.set()
+        await holder
+
+    asyncio.run(main())
