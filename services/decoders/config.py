@@ -36,8 +36,9 @@ class DecoderServiceSettings:
     port: int | None = None
     """gRPC port to listen on (default by modality: image 50063, video 50064, audio 50065; 0 picks a
     free one)."""
-    host: str = "0.0.0.0"
-    """Interface to bind the gRPC port on."""
+    host: str = "127.0.0.1"
+    """Interface for the gRPC and /metrics ports: loopback by default (the local cluster); containers
+    set 0.0.0.0 (NEXTGPT_DECODER_HOST) so other pods and probes reach them."""
     metrics_port: int | None = None
     """Port of the Prometheus /metrics HTTP endpoint (default by modality: 9163 / 9164 / 9165; 0
     disables it)."""

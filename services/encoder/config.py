@@ -16,8 +16,9 @@ class EncoderServiceSettings:
 
     port: int = ports.ENCODER
     """gRPC port to listen on (0 picks a free one)."""
-    host: str = "0.0.0.0"
-    """Interface to bind the gRPC port on."""
+    host: str = "127.0.0.1"
+    """Interface for the gRPC and /metrics ports: loopback by default (the local cluster); containers
+    set 0.0.0.0 (NEXTGPT_ENCODER_HOST) so other pods and probes reach them."""
     metrics_port: int | None = ports.ENCODER_METRICS
     """Port of the Prometheus /metrics HTTP endpoint ("none" disables it)."""
     profile: str | None = None

@@ -18,8 +18,9 @@ ENGINES = ("auto", "hf", "vllm")
 class LLMServiceSettings:
     """The LLM service: input projector + Vicuna with LoRA and signal tokens, over gRPC."""
 
-    host: str = "0.0.0.0"
-    """Interface the gRPC server binds."""
+    host: str = "127.0.0.1"
+    """Interface for the gRPC and /metrics ports: loopback by default (the local cluster); containers
+    set 0.0.0.0 (NEXTGPT_LLM_HOST) so other pods and probes reach them."""
     port: int = ports.LLM
     """gRPC port (0 picks a free one)."""
     metrics_port: int | None = ports.LLM_METRICS
