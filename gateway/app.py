@@ -15,8 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.body_limit import BodyLimit
 from gateway.openai_serving import OpenAIServingChat, error_body, retry_after_header
 from gateway.protocol import error_response
-from gateway.routes import probes, v1
-from gateway.serving import GatewayCore
+from gateway.routes import CHAT_PATH, probes, v1
+from gateway.serving import GatewayCore, count_refusal
 from nextgpt.errors import NextGPTError
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 
@@ -52,6 +52,12 @@ class RequestContext:
             request_id_var.reset(token)
 
 
+def _count(request: Request, status: str) -> None:
+    """Every refused generation request shows in `nextgpt_gateway_requests_total`, 4xx included."""
+    if request.url.path == CHAT_PATH:
+        count_refusal("rest", status, request.state.request_id)
+
+
 def build_app(core: GatewayCore) -> FastAPI:
     app = FastAPI(
         title="NExT-GPT gateway",
@@ -71,11 +77,13 @@ def build_app(core: GatewayCore) -> FastAPI:
     @app.exception_handler(TimeoutError)
     async def domainerror_response(request: Request, exc: Exception) -> JSONResponse:
         status, body = error_body(exc)
+        _count(request, body.error.code or "internal")
         logger.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
         return JSONResponse(body.model_dump(), status_code=status, headers=retry_after_header(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        _count(request, "invalid_argument")
         problems = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
@@ -88,6 +96,7 @@ def build_app(core: GatewayCore) -> FastAPI:
     async def httperror_response(request: Request, exc: HTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         code = "request_too_large" if exc.status_code == 413 else None
+        _count(request, code or f"http_{exc.status_code}")
         return error_response(exc.status_code, str(exc.detail), kind, code)
 
     return app

@@ -6,12 +6,23 @@ Errors are domain exceptions mapped to status codes by the shared `ErrorIntercep
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 
 import grpc
 
 from gateway.auth import authorize
-from gateway.serving import Done, Event, GatewayCore, MediaFailed, MediaReady, TextDelta
+from gateway.serving import (
+    Done,
+    Event,
+    GatewayCore,
+    MediaFailed,
+    MediaReady,
+    TextDelta,
+    count_refusal,
+    status_name,
+)
 from nextgpt._proto import common_pb2, nextgpt_pb2, nextgpt_pb2_grpc
+from nextgpt.errors import NextGPTError
 from nextgpt.types import GenerateResult, Message
 from services.common.convert import (
     MODALITY_TO_PROTO,
@@ -76,10 +87,18 @@ class NextGPTServicer(nextgpt_pb2_grpc.NextGPTServicer):
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
 
-    def _events(self, request: nextgpt_pb2.GenerateRequest, context: grpc.aio.ServicerContext, api: str):
-        messages = messages_from_proto(request)
-        options = generation_options_from_proto(request.options)
-        return self.core.generate(
+    async def _events(
+        self, request: nextgpt_pb2.GenerateRequest, context: grpc.aio.ServicerContext, api: str
+    ) -> AsyncIterator[Event]:
+        """The request's events; a refusal before any work (key, malformed request) is counted too."""
+        try:
+            await _authorize(self.core, context)
+            messages = messages_from_proto(request)
+            options = generation_options_from_proto(request.options)
+        except NextGPTError as exc:
+            count_refusal(api, status_name(exc), request_id_var.get())
+            raise
+        events = self.core.generate(
             messages,
             options,
             request.options.lora or None,
@@ -87,9 +106,11 @@ class NextGPTServicer(nextgpt_pb2_grpc.NextGPTServicer):
             timeout_s=context.time_remaining(),
             api=api,
         )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
     async def Generate(self, request, context):  # noqa: N802 - gRPC method name
-        await _authorize(self.core, context)
         async with contextlib.aclosing(self._events(request, context, "grpc")) as events:
             async for event in events:
                 if isinstance(event, Done):
@@ -97,7 +118,6 @@ class NextGPTServicer(nextgpt_pb2_grpc.NextGPTServicer):
         raise RuntimeError("the request ended without a summary")
 
     async def GenerateStream(self, request, context):  # noqa: N802
-        await _authorize(self.core, context)
         async for event in self._events(request, context, "grpc_stream"):
             yield event_to_proto(event)
 

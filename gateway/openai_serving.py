@@ -235,7 +235,7 @@ class OpenAIServingChat:
         return request.model
 
     async def create(
-        self, request: ChatCompletionRequest, request_id: str
+        self, request: ChatCompletionRequest, request_id: str, *, timeout_s: float | None = None
     ) -> ChatCompletionResponse | AsyncIterator[str]:
         """The whole response, or (stream) an SSE iterator whose first event is already computed, so
         that errors before any output still become proper HTTP errors."""
@@ -246,7 +246,7 @@ class OpenAIServingChat:
         model = request.model or self.core.settings.model_name
         created = int(time.time())
         api = "rest_stream" if request.stream else "rest"
-        events = self.core.generate(messages, options, lora, request_id, api=api)
+        events = self.core.generate(messages, options, lora, request_id, timeout_s=timeout_s, api=api)
         if request.stream:
             try:
                 first = await events.__anext__()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -19,7 +22,7 @@ from gateway.protocol import (
     ModelList,
 )
 from gateway.serving import GatewayCore
-from nextgpt.errors import NextGPTError
+from nextgpt.errors import InvalidInput, NextGPTError
 
 
 def _core(request: Request) -> GatewayCore:
@@ -31,15 +34,66 @@ async def require_api_key(request: Request) -> None:
 
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 502, 503, 504)}
+T = TypeVar("T")
+CHAT_PATH = "/v1/chat/completions"
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 probes = APIRouter()
 RESPONSE_JSON = TypeAdapter(ChatCompletionResponse)
 
 
+TIMEOUT_HEADER = "x-request-timeout"
+"""REST clients' deadline, in seconds (gRPC clients set the call's deadline): it shortens the gateway's
+request budget, and every backend call gets what is left of it."""
+
+
+def request_timeout(request: Request) -> float | None:
+    value = request.headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:  # also NaN
+        raise InvalidInput(f"header {TIMEOUT_HEADER}={value!r} must be a positive number of seconds")
+    return seconds
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body was read already: only the
+    disconnect can come now)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancelled_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+    """`await work` in this task (its context, hence its request id and metrics), cancelled when the
+    client disconnects first; None then."""
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    watcher.add_done_callback(lambda w: None if w.cancelled() else task.cancel())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            task.uncancel()
+            return None
+        raise
+    finally:
+        watcher.cancel()
+
+
 @v1.post("/chat/completions", response_model=ChatCompletionResponse, response_model_exclude_none=True)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     serving: OpenAIServingChat = request.app.state.serving_chat
-    result = await serving.create(body, request.state.request_id)
+    work = serving.create(body, request.state.request_id, timeout_s=request_timeout(request))
+    if body.stream:  # a disconnect ends the SSE response, which closes the request's events
+        result = await work
+    else:  # nothing is sent until the end: watch the connection, so a client that gives up stops it
+        result = await _cancelled_on_disconnect(request, work)
+        if result is None:
+            return Response(status_code=499)  # nobody reads it: the client is gone
     if isinstance(result, ChatCompletionResponse):
         # pydantic writes the JSON bytes in one pass; JSONResponse(model_dump()) would build a dict,
         # then json.dumps would re-scan and copy the megabytes of base64 media twice (str, bytes)

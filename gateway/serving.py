@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -55,6 +56,20 @@ MEDIA_ERRORS = Counter(
     "nextgpt_gateway_media_errors_total", "Requested media that could not be produced", ["modality"]
 )
 IN_FLIGHT = Gauge("nextgpt_gateway_in_flight", "Requests being served")
+_counted: ContextVar[str | None] = ContextVar("counted_request", default=None)
+"""Id of the last request counted in REQUESTS in this context: the edges count a request refused before
+it reached `GatewayCore.generate` (a bad body, a missing key) exactly once."""
+
+
+def count_request(api: str, status: str, request_id: str) -> None:
+    REQUESTS.labels(api, status).inc()
+    _counted.set(request_id)
+
+
+def count_refusal(api: str, status: str, request_id: str) -> None:
+    """Count a request that failed at an edge, unless `generate` already counted it."""
+    if _counted.get() != request_id:
+        count_request(api, status, request_id)
 
 
 # --- events of one request, in the order they happen ----------------------------------------------
@@ -200,7 +215,7 @@ class GatewayCore:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            REQUESTS.labels(api, status or "cancelled").inc()
+            count_request(api, status or "cancelled", request_id)
             REQUEST_SECONDS.labels(api).observe(elapsed)
             logger.info("%s request %s in %.3fs", api, status or "cancelled", elapsed)
 

@@ -83,13 +83,19 @@ class _Fake:
     calls: list[Call] = field(default_factory=list)
     gate: asyncio.Event | None = None
     """When set, every call waits for it after being recorded (calls held in flight, deterministically)."""
+    cancelled: int = 0
+    """Calls cancelled while held at the gate."""
 
     async def _begin(self, request: Any, context) -> Call:
         metadata = dict(context.invocation_metadata() or ())
         call = Call(metadata.get(REQUEST_ID_HEADER), context.time_remaining(), request, time.monotonic())
         self.calls.append(call)
         if self.gate is not None:
-            await self.gate.wait()
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:  # the caller went away (cancel, deadline, disconnect)
+                self.cancelled += 1
+                raise
         if self.mode == "hang":
             await asyncio.sleep(3600)  # cancelled by the caller's deadline
         if self.mode == "fail":
@@ -103,7 +109,7 @@ class _Fake:
         return call
 
     def reset(self) -> None:
-        self.mode, self.delay_s, self.calls, self.gate = "ok", 0.0, [], None
+        self.mode, self.delay_s, self.calls, self.gate, self.cancelled = "ok", 0.0, [], None, 0
 
 
 @dataclass

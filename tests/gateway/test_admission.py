@@ -77,3 +77,45 @@ def test_a_request_that_waits_too_long_gets_429(make_cluster) -> None:
         assert int(response.headers["retry-after"]) >= 1
         cluster.loop.call_soon_threadsafe(gate.set)
         assert held.result().status_code == 200
+
+
+def test_a_rest_client_that_gives_up_stops_its_request(make_cluster) -> None:
+    """Not streaming, nothing is sent until the end: the gateway watches the connection instead, and a
+    disconnect cancels the LLM call (and frees the admission slot)."""
+    cluster = make_cluster(max_in_flight=1)
+    gate = cluster.run(_gate(cluster))
+    body = {"model": "nextgpt-tiny", "messages": [user("hold")]}
+    try:
+        httpx.post(f"{cluster.http_url}/v1/chat/completions", json=body, timeout=0.5)
+        raise AssertionError("the held request was answered")
+    except httpx.ReadTimeout:
+        pass  # httpx closed the connection
+    wait_until(lambda: cluster.llm.cancelled == 1)
+    cluster.loop.call_soon_threadsafe(gate.set)
+    assert chat(cluster, user("next")).status_code == 200  # the slot was given back
+
+
+def test_rest_deadline_header_bounds_every_backend_call(make_cluster) -> None:
+    cluster = make_cluster()
+    cluster.run(_gate(cluster))
+    response = chat(cluster, user("hold"), headers={"x-request-timeout": "0.3"})
+    assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
+    assert cluster.llm.calls[0].time_remaining is not None and cluster.llm.calls[0].time_remaining <= 0.3
+    bad = chat(cluster, user("hi"), headers={"x-request-timeout": "soon"})
+    assert bad.status_code == 400 and "x-request-timeout" in bad.json()["error"]["message"]
+
+
+def test_every_refused_request_is_counted_once(make_cluster) -> None:
+    """Refusals at the edge (bad body, unsupported option, missing key) count like the rest."""
+    cluster = make_cluster(api_keys=["k"])
+    key = {"authorization": "Bearer k"}
+    name = 'nextgpt_gateway_requests_total{api="rest",status="invalid_argument"}'
+    before = metric(cluster, name)
+    url = f"{cluster.http_url}/v1/chat/completions"
+    assert httpx.post(url, json={"model": "nextgpt-tiny"}, headers=key).status_code == 400  # no messages
+    assert chat(cluster, user("hi"), n=2, headers=key).status_code == 400
+    assert metric(cluster, name) - before == 2
+    unauthorized = 'nextgpt_gateway_requests_total{api="rest",status="invalid_api_key"}'
+    before = metric(cluster, unauthorized)
+    assert chat(cluster, user("hi")).status_code == 401
+    assert metric(cluster, unauthorized) - before == 1
