@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from nextgpt.errors import InvalidInput
+from nextgpt.media import decode
+from nextgpt.media.budgets import MediaBudgets
 from nextgpt.media.decode import VideoClip
+from nextgpt.types import MediaItem
 
 logger = logging.getLogger(__name__)
 
@@ -206,21 +210,31 @@ def uniform_temporal_indices(num_frames: int, num_samples: int) -> torch.Tensor:
 
 
 def video_frame_indices(clip: VideoClip) -> list[list[int]]:
-    """Frame indices of every temporal clip: 5 windows of 2 s, 2 frames each.
+    """Frame indices of every temporal clip: 5 windows of 2 s, 2 frames each (`sample_frame_indices`)."""
+    return sample_frame_indices(clip.num_frames, clip.fps, clip.duration)
+
+
+def sample_frame_indices(total: int, fps: float, duration: float) -> list[list[int]]:
+    """Stream indices of the frames ImageBind reads from a `total`-frame video: 5 windows of 2 s, 2 each.
 
     A window holds the frames decord returns for `get_clip(start, end)`:
     range(ceil(fps * start), min(ceil(fps * end), T)). Windows past the end reuse the last frame.
+    Needs only the frame count and rate, so `decode.read_video` can decode just these frames.
     """
     out = []
-    total = clip.num_frames
-    for start, end in clip_timepoints(clip.duration, VIDEO_CLIP_SECONDS, VIDEO_CLIPS):
-        first = math.ceil(clip.fps * start)
-        stop = min(math.ceil(clip.fps * end), total)
+    for start, end in clip_timepoints(duration, VIDEO_CLIP_SECONDS, VIDEO_CLIPS):
+        first = math.ceil(fps * start)
+        stop = min(math.ceil(fps * end), total)
         if stop <= first:  # rounding at the very end of the stream; the reference would fail here
             first, stop = min(first, total - 1), min(first, total - 1) + 1
         window = list(range(first, stop))
         out.append([window[i] for i in uniform_temporal_indices(len(window), VIDEO_FRAMES_PER_CLIP).tolist()])
     return out
+
+
+def sampled_frames(total: int, fps: float, duration: float) -> list[int]:
+    """`decode.FrameSelector` of ImageBind: the (at most 10) distinct frames `preprocess_video` reads."""
+    return sorted({i for clip in sample_frame_indices(total, fps, duration) for i in clip})
 
 
 def short_side_scale(x: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -245,11 +259,35 @@ def spatial_crop_offsets(height: int, width: int, size: int = IMAGE_SIZE) -> lis
 
 def preprocess_video(clip: VideoClip) -> torch.Tensor:
     """`load_and_transform_video_data`: -> (15, 3, 2, 224, 224), clip-major, crop-minor."""
-    frames = torch.from_numpy(clip.frames)  # (T, H, W, 3) uint8
     out = []
     for indices in video_frame_indices(clip):
-        x = frames[indices].permute(3, 0, 1, 2).float() / 255.0  # (3, 2, H, W)
+        # only the sampled frames may be in memory (`read_video(select=sampled_frames)`)
+        frames = torch.from_numpy(np.stack([clip.frame(i) for i in indices]))  # (2, H, W, 3) uint8
+        x = frames.permute(3, 0, 1, 2).float() / 255.0  # (3, 2, H, W)
         x = _normalize_channels(short_side_scale(x), 0)  # (3, 2, h, w)
         for top, left in spatial_crop_offsets(x.shape[2], x.shape[3]):
             out.append(x[:, :, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE])
     return torch.stack(out)  # (15, 3, 2, 224, 224)
+
+
+# --- bytes -> model input, within budgets ------------------------------------------------------------
+
+
+def load_and_preprocess(item: MediaItem, budgets: MediaBudgets | None = None) -> torch.Tensor:
+    """Decode one medium within `budgets` and preprocess it for `ImageBindEncoder.encode_batch`.
+
+    image -> (3, 224, 224); audio -> (3, 1, 128, 204); video -> (15, 3, 2, 224, 224). A video decodes
+    only the frames ImageBind samples (`sampled_frames`), so its memory does not grow with its length.
+    """
+    modality = decode.sniff_modality(item.mime_type)
+    if modality != item.modality:
+        raise InvalidInput(
+            f"media type {item.mime_type!r} is {modality}, but the item says {item.modality!r}; "
+            "fix the modality or the MIME type"
+        )
+    if modality == "image":
+        return preprocess_image(decode.read_image(item.data, budgets))
+    if modality == "audio":
+        wave, rate = decode.read_audio(item.data, AUDIO_SAMPLE_RATE, budgets)
+        return preprocess_audio(wave, rate)
+    return preprocess_video(decode.read_video(item.data, budgets=budgets, select=sampled_frames))

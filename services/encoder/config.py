@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nextgpt.errors import ConfigError
+from nextgpt.media import budgets
+from nextgpt.media.budgets import MediaBudgets
 from services.common import ports
 
 ENV_PREFIX = "NEXTGPT_ENCODER_"
@@ -33,9 +35,25 @@ class EncoderServiceSettings:
     """How long the first input of a batch waits for others to join, in milliseconds, when it came in a
     burst (within this long of the previous input; a lone one starts at once)."""
     max_inputs: int = 16
-    """Most inputs one Encode request may carry."""
+    """Most inputs (media and texts) one Encode request may carry; the gateway sends every medium of a
+    chat request in one Encode call, so this is also the most media per chat request (HTTP 400 above)."""
     max_media_bytes: int = 32 * 1024 * 1024
     """Largest accepted input (file bytes, or UTF-8 bytes for text); larger is INVALID_ARGUMENT."""
+    max_image_pixels: int = budgets.MAX_IMAGE_PIXELS
+    """Most pixels (width x height) of an input image, read from its header before decoding (4096 x 4096
+    by default: ~50 MB as RGB). A 63 KB PNG can declare 8192 x 8192; it is refused undecoded."""
+    max_audio_seconds: float = budgets.MAX_AUDIO_SECONDS
+    """Longest input audio, in seconds (header duration, then decoded samples)."""
+    max_audio_channels: int = budgets.MAX_AUDIO_CHANNELS
+    """Most channels of an input audio stream."""
+    max_video_seconds: float = budgets.MAX_VIDEO_SECONDS
+    """Longest input video, in seconds (frames / average frame rate)."""
+    max_video_frame_pixels: int = budgets.MAX_VIDEO_FRAME_PIXELS
+    """Most pixels of one input video frame (1920 x 1088 by default). Only the <= 10 frames ImageBind
+    samples are decoded to RGB and kept, so a video costs at most 10 frames of this size."""
+    max_video_decoded_pixels: int = budgets.MAX_VIDEO_DECODED_PIXELS
+    """Most pixels decoded for one input video, frames skipped on the way to a sampled one included
+    (2^31: ~1000 frames of 1080p); bounds the CPU time of long videos with few keyframes."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis holding the shared embedding cache; empty = no Redis (in-process LRU only). Run Redis with
     `maxmemory` and `maxmemory-policy allkeys-lru` (the launcher does): that bounds its size."""
@@ -54,3 +72,15 @@ class EncoderServiceSettings:
             raise ConfigError(f"max_wait_ms={self.max_wait_ms} and grace_s={self.grace_s} must be >= 0")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port={self.port} is not a TCP port")
+        self.media_budgets()  # checks the budget settings
+
+    def media_budgets(self) -> MediaBudgets:
+        """The per-input decoding budgets these settings give (`nextgpt.media.budgets`)."""
+        return MediaBudgets(
+            max_image_pixels=self.max_image_pixels,
+            max_audio_seconds=self.max_audio_seconds,
+            max_audio_channels=self.max_audio_channels,
+            max_video_seconds=self.max_video_seconds,
+            max_video_frame_pixels=self.max_video_frame_pixels,
+            max_video_decoded_pixels=self.max_video_decoded_pixels,
+        )

@@ -18,8 +18,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from nextgpt.config import EncoderConfig
 from nextgpt.encoders import imagebind as ib
-from nextgpt.encoders.preprocess import PREPROCESS_VERSION
+from nextgpt.encoders.preprocess import PREPROCESS_VERSION, load_and_preprocess
 from nextgpt.errors import InvalidInput, ModelNotReady
+from nextgpt.media.budgets import MediaBudgets
 from nextgpt.media.decode import check_media_item
 from nextgpt.types import MediaItem
 from services.common.batching import MicroBatcher
@@ -74,6 +75,7 @@ class EncoderCore:
         self.settings = settings
         self.cache = cache
         self.encoder = encoder
+        self.budgets = settings.media_budgets()
         self.batcher: MicroBatcher[torch.Tensor | str, torch.Tensor] = MicroBatcher(
             self._run_batch,
             max_batch=settings.max_batch,
@@ -158,7 +160,8 @@ class EncoderCore:
         self, inputs: Sequence[EncodeInput], indices: list[int]
     ) -> list[torch.Tensor | str]:
         results = await asyncio.gather(
-            *(asyncio.to_thread(_preprocess_one, inputs[i]) for i in indices), return_exceptions=True
+            *(asyncio.to_thread(_preprocess_one, inputs[i], self.budgets) for i in indices),
+            return_exceptions=True,
         )
         for i, result in zip(indices, results, strict=True):  # report the first bad input, by index
             if isinstance(result, InvalidInput):
@@ -176,10 +179,11 @@ class EncoderCore:
         return list(out)
 
 
-def _preprocess_one(item: EncodeInput) -> torch.Tensor | str:
+def _preprocess_one(item: EncodeInput, budgets: MediaBudgets) -> torch.Tensor | str:
+    """Decode within `budgets` (a video decodes only its sampled frames) and preprocess."""
     if isinstance(item, str):
         return item  # tokenised inside encode_batch
     started = time.perf_counter()
-    tensor = ib.preprocess(item)
+    tensor = load_and_preprocess(item, budgets)
     STAGE_SECONDS.labels("preprocess").observe(time.perf_counter() - started)
     return tensor
