@@ -173,6 +173,9 @@ def up_cmd(
     redis: Annotated[bool, typer.Option(help="start Debian's redis-server if installed")] = True,
     log_dir: Annotated[Path, typer.Option(help="where each process writes its log")] = Path("out/cluster"),
     engine: EngineOpt = LLMEngine.auto,
+    supervise: Annotated[
+        bool, typer.Option(help="restart a service that exits on its own (backoff 1 s, 2 s, .. 30 s)")
+    ] = True,
 ) -> None:
     """Start Redis, every service and the gateway locally; Ctrl-C stops them all cleanly."""
     import signal
@@ -181,7 +184,12 @@ def up_cmd(
     from services.launcher import LocalCluster
 
     cluster = LocalCluster(
-        models_dir=models_dir, profile=profile, log_dir=log_dir, use_redis=redis, engine=engine.value
+        models_dir=models_dir,
+        profile=profile,
+        log_dir=log_dir,
+        use_redis=redis,
+        engine=engine.value,
+        supervise=supervise,
     )
     console.print("starting the cluster (each service loads its models; this takes a few seconds)...")
     stop = threading.Event()

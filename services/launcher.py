@@ -2,7 +2,10 @@
 
 Each service is started exactly as in production (`python -m services.<name>.server`), with its port
 and the models directory passed by environment variables, and the launcher waits until each reports
-SERVING on grpc.health.v1. Stopping sends SIGTERM (graceful drain) and SIGKILL only after a timeout.
+SERVING on grpc.health.v1. Backends and their metrics listen on 127.0.0.1 (the services' default host);
+only the gateway's public ports follow its own `host`. With `supervise=True` (`nextgpt up`) a child that
+exits on its own is started again with exponential backoff, as Kubernetes and compose restart containers.
+Stopping sends SIGTERM (graceful drain) and SIGKILL only after a timeout, and restarts nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,19 +75,49 @@ def free_ports(n: int) -> list[int]:
 
 
 @dataclass
+class Backoff:
+    """Delays between restarts of a crashing child: 1 s, 2 s, 4 s ... up to `max_s`."""
+
+    initial_s: float = 1.0
+    """Wait before the first restart after a healthy spell."""
+    factor: float = 2.0
+    """Growth of the wait per further crash, so a child that cannot start costs little CPU."""
+    max_s: float = 30.0
+    """Longest wait between restarts."""
+    healthy_after_s: float = 60.0
+    """A child up this long (and SERVING, where it has a health port) is healthy again: its next crash
+    waits `initial_s` rather than continuing the series."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_s <= self.max_s or self.factor < 1 or self.healthy_after_s <= 0:
+            raise ValueError(f"{self} needs 0 < initial_s <= max_s, factor >= 1 and healthy_after_s > 0")
+
+    def delay(self, attempt: int) -> float:
+        """The wait before restart number `attempt` (1-based) of a series."""
+        return min(self.max_s, self.initial_s * self.factor ** (attempt - 1))
+
+
+@dataclass
 class Child:
     name: str
     process: subprocess.Popen
     log_path: Path
     health_target: str | None
     env: dict[str, str]
+    started_at: float = field(default_factory=time.monotonic)
+    """When the current process started (monotonic seconds)."""
+    attempt: int = 0
+    """Restarts in the current crash series (0: healthy)."""
+    restart_at: float | None = None
+    """When the supervisor starts it again (set while it is down)."""
 
 
 class LocalCluster:
     """Start and stop the local cluster. Use as a context manager or call `start()` / `stop()`.
 
     `engine` is the LLM service's `--engine`: "auto" (vLLM on a GPU where it imports, else HF), "hf" or
-    "vllm".
+    "vllm". `supervise` restarts children that exit on their own (after `start()`, until `stop()`), with
+    `backoff` between tries; tests that kill a service to see the cluster degrade leave it off.
     """
 
     def __init__(
@@ -96,6 +130,8 @@ class LocalCluster:
         use_redis: bool = True,
         extra_env: dict[str, str] | None = None,
         engine: str = "auto",
+        supervise: bool = False,
+        backoff: Backoff | None = None,
     ) -> None:
         self.models_dir = Path(models_dir or os.environ.get("NEXTGPT_MODELS_DIR", "models")).resolve()
         self.profile = profile
@@ -106,6 +142,14 @@ class LocalCluster:
         self.engine = engine
         self.children: dict[str, Child] = {}
         self.redis_url = ""
+        self.supervise = supervise
+        self.backoff = backoff or Backoff()
+        self.restarts: list[tuple[str, int | None, int, float]] = []
+        """Every supervised restart: (name, exit code, attempt, delay before it in s)."""
+        # one lock for `children` and their processes: the supervisor and `restart()` / `kill()` race
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # ------------------------------------------------------------------ urls
     @property
@@ -128,6 +172,9 @@ class LocalCluster:
             urls[f"{m} decoder gRPC"] = f"127.0.0.1:{self.ports.decoders[m]}"
         urls["metrics"] = f"{self.rest_url}/metrics (+ :{self.ports.encoder_metrics}..)"
         urls["redis"] = self.redis_url or "not running (in-process LRU cache)"
+        if self.supervise:
+            b = self.backoff
+            urls["supervision"] = f"crashed services restart after {b.initial_s:g} s .. {b.max_s:g} s"
         urls["logs"] = str(self.log_dir)
         return urls
 
@@ -149,6 +196,8 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+        if self.supervise:
+            self.start_supervisor()
 
     def start_redis(self) -> None:
         if not self.use_redis:
@@ -173,7 +222,8 @@ class LocalCluster:
 
     def stop_redis(self) -> None:
         """Stop Redis only (tests use this to show the cluster survives without it)."""
-        child = self.children.pop("redis", None)
+        with self._lock:
+            child = self.children.pop("redis", None)
         if child is not None:
             _terminate([child], 10.0)
 
@@ -222,39 +272,86 @@ class LocalCluster:
         full_env.update(self.extra_env)
         full_env.update(env or {})
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-                cwd=_repo_root(),
-                start_new_session=True,
-            )
-        self.children[name] = Child(name, process, log_path, health_target, full_env)
+        process = _popen(args, full_env, log_path)
+        with self._lock:
+            self.children[name] = Child(name, process, log_path, health_target, full_env)
         logger.info("started %s (pid %d), log %s", name, process.pid, log_path)
 
     def restart(self, name: str, timeout_s: float = 120.0) -> None:
         """Start a stopped service again with its original command line (tests: kill then revive)."""
-        child = self.children[name]
-        if child.process.poll() is None:
-            return
-        with open(child.log_path, "ab") as log:
-            child.process = subprocess.Popen(
-                child.process.args,  # type: ignore[arg-type]
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=child.env,
-                cwd=_repo_root(),
-                start_new_session=True,
-            )
+        with self._lock:
+            child = self.children[name]
+            if child.process.poll() is not None:
+                self._respawn(child)
         self.wait_ready(timeout_s, names=[name])
 
     def kill(self, name: str) -> None:
-        """SIGKILL one service (fault injection: no drain)."""
-        child = self.children[name]
-        child.process.kill()
-        child.process.wait(10)
+        """SIGKILL one service (fault injection: no drain; a supervised cluster starts it again)."""
+        with self._lock:
+            process = self.children[name].process
+        process.kill()
+        process.wait(10)
+
+    def _respawn(self, child: Child) -> None:
+        child.process = _popen(child.process.args, child.env, child.log_path)  # type: ignore[arg-type]
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    # ------------------------------------------------------------------ supervision
+    def start_supervisor(self) -> None:
+        """Watch the children from a thread (`start()` calls this when `supervise` is set)."""
+        if self._supervisor is not None:
+            return
+        self._stopping.clear()
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._supervisor.start()
+
+    def _supervise(self, poll_s: float = 0.25) -> None:
+        """Until `stop()`: notice children that exited, restart each after its backoff delay."""
+        while not self._stopping.wait(poll_s):
+            with self._lock:
+                children = list(self.children.values())
+            for child in children:
+                try:
+                    self._look_after(child)
+                except Exception:  # a failed spawn is logged and tried again, never ends supervision
+                    logger.exception("supervising %s failed", child.name)
+
+    def _look_after(self, child: Child) -> None:
+        now = time.monotonic()
+        up_long_enough = now - child.started_at >= self.backoff.healthy_after_s
+        if child.attempt and up_long_enough and child.process.poll() is None:
+            # the health check (up to 1 s) runs outside the lock
+            if child.health_target is None or is_serving(child.health_target):
+                logger.info("%s healthy again after %d restart(s)", child.name, child.attempt)
+                child.attempt = 0
+            return
+        with self._lock:
+            if self._stopping.is_set() or self.children.get(child.name) is not child:
+                return
+            code = child.process.poll()
+            if code is None:
+                return
+            if child.restart_at is None:  # just found dead: schedule the restart
+                if up_long_enough:  # it had served a while: a new series, not the next step of one
+                    child.attempt = 0
+                child.attempt += 1
+                delay = self.backoff.delay(child.attempt)
+                child.restart_at = now + delay
+                self.restarts.append((child.name, code, child.attempt, delay))
+                logger.warning(
+                    "%s exited unexpectedly with code %s; restart attempt %d in %gs (log %s)",
+                    child.name,
+                    code,
+                    child.attempt,
+                    delay,
+                    child.log_path,
+                )
+            elif now >= child.restart_at:
+                self._respawn(child)
+                logger.warning(
+                    "restarted %s (pid %d, attempt %d)", child.name, child.process.pid, child.attempt
+                )
 
     def wait_ready(self, timeout_s: float, names: list[str] | None = None) -> None:
         deadline = time.monotonic() + timeout_s
@@ -280,10 +377,24 @@ class LocalCluster:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM everything (gateway first, Redis last), SIGKILL what is left after `timeout_s`."""
+        self._stopping.set()  # first, so nothing that exits from here on is restarted
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
         order = ["gateway", "llm", "encoder", *(f"decoder-{m}" for m in MODALITIES), "redis"]
-        children = [self.children[n] for n in order if n in self.children]
+        with self._lock:
+            names = [n for n in order if n in self.children] + [n for n in self.children if n not in order]
+            children = [self.children[n] for n in names]
+            self.children.clear()
         _terminate(children, timeout_s)
-        self.children.clear()
+
+
+def _popen(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """A child in its own session (Ctrl-C reaches only the launcher, which then stops it gracefully)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=_repo_root(), start_new_session=True
+        )
 
 
 def _terminate(children: list[Child], timeout_s: float) -> None:
