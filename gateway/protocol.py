@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from nextgpt.config import MAX_AUDIO_SECONDS, MAX_FRAMES, MAX_PIXEL_STEPS, MAX_SIDE, MAX_STEPS
+
 # --- request -----------------------------------------------------------------------------------------
 
 
@@ -81,22 +83,37 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
+_BUDGET = (
+    f"steps x height x width (x num_frames) of one medium may not exceed {MAX_PIXEL_STEPS:_}, nor the "
+    "sum over the requested media x max_media_per_modality (unset options count at 50 steps, 512x512, 24 "
+    "frames); over it the request is a 400 naming the budget."
+)
+_STEPS = Field(None, description=f"Diffusion steps, 1..{MAX_STEPS} (default per profile; real 50).")
+_SIDE = f"pixels, a multiple of 8 in 8..{MAX_SIDE}"
+
+
 class ImageOptions(_Strict):
-    steps: int | None = None
+    __doc__ = f"Image decoding options. {_BUDGET}"
+
+    steps: int | None = _STEPS
     guidance_scale: float | None = None
-    height: int | None = None
-    width: int | None = None
+    height: int | None = Field(None, description=f"Output height in {_SIDE}.")
+    width: int | None = Field(None, description=f"Output width in {_SIDE}.")
 
 
 class VideoOptions(ImageOptions):
-    num_frames: int | None = None
-    fps: int | None = None
+    __doc__ = f"Video decoding options. {_BUDGET}"
+
+    num_frames: int | None = Field(None, description=f"Frames, 1..{MAX_FRAMES} (real default 24).")
+    fps: int | None = Field(None, description="Frames per second of the MP4, 1..60.")
 
 
 class AudioOptions(_Strict):
-    steps: int | None = None
+    """Audio decoding options."""
+
+    steps: int | None = _STEPS
     guidance_scale: float | None = None
-    audio_seconds: float | None = None
+    audio_seconds: float | None = Field(None, description=f"Length in seconds, (0, {MAX_AUDIO_SECONDS:g}].")
 
 
 class NextGPTOptions(_Strict):

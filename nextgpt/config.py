@@ -25,9 +25,24 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-MAX_SIDE = 2048
-MAX_FRAMES = 256
+# Output option ranges: every value inside them runs on every decoder (tests/nextgpt/decoders/
+# test_output_budgets.py runs the maxima on the tiny profile).
+MAX_STEPS = 500
+"""Most diffusion steps. The schedulers (SD 1.5 PNDM, Zeroscope and AudioLDM DDIM: 1000 training
+timesteps, steps_offset 1) index past their schedule from 1000 steps on (IndexError); they run up to 999,
+and quality stops improving long before 500."""
+MAX_SIDE = 1024
+"""Largest output height or width in pixels (SD 1.5 and Zeroscope XL reach 1024; 512 / 576 are normal)."""
+MAX_FRAMES = 64
+"""Most video frames (Zeroscope is trained on 24)."""
 MAX_AUDIO_SECONDS = 60.0
+"""Longest generated audio (AudioLDM's normal use is 5-10 s)."""
+MAX_PIXEL_STEPS = 1_000_000_000
+"""Default of the decode budgets (`DecodeDefaults.max_pixel_steps`, `GenerationOptions.max_pixel_steps`):
+steps x height x width x frames. 4.5x a 24-frame 576x320 Zeroscope video at 50 steps (221 M), 76x a
+512x512 SD image at 50 steps (13 M)."""
+PIXEL_STEP_MODALITIES: tuple[Modality, ...] = ("image", "video")
+"""Modalities the pixel-step budgets count (audio is bounded by `MAX_STEPS` x `MAX_AUDIO_SECONDS`)."""
 
 
 def _check(cond: bool, message: str) -> None:
@@ -178,9 +193,13 @@ class DecodeDefaults:
     """Video only: frames per second of the written MP4."""
     audio_seconds: float = 9.0
     """Audio only."""
+    max_pixel_steps: int = MAX_PIXEL_STEPS
+    """Budget of one image or video decode: steps x height x width (x num_frames for video) may not exceed
+    it (a request over it is refused with INVALID_ARGUMENT / HTTP 400). Not a request option: set it in
+    the profile (`decoders.video.defaults.max_pixel_steps`)."""
 
     def __post_init__(self) -> None:
-        _check(1 <= self.steps <= 1000, f"steps={self.steps} must be in [1, 1000]")
+        _check(1 <= self.steps <= MAX_STEPS, f"steps={self.steps} must be in [1, {MAX_STEPS}]")
         _check(self.guidance_scale >= 0, f"guidance_scale={self.guidance_scale} must be >= 0")
         _check(self.height % 8 == 0 and self.width % 8 == 0, f"size {self.height}x{self.width}: use /8")
         # Upper bounds keep one request from exhausting a decoder's memory.
@@ -194,6 +213,32 @@ class DecodeDefaults:
             0 < self.audio_seconds <= MAX_AUDIO_SECONDS,
             f"audio_seconds={self.audio_seconds} must be in (0, {MAX_AUDIO_SECONDS}]",
         )
+        _check(self.max_pixel_steps >= 1, f"max_pixel_steps={self.max_pixel_steps} must be at least 1")
+
+    def pixel_steps(self, modality: Modality) -> int:
+        """What one decode of `modality` costs in the budget's unit: steps x height x width (x frames)."""
+        if modality not in PIXEL_STEP_MODALITIES:
+            return 0
+        frames = self.num_frames if modality == "video" else 1
+        return self.steps * self.height * self.width * frames
+
+    def check_budget(self, modality: Modality) -> None:
+        """Raise ConfigError when one `modality` decode with these settings is over `max_pixel_steps`."""
+        cost = self.pixel_steps(modality)
+        _check(
+            cost <= self.max_pixel_steps,
+            f"{describe_pixel_steps(self, modality)} = {cost} is over the budget of {self.max_pixel_steps} "
+            "steps x pixels x frames per decode (max_pixel_steps); lower steps, height, width"
+            + (" or num_frames" if modality == "video" else ""),
+        )
+
+
+def describe_pixel_steps(settings: DecodeDefaults, modality: Modality) -> str:
+    """ "steps x height x width [x num_frames]" with the values, for error messages."""
+    text = f"steps x height x width = {settings.steps} x {settings.height} x {settings.width}"
+    if modality == "video":
+        text = text.replace("width =", "width x num_frames =") + f" x {settings.num_frames}"
+    return text
 
 
 @dataclass
@@ -300,6 +345,11 @@ class GenerationOptions:
     image: DecodeOptions = field(default_factory=DecodeOptions)
     video: DecodeOptions = field(default_factory=DecodeOptions)
     audio: DecodeOptions = field(default_factory=DecodeOptions)
+    max_pixel_steps: int = MAX_PIXEL_STEPS
+    """Budget of the whole request: for each requested image/video modality, max_media_per_modality x
+    steps x height x width (x num_frames), summed; options left unset count at `DecodeDefaults()` (real
+    sizes). Over it, the request is refused (HTTP 400 / INVALID_ARGUMENT). Clients cannot change it (REST
+    and gRPC do not carry it); code that embeds `NextGPT` may."""
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
@@ -309,6 +359,36 @@ class GenerationOptions:
         _check(0 <= self.max_media_per_modality <= 8, "max_media_per_modality must be in [0, 8]")
         unknown = set(self.modalities) - {"text", *MODALITIES}
         _check(not unknown, f"modalities {sorted(unknown)} unknown; use text, image, video, audio")
+        self.check_budgets()
+
+    def check_budgets(self, defaults: DecodeDefaults | None = None) -> None:
+        """Each modality's options within its per-decode budget, and the requested media within the
+        request's `max_pixel_steps`; unset options count at `defaults` (`DecodeDefaults()`). Ranges are
+        left to `DecodeOptions.resolve` (the gateway's `check_options`, the decoders)."""
+        base = defaults or DecodeDefaults()
+        total, parts = 0, []
+        for modality in MODALITIES:
+            try:
+                settings = self.decode_options(modality).resolve(base)
+            except ConfigError:
+                continue  # out of range: `check_options` / the decoder names it (options.<modality>: ...)
+            try:
+                settings.check_budget(modality)
+            except ConfigError as exc:
+                raise ConfigError(f"{modality}: {exc}") from None
+            if modality in self.modalities and modality in PIXEL_STEP_MODALITIES:
+                total += self.max_media_per_modality * settings.pixel_steps(modality)
+                cost = settings.pixel_steps(modality)
+                parts.append(
+                    f"{modality} {self.max_media_per_modality} x {cost} "
+                    f"({describe_pixel_steps(settings, modality)})"
+                )
+        _check(
+            total <= self.max_pixel_steps,
+            f"the requested media cost {' + '.join(parts)} = {total} steps x pixels x frames, over the "
+            f"request budget of {self.max_pixel_steps} (max_pixel_steps); lower steps, size, num_frames or "
+            "max_media_per_modality",
+        )
 
     @property
     def requested_media(self) -> list[Modality]:

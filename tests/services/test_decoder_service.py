@@ -236,7 +236,7 @@ def _resized(span: SignalSpan, n: int, h: int) -> SignalSpan:
         ("image", lambda s: _request(_resized(s, 4, 32)), "got [4, 32]"),
         ("video", _bad_tensor, "do not hold shape [24, 64]"),
         ("image", lambda s: _request(_nan_span(s)), "NaN"),
-        ("image", lambda s: _request(s, steps=0), "steps=0 must be in [1, 1000]"),
+        ("image", lambda s: _request(s, steps=0), "steps=0 must be in [1, 500]"),
         ("image", lambda s: _request(s, height=100), "size 100x64"),
         ("video", lambda s: _request(s, num_frames=0), "num_frames=0"),
         ("audio", lambda s: _request(s, audio_seconds=-1.0), "audio_seconds=-1.0 must be in (0, 60.0]"),
