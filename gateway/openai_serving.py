@@ -148,6 +148,15 @@ def message_from_openai(message: ChatMessage, i: int, max_bytes: int) -> Message
     return Message(role=message.role, text="\n".join(texts), media=media)  # type: ignore[arg-type]
 
 
+def media_names(message: ChatMessage, i: int) -> list[str]:
+    """How this API names each medium `message_from_openai` takes from the message, in its order."""
+    parts = message.content if isinstance(message.content, list) else []
+    names = [f"messages[{i}].content[{j}]" for j, part in enumerate(parts) if part.type != "text"]
+    if message.audio is not None and message.role == "assistant":
+        names.append(f"messages[{i}].audio")
+    return names
+
+
 def options_from_openai(request: ChatCompletionRequest) -> GenerationOptions:
     extra = request.nextgpt or NextGPTOptions()
     if request.n not in (None, 1):
@@ -246,7 +255,10 @@ class OpenAIServingChat:
         model = request.model or self.core.settings.model_name
         created = int(time.time())
         api = "rest_stream" if request.stream else "rest"
-        events = self.core.generate(messages, options, lora, request_id, timeout_s=timeout_s, api=api)
+        names = [media_names(m, i) for i, m in enumerate(request.messages)]
+        events = self.core.generate(
+            messages, options, lora, request_id, timeout_s=timeout_s, api=api, media_names=names
+        )
         if request.stream:
             try:
                 first = await events.__anext__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
@@ -110,11 +111,16 @@ def status_name(exc: BaseException) -> str:
     return status_of(exc).label
 
 
-def check_media(messages: list[Message], max_bytes: int) -> None:
-    """MIME type agrees with the modality and is one the encoder reads; size within the limit."""
+def check_media(messages: list[Message], max_bytes: int, names: list[list[str]] | None = None) -> None:
+    """MIME type agrees with the modality and is one the encoder reads; size within the limit. Errors
+    name each medium as `names[i][j]` (default `messages[i].media[j]`)."""
     for i, message in enumerate(messages):
         for j, item in enumerate(message.media):
-            check_media_item(item.modality, item.data, item.mime_type, max_bytes, f"messages[{i}].media[{j}]")
+            where = names[i][j] if names else f"messages[{i}].media[{j}]"
+            check_media_item(item.modality, item.data, item.mime_type, max_bytes, where)
+
+
+_ENCODER_INPUT = re.compile(r"^inputs\[(\d+)\](?:\.media)?")
 
 
 def check_options(options: GenerationOptions) -> None:
@@ -186,10 +192,13 @@ class GatewayCore:
         *,
         timeout_s: float | None = None,
         api: str = "python",
+        media_names: list[list[str]] | None = None,
     ) -> AsyncIterator[Event]:
         """Events of one request: text deltas, each medium or media error as it happens, then `Done`.
 
-        `timeout_s` (e.g. the caller's gRPC deadline) shortens the configured request budget."""
+        `timeout_s` (e.g. the caller's gRPC deadline) shortens the configured request budget.
+        `media_names[i][j]` is how the caller's API names message i's medium j in errors (default: the
+        gRPC API's `messages[i].media[j]`; REST passes `messages[i].content[k]`)."""
         request_id = request_id or new_request_id()
         request_id_var.set(request_id)
         budget = (
@@ -204,7 +213,11 @@ class GatewayCore:
             async with self.admission.slot():
                 IN_FLIGHT.inc()
                 try:
-                    async for event in self._run(messages, options, lora, request_id, deadline):
+                    names = media_names or [
+                        [f"messages[{i}].media[{j}]" for j in range(len(m.media))]
+                        for i, m in enumerate(messages)
+                    ]
+                    async for event in self._run(messages, options, lora, request_id, deadline, names):
                         if isinstance(event, Done):
                             status = "ok"  # the caller may close the iterator once it has the summary
                         yield event
@@ -226,16 +239,17 @@ class GatewayCore:
         lora: str | None,
         request_id: str,
         deadline: float,
+        names: list[list[str]],
     ) -> AsyncIterator[Event]:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         # 1. check inputs
         check_messages(messages)
-        check_media(messages, self.settings.max_media_bytes)
+        check_media(messages, self.settings.max_media_bytes, names)
         check_options(options)
         # 2. encode every user-turn medium in one call
         t0 = time.perf_counter()
-        embeddings = await self._encode(messages, self._call(request_id, deadline, "encode"))
+        embeddings = await self._encode(messages, self._call(request_id, deadline, "encode"), names)
         timings["encode"] = time.perf_counter() - t0
         # 3. stream the LLM; 4. decode each chosen span as soon as it arrives, concurrently
         t0 = time.perf_counter()
@@ -333,19 +347,45 @@ class GatewayCore:
         cap = getattr(self.settings, f"{stage}_timeout_s")
         return CallInfo(request_id, remaining if cap is None else min(cap, remaining))
 
-    async def _encode(self, messages: list[Message], call: CallInfo) -> list[list[llm_pb2.MediaEmbedding]]:
-        """Per message, the embeddings of its inputs (assistant turns' media are not re-encoded)."""
+    async def _encode(
+        self, messages: list[Message], call: CallInfo, names: list[list[str]]
+    ) -> list[list[llm_pb2.MediaEmbedding]]:
+        """Per message, the embeddings of its inputs (assistant turns' media are not re-encoded). The
+        encoder's complaints about `inputs[k]` are told in the caller's names."""
         inputs = [
             (i, item)
             for i, message in enumerate(messages)
             if message.role == "user"
             for item in message.media
         ]
+        where = [names[i][j] for i, m in enumerate(messages) if m.role == "user" for j in range(len(m.media))]
         out: list[list[llm_pb2.MediaEmbedding]] = [[] for _ in messages]
         if not inputs:
             return out
         t0 = time.perf_counter()
-        response = await self.backends.encode(
+        try:
+            response = await self._encode_call(inputs, call)
+        except InvalidInput as exc:
+            k_of = lambda m: int(m.group(1))  # noqa: E731
+            message = _ENCODER_INPUT.sub(lambda m: where[k_of(m)] if k_of(m) < len(where) else m[0], str(exc))
+            raise InvalidInput(message) from None
+        STAGE_SECONDS.labels("encode").observe(time.perf_counter() - t0)
+        if len(response.embeddings) != len(inputs):
+            raise BackendError(
+                f"the encoder returned {len(response.embeddings)} embeddings for {len(inputs)} inputs"
+            )
+        for (i, item), embedding in zip(inputs, response.embeddings, strict=True):
+            out[i].append(
+                llm_pb2.MediaEmbedding(
+                    modality=MODALITY_TO_PROTO[item.modality], embedding=embedding.embedding
+                )
+            )
+        return out
+
+    async def _encode_call(
+        self, inputs: list[tuple[int, MediaItem]], call: CallInfo
+    ) -> encoder_pb2.EncodeResponse:
+        return await self.backends.encode(
             encoder_pb2.EncodeRequest(
                 inputs=[
                     encoder_pb2.EncodeInput(
@@ -360,18 +400,6 @@ class GatewayCore:
             ),
             call,
         )
-        STAGE_SECONDS.labels("encode").observe(time.perf_counter() - t0)
-        if len(response.embeddings) != len(inputs):
-            raise BackendError(
-                f"the encoder returned {len(response.embeddings)} embeddings for {len(inputs)} inputs"
-            )
-        for (i, item), embedding in zip(inputs, response.embeddings, strict=True):
-            out[i].append(
-                llm_pb2.MediaEmbedding(
-                    modality=MODALITY_TO_PROTO[item.modality], embedding=embedding.embedding
-                )
-            )
-        return out
 
     async def _decode(
         self,

@@ -146,3 +146,20 @@ def test_admission_refuses_a_request_that_waited_too_long():
         await holder
 
     asyncio.run(main())
+
+
+def test_encoder_complaints_name_the_medium_as_the_client_sent_it():
+    """The encoder numbers its inputs across the request; the client reads its own indexing."""
+    from gateway.backends import CallInfo
+    from gateway.serving import GatewayCore
+
+    class Backends:
+        async def encode(self, request, call):
+            raise InvalidInput("inputs[1].media: cannot decode the image")
+
+    png = MediaItem("image", b"png", "image/png")
+    messages = [Message("user", "a", [png]), Message("assistant", "b"), Message("user", "c", [png, png])]
+    names = [["messages[0].content[1]"], [], ["messages[2].content[0]", "messages[2].content[2]"]]
+    core = GatewayCore(GatewaySettings(), Backends())  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=r"^messages\[2\]\.content\[0\]: cannot decode the image$"):
+        asyncio.run(core._encode(messages, CallInfo("r", 5.0), names))
