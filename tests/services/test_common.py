@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from nextgpt._proto import common_pb2
-from nextgpt.errors import ConfigError, InvalidInput
+from nextgpt.errors import ConfigError, InvalidInput, Overloaded
 from services.common import convert, tensors
 from services.common.batching import MicroBatcher
 from services.common.settings import load_settings
@@ -152,3 +154,131 @@ def test_batcher_waits_for_company_only_in_a_burst():
 
     assert asyncio.run(main()) == [2, 3]
     assert seen == [[1], [2, 3]]
+
+
+def _batcher_metrics() -> tuple[CollectorRegistry, Gauge, Histogram]:
+    registry = CollectorRegistry()
+    return registry, Gauge("q", "q", registry=registry), Histogram("b", "b", registry=registry)
+
+
+async def _until(check, what: str, timeout: float = 30.0) -> None:
+    """Let the loop run until `check()` holds (generous bound: a failure, not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_batcher_drops_cancelled_queued_items_at_once():
+    """A request cancelled while queued leaves the queue (and the depth gauge) at once, never runs, and
+    does not keep its batch waiting."""
+    registry, gauge, hist = _batcher_metrics()
+    release = threading.Event()
+    seen: list[list[int]] = []
+
+    def run(key, items):
+        seen.append(items)
+        if items == [0]:
+            release.wait(30)  # the batch that keeps the others queued
+        return items
+
+    async def main():
+        batcher = MicroBatcher(run, max_batch=8, max_wait_s=0, queue_gauge=gauge, batch_histogram=hist)
+        first = asyncio.ensure_future(batcher.submit("k", 0))
+        await _until(lambda: batcher.running, "the first batch")
+        queued = [asyncio.ensure_future(batcher.submit("k", i)) for i in (1, 2, 3)]
+        await _until(lambda: batcher.depth == 3, "three queued")
+        assert registry.get_sample_value("q") == 3
+        queued[0].cancel()
+        queued[2].cancel()
+        await asyncio.gather(queued[0], queued[2], return_exceptions=True)
+        assert batcher.depth == 1 and registry.get_sample_value("q") == 1
+        release.set()
+        results = await asyncio.wait_for(asyncio.gather(first, queued[1]), 30)
+        await batcher.stop()
+        return results
+
+    assert asyncio.run(main()) == [0, 2]
+    assert seen == [[0], [2]]
+    assert registry.get_sample_value("q") == 0
+
+
+def test_batcher_stops_a_batch_only_when_every_request_is_cancelled():
+    """`should_stop()` stays False while one request of the running batch still waits, and turns True
+    when the last one is cancelled; the batcher then serves the next request as usual."""
+    _, gauge, hist = _batcher_metrics()
+    started = threading.Event()
+    checks: list = []
+
+    def run(key, items, should_stop):
+        if key == "slow":
+            checks.append(should_stop)
+            started.set()
+            for _ in range(3000):  # a "diffusion" of up to 30 s, polled between steps
+                if should_stop():
+                    raise RuntimeError("stopped")
+                time.sleep(0.01)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(
+            run, max_batch=2, max_wait_s=0, queue_gauge=gauge, batch_histogram=hist, stoppable=True
+        )
+        # Both are queued before the batcher's worker (created by a's submit) first runs: one batch.
+        a = asyncio.ensure_future(batcher.submit("slow", 1))
+        b = asyncio.ensure_future(batcher.submit("slow", 2))
+        await _until(started.is_set, "the batch to start")
+        [should_stop] = checks
+        a.cancel()
+        await asyncio.gather(a, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert not should_stop(), "stopped although b still waits"
+        b.cancel()
+        await asyncio.gather(b, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert should_stop()
+        await _until(lambda: not batcher.running, "the stopped batch to end")
+        after = await asyncio.wait_for(batcher.submit("fast", 3), 30)
+        await batcher.stop()
+        return after
+
+    assert asyncio.run(main()) == 3
+
+
+def test_batcher_refuses_past_max_queue_with_a_retry_hint():
+    registry, gauge, hist = _batcher_metrics()
+    release = threading.Event()
+
+    def run(key, items):
+        if items == [0]:
+            release.wait(30)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(
+            run, max_batch=1, max_wait_s=0, queue_gauge=gauge, batch_histogram=hist, max_queue=2, name="the x"
+        )
+        running = asyncio.ensure_future(batcher.submit("k", 0))
+        await _until(lambda: batcher.running, "the first batch")  # running: not in the queue
+        queued = [asyncio.ensure_future(batcher.submit("k", i)) for i in (1, 2)]
+        await _until(lambda: batcher.depth == 2, "two queued")
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit("other", 3)  # all keys count
+        queued[0].cancel()  # a cancelled item frees its place at once
+        await asyncio.gather(queued[0], return_exceptions=True)
+        again = asyncio.ensure_future(batcher.submit("k", 4))
+        await _until(lambda: batcher.depth == 2, "the freed place taken")
+        release.set()
+        results = await asyncio.wait_for(asyncio.gather(running, queued[1], again), 30)
+        await batcher.stop()
+        return refused.value, results
+
+    refused, results = asyncio.run(main())
+    assert results == [0, 2, 4]
+    assert "the x queue is full (2 requests waiting, max_queue=2)" in str(refused)
+    assert refused.retry_after_s is not None and refused.retry_after_s >= 1.0
+    with pytest.raises(ValueError, match="max_queue=0"):
+        MicroBatcher(
+            lambda k, i: i, max_batch=1, max_wait_s=0, queue_gauge=gauge, batch_histogram=hist, max_queue=0
+        )
