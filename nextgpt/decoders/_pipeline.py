@@ -5,8 +5,8 @@ seed a generator, check a conditioning tensor. Everything model-specific stays i
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from diffusers import DiffusionPipeline
@@ -19,6 +19,43 @@ from nextgpt.errors import InvalidInput, ModelNotReady
 logger = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=DiffusionPipeline)
+
+StopCheck = Callable[[], bool]
+"""Polled between denoising steps; True once nobody wants the result (every request cancelled)."""
+
+
+class Stopped(Exception):
+    """A diffusion ended between two steps because its `should_stop()` turned true."""
+
+
+def stop_on_step_end(should_stop: StopCheck | None) -> dict[str, Any]:
+    """`callback_on_step_end` for pipelines that take it (Stable Diffusion): raises `Stopped`.
+
+    Raising, not the pipeline's `_interrupt`: an interrupted SD call skips the remaining steps but still
+    runs the VAE and returns a half-denoised image that nobody wants. The callback returns no tensors, so
+    the latents (and so the result) are untouched while the call runs on."""
+    if should_stop is None:
+        return {}
+
+    def check(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if should_stop():
+            raise Stopped(f"stopped after denoising step {step + 1}")
+        return {}
+
+    return {"callback_on_step_end": check}
+
+
+def stop_on_step(should_stop: StopCheck | None) -> dict[str, Any]:
+    """`callback` (every step) for the older pipelines without `callback_on_step_end` (TextToVideoSD,
+    AudioLDM in diffusers 0.42): raises `Stopped`, as `stop_on_step_end` does."""
+    if should_stop is None:
+        return {}
+
+    def check(step: int, timestep: Any, latents: torch.Tensor) -> None:
+        if should_stop():
+            raise Stopped(f"stopped after denoising step {step + 1}")
+
+    return {"callback": check, "callback_steps": 1}
 
 
 def load_pipeline(pipeline_cls: type[P], cfg: DecoderConfig, what: str) -> tuple[P, Placement]:

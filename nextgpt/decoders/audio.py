@@ -21,12 +21,14 @@ from diffusers import AudioLDMPipeline
 
 from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
 from nextgpt.decoders._pipeline import (
+    StopCheck,
     check_cond,
     execution_device,
     item_seeds,
     load_pipeline,
     make_generators,
     prepare_for_batching,
+    stop_on_step,
 )
 from nextgpt.errors import InvalidInput
 from nextgpt.media.encode import WAV_MIME, encode_wav
@@ -117,8 +119,13 @@ class AudioDecoder:
         progress: bool = False,
         *,
         seeds: Sequence[int | None] | None = None,
+        should_stop: StopCheck | None = None,
     ) -> np.ndarray:
-        """The pipeline call of `decode`: (B, samples) float waveforms, not yet encoded."""
+        """The pipeline call of `decode`: (B, samples) float waveforms, not yet encoded.
+
+        `should_stop` is polled after every denoising step; once it returns True the call raises
+        `Stopped` (a served batch whose requests were all cancelled).
+        """
         # 1. Check inputs; the audio projector has one query row, so (B, 1, D) is squeezed.
         if isinstance(cond, torch.Tensor) and cond.ndim == 3 and cond.shape[1] == 1:
             cond = cond[:, 0]
@@ -143,6 +150,7 @@ class AudioDecoder:
                     guidance_scale=options.guidance_scale,
                     generator=make_generators(device, per_item),
                     output_type="np",
+                    **stop_on_step(should_stop),
                 ).audios  # (B, N) float
         return audios
 

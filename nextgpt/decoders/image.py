@@ -18,12 +18,14 @@ from diffusers import StableDiffusionPipeline
 
 from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
 from nextgpt.decoders._pipeline import (
+    StopCheck,
     check_cond,
     execution_device,
     item_seeds,
     load_pipeline,
     make_generators,
     prepare_for_batching,
+    stop_on_step_end,
 )
 from nextgpt.errors import InvalidInput
 from nextgpt.media.encode import PNG_MIME, encode_png, to_uint8
@@ -108,8 +110,13 @@ class ImageDecoder:
         progress: bool = False,
         *,
         seeds: Sequence[int | None] | None = None,
+        should_stop: StopCheck | None = None,
     ) -> np.ndarray:
-        """The pipeline call of `decode`: (B, H, W, 3) float images in [0, 1], not yet encoded."""
+        """The pipeline call of `decode`: (B, H, W, 3) float images in [0, 1], not yet encoded.
+
+        `should_stop` is polled after every denoising step; once it returns True the call raises
+        `Stopped` (a served batch whose requests were all cancelled).
+        """
         # 1. Check inputs.
         check_cond(cond, self.cond_shape, "image")
         batch = cond.shape[0]
@@ -131,6 +138,7 @@ class ImageDecoder:
                     guidance_scale=options.guidance_scale,
                     generator=make_generators(device, per_item),
                     output_type="np",
+                    **stop_on_step_end(should_stop),
                 ).images  # (B, H, W, 3) float in [0, 1]
         return images
 

@@ -120,7 +120,7 @@ class MicroBatcher(Generic[T, R]):
         if self.max_queue is not None and self.depth >= self.max_queue:
             retry = self.retry_after_s()
             raise Overloaded(
-                f"{self.name} queue is full ({self.depth} requests waiting, max_queue={self.max_queue}); "
+                f"{self.name} queue is full ({self.depth} waiting, max_queue={self.max_queue}); "
                 f"retry in {math.ceil(retry)} s",
                 retry_after_s=retry,
             )

@@ -20,6 +20,9 @@ BATCHING: dict[str, dict[str, tuple[int, float]]] = {
 }
 FALLBACK_BATCHING = (4, 10.0)
 """Other profiles (real sizes, GPUs): not measured here; a batch of 16 Zeroscope videos may not fit."""
+DEFAULT_MAX_QUEUE = 64
+"""Requests waiting per decoder before new ones get RESOURCE_EXHAUSTED: four full tiny image batches of 16
+(~2 s of queued work, bench/results/decoder_batching.json); a client does better to retry than to wait."""
 
 
 def default_batching(profile: str, modality: str) -> tuple[int, float]:
@@ -55,6 +58,9 @@ class DecoderServiceSettings:
     """How long the first request of a batch waits for others to join, in milliseconds, when it came in a
     burst (within this long of the previous request; a lone one starts at once). Default: by profile and
     modality, `BATCHING`: tiny image 10, video 25, audio 10; 10 for other profiles."""
+    max_queue: int = DEFAULT_MAX_QUEUE
+    """Most requests waiting for a batch (all settings together); past it a request is refused with
+    RESOURCE_EXHAUSTED and `grpc-retry-pushback-ms` (the mean batch time x the batches ahead, >= 1 s)."""
     grace_s: float = 30.0
     """On SIGTERM, how long in-flight batches may take to finish, in seconds."""
 
@@ -69,6 +75,8 @@ class DecoderServiceSettings:
             self.metrics_port = ports.DECODER_METRICS[self.modality]
         if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"max_batch={self.max_batch} must be at least 1")
+        if self.max_queue < 1:
+            raise ConfigError(f"max_queue={self.max_queue} must be at least 1")
         if (self.max_wait_ms is not None and self.max_wait_ms < 0) or self.grace_s < 0:
             raise ConfigError(f"max_wait_ms={self.max_wait_ms} and grace_s={self.grace_s} must be >= 0")
         for name in ("port", "metrics_port"):

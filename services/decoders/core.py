@@ -3,6 +3,10 @@
 Concurrent requests whose *resolved* settings are equal share one projector call and one pipeline call;
 every item keeps its own seed (one generator per batch row), so a request's medium does not depend on
 which other requests share its batch. Knows nothing of gRPC.
+
+A batch whose requests have all been cancelled stops at its next denoising step (the batcher's
+`should_stop`, see `services/common/batching.py`); one with any request still waiting runs on unchanged.
+The queue is bounded by `max_queue`: past it, requests are refused with `Overloaded` and a retry hint.
 """
 
 from __future__ import annotations
@@ -10,14 +14,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
 from prometheus_client import Counter, Gauge, Histogram
 
 from nextgpt.checkpoint import load_delta
-from nextgpt.config import DecodeDefaults, DecodeOptions, ProfileConfig
+from nextgpt.config import MAX_STEPS, DecodeDefaults, DecodeOptions, ProfileConfig
+from nextgpt.decoders._pipeline import Stopped
 from nextgpt.decoders.audio import AudioDecoder
 from nextgpt.decoders.image import ImageDecoder
 from nextgpt.decoders.invariance import project_spans
@@ -27,7 +32,8 @@ from nextgpt.projectors.loading import load_output_projector
 from nextgpt.projectors.output import OutputProjector
 from nextgpt.types import MODALITIES, MediaItem, Modality
 from services.common.batching import MicroBatcher
-from services.decoders.config import FALLBACK_BATCHING, default_batching
+from services.decoders.config import DEFAULT_MAX_QUEUE, FALLBACK_BATCHING, default_batching
+from services.decoders.limits import check_settings, decoder_max_steps
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +73,23 @@ class DecoderCore:
     """`await core.decode(hidden, token_embeds, options, seed)` -> (medium, batch size) for one modality."""
 
     def __init__(
-        self, modality: str, *, max_batch: int | None = None, max_wait_s: float | None = None
+        self,
+        modality: str,
+        *,
+        max_batch: int | None = None,
+        max_wait_s: float | None = None,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
     ) -> None:
         """`max_batch` / `max_wait_s` left None follow the loaded profile (`config.BATCHING`); before a
-        profile loads (or with components attached by hand) they are `config.FALLBACK_BATCHING`."""
+        profile loads (or with components attached by hand) they are `config.FALLBACK_BATCHING`.
+        `max_queue`: most requests waiting for a batch (None: unbounded)."""
         if modality not in MODALITIES:
             raise ConfigError(f"modality={modality!r}: use one of {MODALITIES}")
         self.modality: Modality = modality  # type: ignore[assignment]
         self.projector: OutputProjector | None = None
         self.decoder: Decoder | None = None
+        self.max_steps = MAX_STEPS
+        """Most steps this decoder's scheduler runs (set on `attach`; `MAX_STEPS` at most)."""
         self._limits = (max_batch, max_wait_s)
         fallback_batch, fallback_wait_ms = FALLBACK_BATCHING
         self.batcher: MicroBatcher[_Item, tuple[MediaItem, int]] = MicroBatcher(
@@ -85,6 +99,9 @@ class DecoderCore:
             queue_gauge=QUEUE_DEPTH,
             batch_histogram=BATCH_SIZE,
             labels=(modality,),
+            max_queue=max_queue,
+            stoppable=True,
+            name=f"the {modality} decoder",
         )
         # Touch every series so /metrics lists them from the start.
         for stage in STAGES:
@@ -126,6 +143,7 @@ class DecoderCore:
                 f"the projector was trained for, or fix output_projectors.{self.modality}.out_dim"
             )
         self.projector, self.decoder = projector, decoder
+        self.max_steps = decoder_max_steps(decoder)
 
     @property
     def ready(self) -> bool:
@@ -168,6 +186,7 @@ class DecoderCore:
             settings = options.resolve(self.decoder.defaults)
         except ConfigError as exc:
             raise InvalidInput(f"{self.modality} options: {exc}") from exc
+        check_settings(self.modality, settings, self.max_steps)
         if self.modality == "video" and (settings.num_frames < 1 or settings.fps < 1):
             raise InvalidInput(
                 f"video options: num_frames={settings.num_frames} and fps={settings.fps} must be >= 1"
@@ -177,11 +196,28 @@ class DecoderCore:
         return settings
 
     @torch.inference_mode()
-    def _run_batch(self, key: Hashable, items: list[_Item]) -> list[tuple[MediaItem, int]]:
-        """Worker thread: one projector call and one pipeline call for every item (equal settings)."""
+    def _run_batch(
+        self, key: Hashable, items: list[_Item], should_stop: Callable[[], bool]
+    ) -> list[tuple[MediaItem, int]]:
+        """Worker thread: one projector call and one pipeline call for every item (equal settings).
+
+        Raises `Stopped` as soon as `should_stop()` (nobody waits any more) between stages and between
+        denoising steps; while it is False nothing differs from a run without it."""
         assert self.projector is not None and self.decoder is not None
         settings, batch = items[0].settings, len(items)
+        try:
+            return self._decode_batch(items, settings, should_stop)
+        except Stopped as exc:
+            logger.info("%s batch of %d: every request was cancelled, %s", self.modality, batch, exc)
+            raise
+
+    def _decode_batch(
+        self, items: list[_Item], settings: DecodeDefaults, should_stop: Callable[[], bool]
+    ) -> list[tuple[MediaItem, int]]:
+        assert self.projector is not None and self.decoder is not None
+        batch = len(items)
         # 1. Project the spans, as `NextGPT.project_spans` does.
+        _check_stop(should_stop, "before projecting")
         started = time.perf_counter()
         param = next(self.projector.parameters())
         hidden = torch.stack([i.hidden for i in items]).to(param.device, param.dtype)  # (B, N, H)
@@ -189,8 +225,10 @@ class DecoderCore:
         cond = project_spans(self.projector, hidden, embeds)  # (B, Q, D) or (B, D), batch-invariant
         # 2. Diffuse, one generator per item.
         projected = time.perf_counter()
-        outputs = self.decoder.diffuse(cond, settings, seeds=[i.seed for i in items])
+        _check_stop(should_stop, "before diffusing")
+        outputs = self.decoder.diffuse(cond, settings, seeds=[i.seed for i in items], should_stop=should_stop)
         # 3. Encode PNG / MP4 / WAV.
+        _check_stop(should_stop, "before encoding")
         diffused = time.perf_counter()
         media = self.decoder.to_media(outputs, settings)  # type: ignore[arg-type]
         done = time.perf_counter()
@@ -201,3 +239,8 @@ class DecoderCore:
         MEDIA_TOTAL.labels(self.modality).inc(batch)
         logger.info("%s batch of %d decoded in %.3fs", self.modality, batch, done - started)
         return [(item, batch) for item in media]
+
+
+def _check_stop(should_stop: Callable[[], bool], where: str) -> None:
+    if should_stop():
+        raise Stopped(f"stopped {where}")

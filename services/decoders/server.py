@@ -31,7 +31,9 @@ SERVICE_NAME = decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_na
 def build_core(settings: DecoderServiceSettings) -> DecoderCore:
     """The core; batch limits left unset are chosen by profile when it loads (`config.BATCHING`)."""
     max_wait_s = settings.max_wait_ms / 1000.0 if settings.max_wait_ms is not None else None
-    return DecoderCore(settings.modality, max_batch=settings.max_batch, max_wait_s=max_wait_s)
+    return DecoderCore(
+        settings.modality, max_batch=settings.max_batch, max_wait_s=max_wait_s, max_queue=settings.max_queue
+    )
 
 
 async def start(

@@ -276,7 +276,7 @@ def test_batcher_refuses_past_max_queue_with_a_retry_hint():
 
     refused, results = asyncio.run(main())
     assert results == [0, 2, 4]
-    assert "the x queue is full (2 requests waiting, max_queue=2)" in str(refused)
+    assert "the x queue is full (2 waiting, max_queue=2)" in str(refused)
     assert refused.retry_after_s is not None and refused.retry_after_s >= 1.0
     with pytest.raises(ValueError, match="max_queue=0"):
         MicroBatcher(

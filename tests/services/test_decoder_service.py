@@ -38,9 +38,15 @@ from services.common import convert, ports
 from services.common.server import CHANNEL_OPTIONS, ServiceServer
 from services.common.settings import load_settings
 from services.common.tensors import to_proto
-from services.decoders.config import ENV_PREFIX, FALLBACK_BATCHING, DecoderServiceSettings, default_batching
+from services.decoders.config import (
+    DEFAULT_MAX_QUEUE,
+    ENV_PREFIX,
+    FALLBACK_BATCHING,
+    DecoderServiceSettings,
+    default_batching,
+)
 from services.decoders.core import DecoderCore
-from services.decoders.server import start
+from services.decoders.server import build_core, start
 
 MODALITIES = ("image", "video", "audio")
 MAX_BATCH = 4
@@ -299,6 +305,136 @@ def test_settings() -> None:
         load_settings(DecoderServiceSettings, ENV_PREFIX, [], {})
     with pytest.raises(ConfigError, match="max_batch=0"):
         DecoderServiceSettings(modality="image", max_batch=0)
+
+
+# -- cancellation and bounded queues -----------------------------------------------------------------
+
+LONG = 400
+"""Denoising steps of a request that is cancelled: ~10-30 s to the end on the tiny profile."""
+
+
+class _Steps:
+    """Counts the UNet calls (one per denoising step) of a decoder, by batch size."""
+
+    def __init__(self, service: _Service) -> None:
+        self.by_batch: dict[int, int] = {}
+        self.seen = threading.Event()
+        self.watch: int | None = None
+        """Batch size whose first step sets `seen` (None: any)."""
+        unet = service.core.decoder.pipe.unet  # type: ignore[union-attr]
+        self._handle = unet.register_forward_hook(self._hook)
+
+    def _hook(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
+        batch = int(args[0].shape[0]) // 2  # classifier-free guidance: two rows per item
+        self.by_batch[batch] = self.by_batch.get(batch, 0) + 1
+        if self.watch is None or batch == self.watch:
+            self.seen.set()
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@pytest.fixture
+def steps(services) -> Iterator[Callable[[str], _Steps]]:
+    made: list[_Steps] = []
+
+    def make(modality: str) -> _Steps:
+        made.append(_Steps(services[modality]))
+        return made[-1]
+
+    yield make
+    for counter in made:
+        counter.close()
+
+
+def _until_idle(service: _Service, timeout: float = TIMEOUT) -> float:
+    """Seconds until no batch runs (the worker thread finished); fails after `timeout`."""
+    started = time.monotonic()
+    _poll(lambda: not service.core.batcher.running, "the decoder to go idle", timeout)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("modality", "how"),
+    [("image", "cancel"), ("image", "deadline"), ("video", "cancel"), ("audio", "cancel")],
+)
+def test_cancelled_request_stops_the_diffusion(services, spans, steps, modality, how) -> None:
+    """A gRPC cancel or an expired deadline stops the running diffusion at its next step: the worker
+    thread ends after a few of the 400 steps instead of all of them."""
+    service = services[modality]
+    counter = steps(modality)
+    timeout = 2.0 if how == "deadline" else TIMEOUT
+    call = service.stub.Decode.future(_request(spans[modality], seed=3, steps=LONG), timeout=timeout)
+    if how == "cancel":
+        assert counter.seen.wait(TIMEOUT), "no denoising step ran"
+        call.cancel()
+    with pytest.raises(grpc.FutureCancelledError if how == "cancel" else grpc.RpcError) as info:
+        call.result()
+    if how == "deadline":
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    _until_idle(service)
+    ran = counter.by_batch.get(1, 0)
+    assert ran < LONG // 2, f"{ran} of {LONG} steps ran after the request was gone"
+    # The decoder serves the next request as usual.
+    _check_media(service.stub.Decode(_request(spans[modality], steps=1), timeout=TIMEOUT).media, modality)
+
+
+def test_batch_runs_on_for_the_request_still_wanted(services, steps) -> None:
+    """Of two requests decoded as one batch, one is cancelled mid-diffusion: the other still gets every
+    step, and the same bytes as decoding it alone."""
+    service = services["image"]
+    counter = steps("image")
+    counter.watch = 2
+    # A first request (other settings) holds the decoder so that the next two queue up and meet.
+    blocker = service.stub.Decode.future(
+        _request(_random_span("image", service, 20), steps=100), timeout=TIMEOUT
+    )
+    _poll(lambda: service.core.batcher.running, "the first batch")
+    pair = [_request(_random_span("image", service, 21 + i), seed=i, steps=12) for i in range(2)]
+    gone, kept = (service.stub.Decode.future(r, timeout=TIMEOUT) for r in pair)
+    assert counter.seen.wait(TIMEOUT), "the two requests did not run as one batch"
+    gone.cancel()
+    response = kept.result()
+    blocker.result()
+    assert response.batch_size == 2
+    assert counter.by_batch[2] >= 12  # every step (PNDM adds one)
+    alone = service.stub.Decode(pair[1], timeout=TIMEOUT)
+    assert alone.batch_size == 1 and alone.media.data == response.media.data
+
+
+def test_full_queue_is_resource_exhausted_with_pushback(services, spans, steps) -> None:
+    service = services["image"]
+    counter = steps("image")
+    limit, service.core.batcher.max_queue = service.core.batcher.max_queue, 1
+    calls = []
+    try:
+        calls.append(service.stub.Decode.future(_request(spans["image"], steps=LONG), timeout=TIMEOUT))
+        assert counter.seen.wait(TIMEOUT)  # running: not in the queue
+        calls.append(service.stub.Decode.future(_request(spans["image"], steps=LONG), timeout=TIMEOUT))
+        _poll(lambda: service.core.batcher.depth == 1, "one queued request")
+        with pytest.raises(grpc.RpcError) as info:
+            service.stub.Decode(_request(spans["image"], steps=1), timeout=TIMEOUT)
+    finally:
+        service.core.batcher.max_queue = limit
+        for call in calls:
+            call.cancel()
+    error: Any = info.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "the image decoder queue is full (1 waiting, max_queue=1)" in error.details()
+    pushback = dict(error.trailing_metadata())["grpc-retry-pushback-ms"]
+    assert int(pushback) >= 1000
+    _until_idle(service)
+    assert service.core.batcher.depth == 0
+    assert REGISTRY.get_sample_value("nextgpt_decoder_queue_depth", {"modality": "image"}) == 0
+
+
+def test_max_queue_setting() -> None:
+    assert DecoderServiceSettings(modality="image").max_queue == DEFAULT_MAX_QUEUE == 64
+    flags = ["--modality", "image", "--max-queue", "8"]
+    settings = load_settings(DecoderServiceSettings, ENV_PREFIX, flags, {})
+    assert settings.max_queue == 8 and build_core(settings).batcher.max_queue == 8
+    with pytest.raises(ConfigError, match="max_queue=0"):
+        DecoderServiceSettings(modality="image", max_queue=0)
 
 
 # -- a real process ---------------------------------------------------------------------------------
