@@ -26,7 +26,7 @@ from nextgpt.errors import (
     pushback_seconds,
 )
 from services.common.logs import REQUEST_ID_HEADER
-from services.common.server import channel
+from services.common.server import SERVICE_TOKEN_HEADER, channel, service_token
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,13 @@ class CallInfo:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((REQUEST_ID_HEADER, self.request_id),)
+        return ((REQUEST_ID_HEADER, self.request_id), *service_metadata())
+
+
+def service_metadata() -> tuple[tuple[str, str], ...]:
+    """The shared service token the backends require, when the cluster has one (`NEXTGPT_SERVICE_TOKEN`)."""
+    token = service_token()
+    return ((SERVICE_TOKEN_HEADER, token),) if token else ()
 
 
 class Backends:
@@ -158,7 +164,9 @@ class Backends:
         since the cluster works without Redis."""
         try:
             status = await self.encoder.GetCacheStatus(
-                encoder_pb2.CacheStatusRequest(), timeout=self.settings.health_timeout_s
+                encoder_pb2.CacheStatusRequest(),
+                timeout=self.settings.health_timeout_s,
+                metadata=service_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             return {"error": f"{exc.code().name}: {exc.details()}"}

@@ -79,7 +79,7 @@ class Gateway:
             return [SERVICE_NAME]
 
         s = self.settings
-        self.grpc = await start_server(s.grpc_port, add, host=s.host)
+        self.grpc = await start_server(s.grpc_port, add, host=s.host, internal=False)
         sock = _listen(s.host, s.http_port)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(

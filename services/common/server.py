@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -61,6 +63,56 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
         if key == REQUEST_ID_HEADER and value:
             return str(value)
     return new_request_id()
+
+
+SERVICE_TOKEN_ENV = "NEXTGPT_SERVICE_TOKEN"
+SERVICE_TOKEN_HEADER = "x-nextgpt-service-token"
+"""Metadata carrying the shared service token from the gateway to the backends."""
+
+
+def service_token() -> str | None:
+    """The cluster's shared secret (`NEXTGPT_SERVICE_TOKEN`), or None: backends then take any caller
+    that can reach them (in `nextgpt up` only this machine: they bind loopback)."""
+    return os.environ.get(SERVICE_TOKEN_ENV) or None
+
+
+class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Backends take calls only with the shared service token; health and reflection stay open (probes)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        sent = dict(details.invocation_metadata or ()).get(SERVICE_TOKEN_HEADER, "")
+        sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)
+        if hmac.compare_digest(sent_bytes, self._token):
+            return handler
+        message = (
+            f"this service takes calls from the gateway only: {SERVICE_TOKEN_HEADER} is missing or wrong"
+        )
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        if handler.unary_stream is not None:
+
+            async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+                yield  # pragma: no cover - abort raised
+
+            return grpc.unary_stream_rpc_method_handler(
+                refuse_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            refuse, handler.request_deserializer, handler.response_serializer
+        )
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -188,11 +240,17 @@ async def start_server(
     *,
     host: str = "127.0.0.1",
     metrics_port: int | None = None,
+    internal: bool = True,
 ) -> ServiceServer:
     """Start a gRPC server with health (NOT_SERVING until `set_serving`), reflection and metrics.
 
-    `add_servicers` registers the servicers and returns their full service names."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=CHANNEL_OPTIONS)
+    `add_servicers` registers the servicers and returns their full service names. An `internal` server
+    (every backend; not the gateway's public API) requires the shared service token when one is set."""
+    token = service_token() if internal else None
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if token:
+        interceptors.insert(0, ServiceTokenInterceptor(token))
+    server = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
     names = tuple(add_servicers(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
