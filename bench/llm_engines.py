@@ -27,8 +27,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 import torch  # noqa: E402
 
 from nextgpt.config import GenerationOptions  # noqa: E402
-from nextgpt.demo import sample_inputs  # noqa: E402
 from nextgpt.encoders.imagebind import ImageBindEncoder  # noqa: E402
+from nextgpt.media.samples import sample_inputs  # noqa: E402
 from nextgpt.profiles import load_profile  # noqa: E402
 from nextgpt.types import LLMOutput, Message  # noqa: E402
 from services.llm.engine import EngineRequest  # noqa: E402

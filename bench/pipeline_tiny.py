@@ -17,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from nextgpt.config import GenerationOptions  # noqa: E402
-from nextgpt.demo import sample_inputs  # noqa: E402
+from nextgpt.media.samples import sample_inputs  # noqa: E402
 from nextgpt.pipeline import NextGPT  # noqa: E402
 from nextgpt.profiles import load_profile  # noqa: E402
 from nextgpt.types import Message  # noqa: E402

@@ -49,9 +49,9 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from serve_report import machine_info, markdown, overhead_at_1, plot, update_readme  # noqa: E402
 
-from nextgpt.demo import _parts as content_parts  # noqa: E402 - MediaItem -> OpenAI content parts
-from nextgpt.demo import sample_inputs  # noqa: E402
+from nextgpt.media.samples import sample_inputs  # noqa: E402
 from nextgpt.types import MediaItem  # noqa: E402
+from nextgpt_serve.demo import content_parts  # noqa: E402 - MediaItem -> OpenAI content parts
 from services.launcher import MODALITIES, ClusterPorts, LocalCluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import (
     DecodeDefaults,
     DecoderConfig,
@@ -34,7 +35,6 @@ from nextgpt.config import (
     ProfileConfig,
 )
 from nextgpt.errors import ConfigError
-from nextgpt.tiny import dims
 
 DEFAULT_PROFILE = "tiny"
 ENV_PREFIX = "NEXTGPT__"

@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from nextgpt.cli import app
 from nextgpt.media.encode import encode_png
+from nextgpt_serve.cli import app
 
 runner = CliRunner()
 
@@ -42,7 +42,7 @@ def test_generate_reports_a_missing_input_file(tiny_models_dir, tmp_path):
 
 
 def test_in_process_demo_writes_png_mp4_and_wav(tiny_models_dir, tmp_path):
-    from nextgpt.demo import run_demo
+    from nextgpt_serve.demo import run_demo
 
     written = run_demo(tmp_path / "demo", models_dir=tiny_models_dir, in_process=True)
     suffixes = sorted({p.suffix for p in written})

@@ -24,11 +24,11 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import EncoderConfig
 from nextgpt.encoders import preprocess as pp
 from nextgpt.errors import CheckpointError, InvalidInput, ModelNotReady
 from nextgpt.media import decode
-from nextgpt.tiny import dims
 from nextgpt.types import MediaItem
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from nextgpt import tiny_profile as dims
 from nextgpt.profiles import load_profile
-from nextgpt.tiny import dims
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from nextgpt import tiny_profile as dims
 from nextgpt.checkpoint import SIGNAL_TOKEN_COUNTS, DeltaCheckpoint, save_delta
 from nextgpt.config import ProfileConfig
 from nextgpt.errors import CheckpointError, ModelNotReady
 from nextgpt.projectors.input import build_input_projector
 from nextgpt.projectors.output import OutputProjector
-from nextgpt.tiny import dims
 from nextgpt.types import MODALITIES
 
 logger = logging.getLogger(__name__)

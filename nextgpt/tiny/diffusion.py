@@ -4,7 +4,7 @@ Each builder constructs the *real* pipeline class (`StableDiffusionPipeline`, `T
 `AudioLDMPipeline`) from small random components and calls `save_pretrained`, so that the serving code
 loads them with the same `Pipeline.from_pretrained(dir)` it uses for real weights. The shapes mirror the
 real models (77-token CLIP conditioning, CLAP projection as class labels, x8 VAEs, 16 kHz audio); only
-the widths shrink (`nextgpt.tiny.dims`). Starting point: diffusers' own fast-test dummy components.
+the widths shrink (`nextgpt.tiny_profile`). Starting point: diffusers' own fast-test dummy components.
 
 Nothing is downloaded: the CLIP tokenizer is rebuilt from the BPE merges file that ships inside the
 `imagebind-unofficial` package, and the CLAP (RoBERTa) tokenizer is a byte-level BPE trained here on a
@@ -44,7 +44,7 @@ from transformers import (
     SpeechT5HifiGanConfig,
 )
 
-from nextgpt.tiny import dims
+from nextgpt import tiny_profile as dims
 
 logger = logging.getLogger(__name__)
 

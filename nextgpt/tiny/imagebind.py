@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from nextgpt import tiny_profile as dims
 from nextgpt.encoders.imagebind import build_model
-from nextgpt.tiny import dims
 
 logger = logging.getLogger(__name__)
 

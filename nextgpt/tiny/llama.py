@@ -20,7 +20,7 @@ import torch
 from tokenizers import AddedToken
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-from nextgpt.tiny import dims
+from nextgpt import tiny_profile as dims
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@
    a permutation seeded by (seed, epoch)), so `resume=True` continues with the same losses;
 5. at the end the own format (`final/`) and the legacy `pytorch_model.pt`.
 
-Multi-GPU: run under `torchrun --nproc-per-node N -m nextgpt.cli train ...` (or `accelerate launch`,
+Multi-GPU: run under `torchrun --nproc-per-node N -m nextgpt_serve.cli train ...` (or `accelerate launch`,
 which sets the same variables); each rank takes its slice of every step's examples, gradients are
 averaged by DDP, rank 0 logs and saves. On CPU it is a single process.
 """

@@ -10,6 +10,7 @@ Kubernetes uses its native `grpc:` probes; this module is for Docker, compose an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +18,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nextgpt.errors import ConfigError
+from services.common import ports
 from services.common.settings import load_settings
+
+GATEWAY_GRPC_PORT_ENV = "NEXTGPT_GATEWAY_GRPC_PORT"
+"""The gateway's `grpc_port` setting as an env var (tests/deploy checks it matches `GatewaySettings`)."""
 
 
 def service_port(name: str, env: dict[str, str] | None = None) -> int:
@@ -36,11 +41,9 @@ def service_port(name: str, env: dict[str, str] | None = None) -> int:
         from services.decoders.config import DecoderServiceSettings
 
         return int(load_settings(DecoderServiceSettings, DEC_PREFIX, [], env).port or 0)
-    if name == "gateway":
-        from gateway.config import ENV_PREFIX as GW_PREFIX
-        from gateway.config import GatewaySettings
-
-        return load_settings(GatewaySettings, GW_PREFIX, [], env).grpc_port
+    if name == "gateway":  # the layer above the services: its one setting read here, as it reads it
+        value = (os.environ if env is None else env).get(GATEWAY_GRPC_PORT_ENV, "")
+        return int(value) if value.strip() else ports.GATEWAY_GRPC
     raise ConfigError(f"unknown service {name!r}: use host:port or encoder|llm|decoder|gateway")
 
 

@@ -180,6 +180,14 @@ def test_healthcheck_resolves_ports_from_the_service_settings():
     assert service_port("llm", {"NEXTGPT_LLM_PORT": "6000"}) == 6000
     assert service_port("decoder", {"NEXTGPT_DECODER_MODALITY": "video"}) == ports.DECODERS["video"]
     assert service_port("gateway", {}) == ports.GATEWAY_GRPC
+    from gateway.config import ENV_PREFIX, GatewaySettings
+    from services.common.healthcheck import GATEWAY_GRPC_PORT_ENV
+    from services.common.settings import load_settings
+
+    env = {GATEWAY_GRPC_PORT_ENV: "6100"}
+    assert (
+        service_port("gateway", env) == load_settings(GatewaySettings, ENV_PREFIX, [], env).grpc_port == 6100
+    )
 
 
 def test_healthcheck_exit_codes(tmp_path, monkeypatch, capsys):

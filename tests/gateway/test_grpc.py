@@ -10,10 +10,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from nextgpt._proto import common_pb2, nextgpt_pb2, nextgpt_pb2_grpc
-from nextgpt.client import AsyncNextGPTClient, GenerateReply, MediaError, NextGPTClient, TextDelta
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import InvalidInput
 from nextgpt.types import MediaItem, Message
+from nextgpt_serve.client import AsyncNextGPTClient, GenerateReply, MediaError, NextGPTClient, TextDelta
 from tests.gateway.fakes import REPLY_WORDS, sample_mp4, sample_png, sample_wav
 
 TEXT = "".join(REPLY_WORDS)

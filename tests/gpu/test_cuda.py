@@ -144,7 +144,8 @@ def test_torchrun_trains_on_one_gpu(
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "-m", "nextgpt.cli"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1"]
+    command += ["-m", "nextgpt_serve.cli"]
     done = subprocess.run(
         [*command, "train", "--stage", "encoder", "--config", str(config)],
         env=env,

@@ -23,11 +23,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from nextgpt._proto import common_pb2, nextgpt_pb2, nextgpt_pb2_grpc
-from nextgpt.client import GenerateReply, MediaError, NextGPTClient, TextDelta
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import InvalidInput
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 from nextgpt.types import MediaItem, Message
+from nextgpt_serve.client import GenerateReply, MediaError, NextGPTClient, TextDelta
 from services.launcher import ClusterPorts, LocalCluster
 
 pytestmark = pytest.mark.integration

@@ -112,7 +112,7 @@ CHAOS_S = 40.0
 
 def _mix(i: int) -> dict:
     """The i-th request of the chaos load: text->text, text->image, image->text, text->audio."""
-    from nextgpt.demo import sample_inputs
+    from nextgpt.media.samples import sample_inputs
 
     kind = i % 4
     content: str | list = f"Request {i}: tell me something."

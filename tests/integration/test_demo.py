@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nextgpt.demo import REQUESTS, run_demo
+from nextgpt_serve.demo import REQUESTS, run_demo
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from nextgpt import tiny_profile as dims
 from nextgpt.checkpoint import (
     DeltaCheckpoint,
     check_against_profile,
@@ -22,7 +23,6 @@ from nextgpt.errors import CheckpointError, ModelNotReady
 from nextgpt.profiles import load_profile
 from nextgpt.projectors.input import LinearInputProjector, build_input_projector
 from nextgpt.projectors.output import OutputProjector
-from nextgpt.tiny import dims
 from nextgpt.tiny.checkpoint import build_tiny_delta
 
 BASE_VOCAB, HIDDEN, LAYERS = dims.LLM_BASE_VOCAB, dims.LLM_HIDDEN, dims.LLM_LAYERS

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import ProfileConfig
 from nextgpt.profiles import load_profile
-from nextgpt.tiny import dims
 from nextgpt.tiny.diffusion import build_all
 
 

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import DecoderConfig, ProfileConfig
 from nextgpt.decoders.audio import AudioDecoder
 from nextgpt.errors import InvalidInput, ModelNotReady
-from nextgpt.tiny import dims
 
 
 @pytest.fixture(scope="module")

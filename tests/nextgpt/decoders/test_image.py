@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import DecoderConfig, ProfileConfig
 from nextgpt.decoders.image import ImageDecoder
 from nextgpt.errors import InvalidInput, ModelNotReady
-from nextgpt.tiny import dims
 
 
 @pytest.fixture(scope="module")

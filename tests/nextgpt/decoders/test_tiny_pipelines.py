@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from diffusers import AudioLDMPipeline, StableDiffusionPipeline, TextToVideoSDPipeline
 
-from nextgpt.tiny import dims
+from nextgpt import tiny_profile as dims
 from nextgpt.tiny.diffusion import build_tiny_audioldm, build_tiny_stable_diffusion, build_tiny_zeroscope
 
 BUILDERS = {

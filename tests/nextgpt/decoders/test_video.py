@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import DecoderConfig, ProfileConfig
 from nextgpt.decoders.video import VideoDecoder
 from nextgpt.errors import InvalidInput, ModelNotReady
-from nextgpt.tiny import dims
 from tests.nextgpt.decoders.helpers import read_mp4
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import EncoderConfig
 from nextgpt.encoders import imagebind as ib
 from nextgpt.errors import CheckpointError, InvalidInput, ModelNotReady
-from nextgpt.tiny import dims
 from nextgpt.tiny.imagebind import build_tiny_imagebind
 from nextgpt.types import MediaItem
 from tests.nextgpt.encoders.media_factory import indexed_frames, png_bytes, sine, video_bytes, wav_bytes

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import GenerationOptions
 from nextgpt.llm import batch as batch_mod
 from nextgpt.llm.batch import BatchDecoder, DecodeRequest
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.prompt import build_prompt
-from nextgpt.tiny import dims
 from nextgpt.types import LLMOutput, MediaItem, Message
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import GenerationOptions
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.prompt import build_prompt
-from nextgpt.tiny import dims
 from nextgpt.types import LLMOutput, MediaItem, Message
 
 HASHES = Path(__file__).with_name("decode_hashes.json")

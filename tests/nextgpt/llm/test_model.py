@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from nextgpt import tiny_profile as dims
 from nextgpt.config import GenerationOptions, LLMConfig, LoRAConfig
 from nextgpt.errors import CheckpointError, InvalidInput, ModelNotReady
 from nextgpt.llm import batch as batch_mod
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.prompt import build_prompt
-from nextgpt.tiny import dims
 from nextgpt.types import MediaItem, Message
 
 GREEDY = GenerationOptions(max_new_tokens=40, temperature=0)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from nextgpt import tiny_profile as dims
 from nextgpt.llm.signal_tokens import LEGACY, V15, add_signal_tokens
-from nextgpt.tiny import dims
 from nextgpt.tiny.llama import build_tiny_llama
 
 

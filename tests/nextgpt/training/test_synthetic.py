@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nextgpt.cli import app
 from nextgpt.media.decode import read_audio, read_image, read_video
 from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, SHOW_REPLIES, WorldConfig, make_world
+from nextgpt_serve.cli import app
 
 SMALL = {"n_images": 16, "n_videos": 4, "n_audios": 8, "n_instructions": 28}
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nextgpt.cli import app
 from nextgpt.errors import ConfigError
 from nextgpt.profiles import load_profile
 from nextgpt.training.data.synthetic import WorldConfig, make_world
@@ -18,6 +17,7 @@ from nextgpt.training.data.targets import (
     load_targets,
     precompute_targets,
 )
+from nextgpt_serve.cli import app
 
 CAPTIONS = ["a red circle", "a blue square", "a red circle", "a high tone"]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from nextgpt.cli import write_media
 from nextgpt.config import GenerationOptions
-from nextgpt.media.encode import encode_png, encode_wav
+from nextgpt.media.files import write_media
+from nextgpt.media.samples import sample_inputs
 from nextgpt.types import MediaItem, Message
 
 console = Console()
@@ -36,21 +36,6 @@ REQUESTS: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = [
         ("text", "image", "video", "audio"),
     ),
 ]
-
-
-def sample_inputs() -> dict[str, MediaItem]:
-    """A generated picture and chord, so the demo needs no files of its own."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (96, 96), (30, 90, 200))
-    ImageDraw.Draw(image).ellipse((24, 24, 72, 72), fill=(240, 200, 40))
-    t = np.arange(16000 * 2) / 16000
-    chord = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)) / 3
-    return {
-        "image": MediaItem("image", encode_png(image), "image/png"),
-        "audio": MediaItem("audio", encode_wav(chord.astype("float32"), 16000), "audio/wav"),
-    }
 
 
 def run_demo(
@@ -120,7 +105,7 @@ def _cluster_sender(cluster) -> Sender:  # type: ignore[no-untyped-def]
     """Even requests go over REST (OpenAI-compatible), odd ones over gRPC (Python client)."""
     import httpx
 
-    from nextgpt.client import NextGPTClient
+    from nextgpt_serve.client import NextGPTClient
 
     def send(index: int, prompt: str, media: list[MediaItem], modalities: tuple[str, ...]):  # type: ignore[no-untyped-def]
         if index % 2:
@@ -130,7 +115,9 @@ def _cluster_sender(cluster) -> Sender:  # type: ignore[no-untyped-def]
             return reply.text, reply.media, [f"{e.modality}: {e.message}" for e in reply.errors], "gRPC"
         body = {
             "model": "nextgpt-tiny",
-            "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}] + _parts(media)}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": prompt}] + content_parts(media)}
+            ],
             "modalities": list(modalities),
             "seed": 0,
             "max_tokens": 48,
@@ -145,7 +132,7 @@ def _cluster_sender(cluster) -> Sender:  # type: ignore[no-untyped-def]
     return send
 
 
-def _parts(media: list[MediaItem]) -> list[dict]:
+def content_parts(media: list[MediaItem]) -> list[dict]:
     parts = []
     for item in media:
         encoded = base64.b64encode(item.data).decode()

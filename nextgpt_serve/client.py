@@ -1,6 +1,6 @@
 """A small Python client of the gateway's gRPC API (`nextgpt.v1.NextGPT`), sync and async.
 
-    from nextgpt.client import NextGPTClient
+    from nextgpt_serve.client import NextGPTClient
     from nextgpt.config import GenerationOptions
     from nextgpt.types import MediaItem, Message
 

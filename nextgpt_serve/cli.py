@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mimetypes
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -15,12 +14,11 @@ from rich.console import Console
 from rich.table import Table
 
 from nextgpt.errors import NextGPTError
-from nextgpt.types import MODALITIES, MediaItem, Message, Modality
+from nextgpt.media.files import read_media_file, write_media
+from nextgpt.types import MODALITIES, Message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True, soft_wrap=True)
-
-EXTENSIONS = {"image/png": ".png", "video/mp4": ".mp4", "audio/wav": ".wav"}
 
 ProfileOpt = Annotated[str | None, typer.Option("--profile", help="profile name (default: tiny)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/TOML file overriding the profile")]
@@ -216,7 +214,7 @@ def demo_cmd(
     engine: EngineOpt = LLMEngine.auto,
 ) -> None:
     """Start the local cluster, send any-to-any requests over REST and gRPC, save the media."""
-    from nextgpt.demo import run_demo
+    from nextgpt_serve.demo import run_demo
 
     run_demo(out, profile=profile, models_dir=models_dir, in_process=in_process, engine=engine.value)
 
@@ -339,26 +337,6 @@ def export_checkpoint_cmd(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"wrote {out}")
-
-
-def read_media_file(path: Path, modality: Modality) -> MediaItem:
-    if not path.is_file():
-        raise NextGPTError(f"{modality} file {path} does not exist")
-    mime = mimetypes.guess_type(path.name)[0] or f"{modality}/octet-stream"
-    return MediaItem(modality=modality, data=path.read_bytes(), mime_type=mime)
-
-
-def write_media(media: list[MediaItem], out: Path, prefix: str = "") -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    counts = dict.fromkeys(MODALITIES, 0)
-    for item in media:
-        counts[item.modality] += 1
-        ext = EXTENSIONS.get(item.mime_type, "")
-        path = out / f"{prefix}{item.modality}-{counts[item.modality]}{ext}"
-        path.write_bytes(item.data)
-        paths.append(path)
-    return paths
 
 
 def result_summary(result, paths: list[Path]) -> dict:  # type: ignore[no-untyped-def]
