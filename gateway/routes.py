@@ -8,13 +8,14 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 
 from gateway.auth import authorize, is_authorized
 from gateway.openai_serving import OpenAIServingChat
 from gateway.protocol import (
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ErrorResponse,
@@ -23,6 +24,7 @@ from gateway.protocol import (
 )
 from gateway.serving import GatewayCore
 from nextgpt.errors import InvalidInput, NextGPTError
+from services.common.logs import REQUEST_ID_HEADER
 
 
 def _core(request: Request) -> GatewayCore:
@@ -33,17 +35,98 @@ async def require_api_key(request: Request) -> None:
     authorize(_core(request).settings.api_keys, request.headers.get("authorization"))
 
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 502, 503, 504)}
+TIMEOUT_HEADER = "x-request-timeout"
+"""REST clients' deadline, in seconds (gRPC clients set the call's deadline): it shortens the gateway's
+request budget, and every backend call gets what is left of it."""
+
+# The schema at /openapi.json declares every status, content type and header these routes answer with
+# (tests/gateway/test_fuzz.py fuzzes the API against it). Validation errors are 400, never FastAPI's 422.
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+ERRORS: dict[int | str, dict] = {
+    status: {"model": ErrorResponse, **({"headers": RETRY_AFTER} if status in (429, 503) else {})}
+    for status in (400, 401, 404, 413, 429, 502, 503, 504)
+}
+REQUEST_HEADERS = [
+    {
+        "name": REQUEST_ID_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
+        "description": "The request id used in logs and sent back: 1..128 visible ASCII characters; "
+        "the gateway makes one when it is absent or not such.",
+    },
+]
+CHAT_HEADERS = [
+    *REQUEST_HEADERS,
+    {
+        "name": TIMEOUT_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "number", "exclusiveMinimum": 0},
+        "description": "The client's deadline in seconds; it shortens the gateway's request budget.",
+    },
+]
+STREAM_MODELS = (ChatCompletionChunk, ErrorResponse)
+"""The models of the SSE events' data; `gateway.app` adds them to the schema's components."""
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "description": "A `chat.completion.chunk`; an `error` object if the stream fails after the "
+            "status line was sent; last, the literal `[DONE]`.",
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "anyOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in STREAM_MODELS]
+                    },
+                },
+            ],
+        }
+    },
+}
+SSE = {"text/event-stream": {"schema": SSE_EVENT}}
+_HELLO = {"role": "user", "content": "Draw a fox and tell me about it."}
+CHAT_EXAMPLES = {
+    "text": {"summary": "Text to text", "value": {"messages": [_HELLO]}},
+    "any": {
+        "summary": "Text to text, image and audio, with decoding options",
+        "value": {
+            "messages": [_HELLO],
+            "modalities": ["text", "image", "audio"],
+            "seed": 7,
+            "nextgpt": {"image": {"steps": 20, "height": 256, "width": 256}, "audio": {"audio_seconds": 2.0}},
+        },
+    },
+    "stream": {"summary": "Streamed (server-sent events)", "value": {"messages": [_HELLO], "stream": True}},
+}
+READINESS = {
+    "type": "object",
+    "required": ["ready", "draining", "missing"],
+    "properties": {
+        "ready": {"type": "boolean"},
+        "draining": {"type": "boolean"},
+        "missing": {"type": "array", "items": {"type": "string"}, "description": "Backends not SERVING."},
+        "dependencies": {
+            "type": "object",
+            "additionalProperties": {"type": "object"},
+            "description": "Each backend's address and health (with API keys set: for callers with a key).",
+        },
+    },
+}
 T = TypeVar("T")
 CHAT_PATH = "/v1/chat/completions"
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 probes = APIRouter()
 RESPONSE_JSON = TypeAdapter(ChatCompletionResponse)
-
-
-TIMEOUT_HEADER = "x-request-timeout"
-"""REST clients' deadline, in seconds (gRPC clients set the call's deadline): it shortens the gateway's
-request budget, and every backend call gets what is left of it."""
 
 
 def request_timeout(request: Request) -> float | None:
@@ -84,7 +167,16 @@ async def _cancelled_on_disconnect(request: Request, work: Awaitable[T]) -> T | 
         watcher.cancel()
 
 
-@v1.post("/chat/completions", response_model=ChatCompletionResponse, response_model_exclude_none=True)
+@v1.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    response_model_exclude_none=True,
+    responses={200: {"content": SSE, "description": "JSON, or with `stream: true` server-sent events."}},
+    openapi_extra={
+        "parameters": CHAT_HEADERS,
+        "requestBody": {"content": {"application/json": {"examples": CHAT_EXAMPLES}}},
+    },
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     serving: OpenAIServingChat = request.app.state.serving_chat
     work = serving.create(body, request.state.request_id, timeout_s=request_timeout(request))
@@ -101,7 +193,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     return StreamingResponse(result, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
-@v1.get("/models", response_model=ModelList)
+@v1.get("/models", response_model=ModelList, openapi_extra={"parameters": REQUEST_HEADERS})
 async def list_models(request: Request) -> ModelList:
     core = _core(request)
     served = core.settings.model_name
@@ -123,7 +215,13 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@probes.get("/readyz")
+@probes.get(
+    "/readyz",
+    responses={
+        status: {"description": text, "content": {"application/json": {"schema": READINESS}}}
+        for status, text in ((200, "Ready."), (503, "Not ready: `missing` names what is missing."))
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     """200 only when every backend reports SERVING; the body names what is missing. With API keys set,
     a caller without a key gets the verdict only (no backend addresses, no Redis URL)."""
@@ -134,6 +232,8 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(details, status_code=200 if ready else 503)
 
 
-@probes.get("/metrics")
+@probes.get(
+    "/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text."}}
+)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
