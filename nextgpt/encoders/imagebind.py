@@ -28,7 +28,6 @@ from nextgpt import tiny_profile as dims
 from nextgpt.config import EncoderConfig
 from nextgpt.encoders import preprocess as pp
 from nextgpt.errors import CheckpointError, InvalidInput, ModelNotReady
-from nextgpt.media import decode
 from nextgpt.types import MediaItem
 
 logger = logging.getLogger(__name__)
@@ -179,25 +178,6 @@ def tokenize(texts: list[str]) -> torch.Tensor:
 # --- preprocessing of one item -----------------------------------------------------------------------
 
 
-def preprocess(item: MediaItem) -> torch.Tensor:
-    """Decode and preprocess one medium for `encode_batch`.
-
-    image -> (3, 224, 224); audio -> (3, 1, 128, 204); video -> (15, 3, 2, 224, 224).
-    """
-    modality = decode.sniff_modality(item.mime_type)
-    if modality != item.modality:
-        raise InvalidInput(
-            f"media type {item.mime_type!r} is {modality}, but the item says {item.modality!r}; "
-            "fix the modality or the MIME type"
-        )
-    if modality == "image":
-        return pp.preprocess_image(decode.read_image(item.data))
-    if modality == "audio":
-        wave, rate = decode.read_audio(item.data, pp.AUDIO_SAMPLE_RATE)
-        return pp.preprocess_audio(wave, rate)
-    return pp.preprocess_video(decode.read_video(item.data))
-
-
 # --- the encoder ---------------------------------------------------------------------------------------
 
 
@@ -284,7 +264,7 @@ class ImageBindEncoder:
 
     def encode(self, item: MediaItem, normalize: bool = False) -> torch.Tensor:
         """One medium's bytes -> (E,) embedding."""
-        return self.encode_batch(item.modality, [preprocess(item)], normalize=normalize)[0]
+        return self.encode_batch(item.modality, [pp.load_and_preprocess(item)], normalize=normalize)[0]
 
 
 _EXPECTED_SHAPES: dict[str, tuple[int, ...]] = {

@@ -61,11 +61,21 @@ class EncoderServiceSettings:
     """Lifetime of a cached embedding in Redis, in seconds."""
     cache_max_entries: int = 4096
     """Entries of the in-process LRU cache (fallback and warm standby for Redis)."""
+    max_queue: int = 256
+    """Inputs that may wait for a batch (cache misses, all modalities); more are refused with
+    RESOURCE_EXHAUSTED and a retry hint. 16 full requests of `max_inputs`; a tiny batch takes ~10 ms."""
     grace_s: float = 30.0
     """On SIGTERM, how long in-flight requests may take to finish, in seconds."""
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_inputs", "max_media_bytes", "cache_ttl_s", "cache_max_entries"):
+        for name in (
+            "max_batch",
+            "max_inputs",
+            "max_media_bytes",
+            "cache_ttl_s",
+            "cache_max_entries",
+            "max_queue",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
         if self.max_wait_ms < 0 or self.grace_s < 0:

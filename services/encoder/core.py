@@ -82,6 +82,8 @@ class EncoderCore:
             max_wait_s=settings.max_wait_ms / 1000.0,
             queue_gauge=QUEUE_DEPTH,
             batch_histogram=BATCH_SIZE,
+            max_queue=settings.max_queue,
+            name="the encoder",
         )
 
     async def load(self, cfg: EncoderConfig) -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 from nextgpt import tiny_profile as dims
 from nextgpt.config import EncoderConfig
 from nextgpt.encoders import imagebind as ib
+from nextgpt.encoders import preprocess as pp
 from nextgpt.errors import CheckpointError, InvalidInput, ModelNotReady
 from nextgpt.tiny.imagebind import build_tiny_imagebind
 from nextgpt.types import MediaItem
@@ -103,14 +104,14 @@ def test_encode_batch_checks_inputs(encoder: ib.ImageBindEncoder) -> None:
 
 def test_preprocess_item_shapes_and_mismatch() -> None:
     items = _items()
-    assert ib.preprocess(items["image"]).shape == (3, 224, 224)
-    assert ib.preprocess(items["audio"]).shape == (3, 1, 128, 204)
-    assert ib.preprocess(items["video"]).shape == (15, 3, 2, 224, 224)
+    assert pp.load_and_preprocess(items["image"]).shape == (3, 224, 224)
+    assert pp.load_and_preprocess(items["audio"]).shape == (3, 1, 128, 204)
+    assert pp.load_and_preprocess(items["video"]).shape == (15, 3, 2, 224, 224)
     wrong = MediaItem("video", items["image"].data, "image/png")
     with pytest.raises(InvalidInput, match="'image/png' is image"):
-        ib.preprocess(wrong)
+        pp.load_and_preprocess(wrong)
     with pytest.raises(InvalidInput, match="could not decode image"):
-        ib.preprocess(MediaItem("image", b"not a png", "image/png"))
+        pp.load_and_preprocess(MediaItem("image", b"not a png", "image/png"))
 
 
 def test_tokenizer() -> None:
