@@ -233,7 +233,12 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @probes.get(
-    "/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text."}}
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text."}, 401: {"model": ErrorResponse}},
 )
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    """Prometheus text; with API keys set it needs a key too (Prometheus: `authorization: {credentials:
+    KEY}` in the scrape config), since it names every backend and counts every client's traffic."""
+    authorize(_core(request).settings.api_keys, request.headers.get("authorization"))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

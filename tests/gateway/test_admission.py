@@ -30,7 +30,9 @@ async def _gate(cluster: FakeCluster) -> asyncio.Event:
 
 
 def metric(cluster: FakeCluster, name: str) -> float:
-    text = httpx.get(f"{cluster.http_url}/metrics", timeout=10).text
+    keys = cluster.settings.api_keys
+    headers = {"authorization": f"Bearer {keys[0]}"} if keys else None
+    text = httpx.get(f"{cluster.http_url}/metrics", headers=headers, timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 

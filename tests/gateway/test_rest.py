@@ -244,6 +244,9 @@ def test_api_keys(make_cluster):
     assert anonymous == {"ready": True, "draining": False, "missing": []}
     keyed = httpx.get(f"{c.http_url}/readyz", headers={"authorization": "Bearer k1"}).json()
     assert keyed["dependencies"]["llm"]["target"].startswith("127.0.0.1:")
+    assert httpx.get(f"{c.http_url}/metrics").status_code == 401
+    scraped = httpx.get(f"{c.http_url}/metrics", headers={"authorization": "Bearer k2"})
+    assert scraped.status_code == 200 and "nextgpt_gateway_requests_total" in scraped.text
     with grpc.insecure_channel(c.grpc_target) as channel:
         stub = nextgpt_pb2_grpc.NextGPTStub(channel)
         hello = nextgpt_pb2.GenerateRequest(
