@@ -11,12 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.body_limit import BodyLimit
 from gateway.openai_serving import OpenAIServingChat, error_body, retry_after_header
 from gateway.protocol import error_response
-from gateway.routes import CHAT_PATH, STREAM_MODELS, probes, v1
+from gateway.routes import CHAT_PATH, STATIC_DIR, STREAM_MODELS, page, probes, v1
 from gateway.serving import GatewayCore, count_refusal
 from nextgpt.errors import NextGPTError
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
@@ -116,6 +117,8 @@ def build_app(core: GatewayCore) -> FastAPI:
     app.state.serving_chat = OpenAIServingChat(core)
     app.include_router(v1)
     app.include_router(probes)
+    app.include_router(page)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")  # mounts stay out of the schema
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     # Added last, so outermost: every response, BodyLimit's 413 included, carries the request id.

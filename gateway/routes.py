@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 
@@ -126,6 +127,9 @@ T = TypeVar("T")
 CHAT_PATH = "/v1/chat/completions"
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 probes = APIRouter()
+page = APIRouter(include_in_schema=False)
+STATIC_DIR = Path(__file__).parent / "static"
+"""The chat page's files (`GET /`, mounted at /static by `gateway.app`); no build step."""
 RESPONSE_JSON = TypeAdapter(ChatCompletionResponse)
 
 
@@ -242,3 +246,9 @@ async def metrics(request: Request) -> Response:
     KEY}` in the scrape config), since it names every backend and counts every client's traffic."""
     authorize(_core(request).settings.api_keys, request.headers.get("authorization"))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@page.get("/")
+async def chat_page() -> FileResponse:
+    """The chat page: a plain client of /v1/chat/completions (streamed), kept out of the API's schema."""
+    return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
