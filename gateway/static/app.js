@@ -330,6 +330,7 @@ async function send() {
   setBusy(controller);
   let assistantMessage = null;
   let focus = ui.message;
+  let accepted = false; // the server answered 200: the turn left the composer
   try {
     const response = await fetch(API, {
       method: "POST",
@@ -340,24 +341,25 @@ async function send() {
     if (!response.ok) {
       showAlert(await errorMessage(response));
       focus = response.status === 401 ? ui.apiKey : ui.message;
-      userTurn.remove(); // the composer still holds the message: fix and send again
-      answer.article.remove();
+      dropTurn(userTurn, answer.article); // the composer still holds the message: fix and send again
       return;
     }
-    ui.message.value = ""; // accepted: the turn moves from the composer to the log
+    accepted = true;
+    ui.message.value = ""; // the turn moves from the composer to the log
     state.attachments = [];
     renderAttachments();
     assistantMessage = await readAnswer(response, answer);
   } catch (err) {
-    if (err.name === "AbortError") {
-      answer.body.append(el("p", { class: "notes", text: "Stopped." }));
+    const stopped = err.name === "AbortError";
+    if (!accepted) { // nothing arrived: the composer still holds the message
+      dropTurn(userTurn, answer.article);
     } else {
-      const message = `Could not reach the server (${err.message}). Check that it runs, then send again.`;
-      showAlert(message);
-      if (!answer.body.childElementCount) { // nothing arrived: give the message back to the composer
-        userTurn.remove();
-        answer.article.remove();
-      }
+      answer.body.append(el("p", { class: "notes", text: stopped ? "Stopped." : "The answer broke off." }));
+    }
+    if (!stopped) {
+      showAlert(accepted
+        ? `The connection broke during the answer (${err.message}). Send again.`
+        : `Could not reach the server (${err.message}). Check that it runs, then send again.`);
     }
   } finally {
     answer.article.removeAttribute("aria-busy");
@@ -368,6 +370,11 @@ async function send() {
     state.history.push(userMessage, assistantMessage);
     if (key) localStorage.setItem(KEY_STORAGE, key);
   }
+}
+
+function dropTurn(...articles) {
+  for (const article of articles) article.remove();
+  ui.hint.hidden = ui.log.querySelector("article") !== null;
 }
 
 function setBusy(controller) {

@@ -325,3 +325,40 @@ def test_phone_width_lays_out_in_one_column_without_sideways_scrolling(
     box = page.get_by_role("button", name="Send").bounding_box()
     assert box is not None and box["x"] + box["width"] <= PHONE["width"]
     screenshot(page, "phone-settings.png")
+
+
+def test_stop_before_the_answer_gives_the_message_back(
+    make_cluster: Callable[..., FakeCluster], new_page: Callable[..., Page]
+) -> None:
+    cluster = make_cluster()
+    page = new_page(f"{cluster.http_url}/")
+    gate = cluster.run(_gate(cluster))
+    send(page, "Take your time.")
+    wait_until(lambda: len(cluster.llm.calls) == 1)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    expect(page.get_by_role("article")).to_have_count(0)
+    expect(page.get_by_label("Message")).to_have_value("Take your time.")
+    expect(page.get_by_role("alert")).to_be_hidden()
+    cluster.loop.call_soon_threadsafe(gate.set)
+
+
+DROP = """([name, type, bytes]) => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([new Uint8Array(bytes)], name, { type }));
+    document.getElementById("main").dispatchEvent(
+        new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+}"""
+
+
+def test_dropped_files_are_attached_and_other_files_refused(chat: Page, cluster: FakeCluster) -> None:
+    chat.evaluate(DROP, ["notes.txt", "text/plain", list(b"hello")])
+    expect(chat.get_by_role("alert")).to_contain_text("notes.txt is not an image, audio or video file")
+    chat.evaluate(DROP, ["cat.png", "", list(sample_png())])  # no type: guessed from the extension
+    expect(chat.get_by_role("button", name="Remove cat.png")).to_be_visible()
+    with chat.expect_request("**/v1/chat/completions") as sent:
+        send(chat, "And this?")
+    answer(chat)
+    url = sent.value.post_data_json["messages"][-1]["content"][1]["image_url"]["url"]
+    assert url == "data:image/png;base64," + base64.b64encode(sample_png()).decode()
+    assert len(cluster.llm.calls[-1].request.turns[-1].media) == 1
