@@ -273,6 +273,7 @@ def test_a_second_turn_sends_the_history_with_its_media_and_new_chat_clears_it(
         common_pb2.MODALITY_AUDIO,
     }
     assert turns[2].text == "Now make it smaller."
+    screenshot(chat, "desktop-multi-turn.png")
 
     chat.get_by_role("button", name="New chat").click()
     expect(chat.get_by_role("article")).to_have_count(0)
