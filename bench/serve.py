@@ -51,7 +51,7 @@ from serve_report import machine_info, markdown, overhead_at_1, plot, update_rea
 
 from nextgpt.media.samples import sample_inputs  # noqa: E402
 from nextgpt.types import MediaItem  # noqa: E402
-from nextgpt_serve.demo import content_parts  # noqa: E402 - MediaItem -> OpenAI content parts
+from nextgpt_serve.rest import content_parts  # noqa: E402 - MediaItem -> OpenAI content parts
 from services.launcher import MODALITIES, ClusterPorts, LocalCluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,20 +9,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from nextgpt.errors import ConfigError
 from nextgpt.types import MODALITIES, Modality
 
+if TYPE_CHECKING:
+    import torch
+
 Device = str  # "cpu", "cuda", "cuda:1", ...
 DTypeName = Literal["float32", "float16", "bfloat16"]
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+DTYPES = ("float32", "float16", "bfloat16")
+"""Weight dtypes a placement may name (torch's own names)."""
 
 
 # Output option ranges: every value inside them runs on every decoder (tests/nextgpt/decoders/
@@ -60,7 +58,7 @@ class Placement:
     """Weights and activations dtype. fp16/bf16 only make sense on a GPU."""
 
     def __post_init__(self) -> None:
-        _check(self.dtype in _DTYPES, f"dtype={self.dtype!r} is not one of {sorted(_DTYPES)}")
+        _check(self.dtype in DTYPES, f"dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
         _check(
             self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
             f"device={self.device!r}: use 'cpu', 'cuda' or 'cuda:N'",
@@ -68,10 +66,14 @@ class Placement:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
+        import torch  # here, not at the top: clients import this module and need no torch
+
+        return getattr(torch, self.dtype)
 
     def resolve(self) -> Placement:
         """Fall back to CPU/fp32 with the same object shape when CUDA is asked for but absent."""
+        import torch
+
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             return Placement("cpu", "float32")
         return self

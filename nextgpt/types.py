@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from nextgpt.errors import InvalidInput
+
+if TYPE_CHECKING:  # tensors only in annotations: the client and the CLI import these types without torch
+    import torch
 
 Modality = Literal["image", "video", "audio"]
 MODALITIES: tuple[Modality, ...] = ("image", "video", "audio")

@@ -1,4 +1,5 @@
-"""The `nextgpt` command line: build the tiny profile, list profiles, generate, prepare Vicuna."""
+"""The `nextgpt` command line: serving (up, demo, generate), models (init-tiny, profiles,
+prepare-vicuna) and training (make-synthetic, precompute-targets, train, export-checkpoint)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nextgpt.errors import NextGPTError
@@ -18,6 +20,22 @@ from nextgpt.media.files import read_media_file, write_media
 from nextgpt.types import MODALITIES, Message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _no_placeholder_for_flags() -> None:
+    """typer's rich help prints a type placeholder for every option, `<bool>` after on/off flags (and
+    --help) included; a flag takes no value, so it shows none here."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:  # type: ignore[name-defined]
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_no_placeholder_for_flags()
 console = Console(stderr=True, soft_wrap=True)
 
 ProfileOpt = Annotated[str | None, typer.Option("--profile", help="profile name (default: tiny)")]
@@ -102,14 +120,28 @@ def generate_cmd(
     top_p: Annotated[float, typer.Option()] = 0.01,
     steps: Annotated[int | None, typer.Option(help="diffusion steps for every medium")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON result")] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="gateway URL to send the request to (default: NEXTGPT_SERVER, else a local cluster on "
+            ":8000 when one answers, else the models load in this process)"
+        ),
+    ] = None,
+    in_process: Annotated[
+        bool, typer.Option("--in-process", help="load the models here even if a cluster runs")
+    ] = False,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key for --server (default: NEXTGPT_API_KEY)")
+    ] = None,
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
     models_dir: ModelsOpt = None,
 ) -> None:
-    """Answer one prompt with optional media inputs; print the reply and write generated media."""
+    """Answer one prompt with optional media inputs; print the reply and write generated media.
+
+    With a cluster running (`nextgpt up`) the request goes to its gateway and returns in well under a
+    second on the tiny profile; otherwise the models load in this process first (10-20 s)."""
     from nextgpt.config import DecodeOptions, GenerationOptions
-    from nextgpt.pipeline import NextGPT
-    from nextgpt.profiles import load_profile
 
     try:
         media = [
@@ -128,17 +160,30 @@ def generate_cmd(
             video=decode,
             audio=decode,
         )
-        resolved = load_profile(profile, config_file=config, models_dir=models_dir)
-        model = NextGPT.from_profile(resolved, progress=not as_json)
-        result = model.generate([Message("user", prompt, media)], options, progress=not as_json)
+        url = None if in_process else (server or os.environ.get("NEXTGPT_SERVER") or _local_gateway())
+        if url:
+            from nextgpt_serve import rest
+
+            body = rest.chat_body(prompt, media, options, model="")
+            key = api_key or os.environ.get("NEXTGPT_API_KEY")
+            result = rest.chat(url, body, api_key=key)
+            if not as_json:
+                console.print(f"[dim]answered by the gateway at {url}[/dim]")
+        else:
+            from nextgpt.pipeline import NextGPT
+            from nextgpt.profiles import load_profile
+
+            resolved = load_profile(profile, config_file=config, models_dir=models_dir)
+            model = NextGPT.from_profile(resolved, progress=not as_json)
+            result = model.generate([Message("user", prompt, media)], options, progress=not as_json)
     except NextGPTError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(safe_text(str(exc)))}")
         raise typer.Exit(2) from exc
     paths = write_media(result.media, out)
     if as_json:
         print(json.dumps(result_summary(result, paths), indent=2))
         return
-    print(result.text)
+    print(safe_text(result.text))
     for path in paths:
         console.print(f"wrote {path}")
     for warning in result.warnings:
@@ -174,24 +219,39 @@ def up_cmd(
     supervise: Annotated[
         bool, typer.Option(help="restart a service that exits on its own (backoff 1 s, 2 s, .. 30 s)")
     ] = True,
+    host: Annotated[
+        str, typer.Option(help="interface of the gateway's REST and gRPC ports (backends stay on loopback)")
+    ] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="the gateway's REST port (chat page, OpenAI API)")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="the gateway's gRPC port")] = 50051,
 ) -> None:
     """Start Redis, every service and the gateway locally; Ctrl-C stops them all cleanly."""
     import signal
     import threading
 
-    from services.launcher import LocalCluster
+    from services.launcher import ClusterPorts, LocalCluster
+
+    status = console.status("starting the cluster")
+
+    def progress(ready: list[str], loading: list[str]) -> None:
+        done = f" ({', '.join(ready)} ready)" if ready else ""
+        status.update(f"loading models: {', '.join(loading)}{done}")
 
     cluster = LocalCluster(
         models_dir=models_dir,
         profile=profile,
+        cluster_ports=ClusterPorts(gateway_http=port, gateway_grpc=grpc_port),
         log_dir=log_dir,
         use_redis=redis,
+        extra_env={"NEXTGPT_GATEWAY_HOST": host},
         engine=engine.value,
         supervise=supervise,
+        on_progress=progress,
     )
-    console.print("starting the cluster (each service loads its models; this takes a few seconds)...")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with status:
+        cluster.start()
     with cluster:
         table = Table("endpoint", "address")
         for name, url in cluster.describe().items():
@@ -337,6 +397,19 @@ def export_checkpoint_cmd(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"wrote {out}")
+
+
+def _local_gateway() -> str | None:
+    """The gateway of a local cluster (`nextgpt up`), when one answers."""
+    from nextgpt_serve.rest import DEFAULT_SERVER, server_answers
+
+    return DEFAULT_SERVER if server_answers(DEFAULT_SERVER) else None
+
+
+def safe_text(text: str) -> str:
+    """The model's text for a terminal: control characters (an untrained model emits them) escaped, so
+    they cannot move the cursor or change colours; newlines and tabs kept."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else ascii(ch)[1:-1] for ch in text)
 
 
 def result_summary(result, paths: list[Path]) -> dict:  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ cluster runs end to end with the real loading code and writes valid PNG / MP4 / 
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from nextgpt.config import GenerationOptions
 from nextgpt.media.files import write_media
 from nextgpt.media.samples import sample_inputs
 from nextgpt.types import MediaItem, Message
+from nextgpt_serve import rest
 
 console = Console()
 
@@ -103,8 +103,6 @@ def _in_process_sender(profile: str | None, models_dir: Path | None) -> Sender:
 
 def _cluster_sender(cluster) -> Sender:  # type: ignore[no-untyped-def]
     """Even requests go over REST (OpenAI-compatible), odd ones over gRPC (Python client)."""
-    import httpx
-
     from nextgpt_serve.client import NextGPTClient
 
     def send(index: int, prompt: str, media: list[MediaItem], modalities: tuple[str, ...]):  # type: ignore[no-untyped-def]
@@ -113,50 +111,8 @@ def _cluster_sender(cluster) -> Sender:  # type: ignore[no-untyped-def]
                 options = GenerationOptions(seed=0, max_new_tokens=48, modalities=modalities)
                 reply = client.generate([Message("user", prompt, media)], options)
             return reply.text, reply.media, [f"{e.modality}: {e.message}" for e in reply.errors], "gRPC"
-        body = {
-            "model": "nextgpt-tiny",
-            "messages": [
-                {"role": "user", "content": [{"type": "text", "text": prompt}] + content_parts(media)}
-            ],
-            "modalities": list(modalities),
-            "seed": 0,
-            "max_tokens": 48,
-        }
-        response = httpx.post(f"{cluster.rest_url}/v1/chat/completions", json=body, timeout=300)
-        response.raise_for_status()
-        reply = response.json()
-        message = reply["choices"][0]["message"]
-        errors = [f"{e['modality']}: {e['message']}" for e in reply["nextgpt"]["errors"]]
-        return _text(message), _media(message), errors, "REST"
+        options = GenerationOptions(seed=0, max_new_tokens=48, modalities=modalities)
+        reply = rest.chat(cluster.rest_url, rest.chat_body(prompt, media, options, "nextgpt-tiny"))
+        return reply.text, reply.media, [f"{e.modality}: {e.message}" for e in reply.errors], "REST"
 
     return send
-
-
-def content_parts(media: list[MediaItem]) -> list[dict]:
-    parts = []
-    for item in media:
-        encoded = base64.b64encode(item.data).decode()
-        if item.modality == "audio":
-            parts.append({"type": "input_audio", "input_audio": {"data": encoded, "format": "wav"}})
-        else:
-            kind = f"{item.modality}_url"
-            parts.append({"type": kind, kind: {"url": f"data:{item.mime_type};base64,{encoded}"}})
-    return parts
-
-
-def _text(message: dict) -> str:
-    if isinstance(message["content"], str):
-        return message["content"]
-    return "".join(p["text"] for p in message["content"] if p["type"] == "text")
-
-
-def _media(message: dict) -> list[MediaItem]:
-    found = []
-    for part in message["content"] if isinstance(message["content"], list) else []:
-        modality = {"image_url": "image", "video_url": "video", "audio_url": "audio"}.get(part["type"])
-        if modality:
-            header, data = part[part["type"]]["url"].split(",", 1)
-            found.append(MediaItem(modality, base64.b64decode(data), header[5:].split(";")[0]))  # type: ignore[arg-type]
-    if message.get("audio"):
-        found.append(MediaItem("audio", base64.b64decode(message["audio"]["data"]), "audio/wav"))
-    return found

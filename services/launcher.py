@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,7 @@ class LocalCluster:
         engine: str = "auto",
         supervise: bool = False,
         backoff: Backoff | None = None,
+        on_progress: Callable[[list[str], list[str]], None] | None = None,
     ) -> None:
         self.models_dir = Path(models_dir or os.environ.get("NEXTGPT_MODELS_DIR", "models")).resolve()
         self.profile = profile
@@ -144,6 +146,8 @@ class LocalCluster:
         self.redis_url = ""
         self.supervise = supervise
         self.backoff = backoff or Backoff()
+        self.on_progress = on_progress
+        """Called with (ready, still loading) service names while the cluster starts (a CLI's progress)."""
         self.restarts: list[tuple[str, int | None, int, float]] = []
         """Every supervised restart: (name, exit code, attempt, delay before it in s)."""
         # one lock for `children` and their processes: the supervisor and `restart()` / `kill()` race
@@ -162,6 +166,7 @@ class LocalCluster:
 
     def describe(self) -> dict[str, str]:
         urls = {
+            "chat page": f"{self.rest_url}/",
             "REST (OpenAI-compatible)": f"{self.rest_url}/v1/chat/completions",
             "API docs": f"{self.rest_url}/docs",
             "gateway gRPC (nextgpt.v1.NextGPT)": self.grpc_target,
@@ -358,7 +363,10 @@ class LocalCluster:
         pending = [
             c for c in self.children.values() if c.health_target and (names is None or c.name in names)
         ]
+        ready: list[str] = []
         while pending:
+            if self.on_progress is not None:
+                self.on_progress(ready, [c.name for c in pending])
             for child in list(pending):
                 if child.process.poll() is not None:
                     raise RuntimeError(
@@ -367,6 +375,7 @@ class LocalCluster:
                     )
                 if is_serving(child.health_target or ""):
                     pending.remove(child)
+                    ready.append(child.name)
             if pending and time.monotonic() > deadline:
                 names_left = ", ".join(c.name for c in pending)
                 raise TimeoutError(

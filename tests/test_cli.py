@@ -25,7 +25,7 @@ def test_generate_writes_media_and_prints_json(tiny_models_dir, tmp_path):
     picture = tmp_path / "in.png"
     picture.write_bytes(encode_png(Image.new("RGB", (50, 30), (0, 128, 255))))
     args = ["generate", "--prompt", "Turn this into a sound.", "--image", str(picture)]
-    args += ["--modalities", "text,audio", "--seed", "0", "--max-new-tokens", "8", "--json"]
+    args += ["--modalities", "text,audio", "--seed", "0", "--max-new-tokens", "8", "--json", "--in-process"]
     args += ["--models-dir", str(tiny_models_dir), "--out", str(tmp_path / "out")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -48,3 +48,47 @@ def test_in_process_demo_writes_png_mp4_and_wav(tiny_models_dir, tmp_path):
     suffixes = sorted({p.suffix for p in written})
     assert suffixes == [".mp4", ".png", ".wav"]
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_help_lists_every_command_and_shows_no_placeholder_for_flags():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    commands = [c.name for c in app.registered_commands]
+    assert all(name in result.output.split("Commands")[0] for name in commands)  # named in the intro
+    generate = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output
+    assert "<bool>" not in result.output + generate and "--json" in generate and "<int>" in generate
+
+
+def test_generate_sends_to_a_running_gateway_without_loading_models(tmp_path):
+    """--server: the request goes over REST; nothing is loaded here (no models dir at all)."""
+    from tests.gateway.fakes import FakeCluster, sample_png
+
+    cluster = FakeCluster().start()
+    try:
+        args = ["generate", "--server", cluster.http_url, "--prompt", "a fox", "--modalities", "text,image"]
+        args += [
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "--out",
+            str(tmp_path),
+            "--models-dir",
+            str(tmp_path / "none"),
+        ]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "image-1.png").read_bytes().startswith(sample_png()[:8])  # the fake decoder's PNG
+        sent = cluster.llm.calls[-1].request.options
+        assert sent.seed == 7 and sent.image.steps == 3
+        cluster.llm.mode = "invalid"  # the server's own message reaches the user
+        bad = runner.invoke(app, args)
+        assert bad.exit_code == 2 and "HTTP 400" in bad.output and "rejects this request" in bad.output
+    finally:
+        cluster.close()
+
+
+def test_model_text_reaches_the_terminal_with_control_characters_escaped():
+    from nextgpt_serve.cli import safe_text
+
+    assert safe_text("ok\x1b[31mred\x07\nnext\tline") == "ok\\x1b[31mred\\x07\nnext\tline"

@@ -117,11 +117,9 @@ def read_image(data: bytes, budgets: MediaBudgets | None = None) -> Image.Image:
     except InvalidInput:
         raise
     except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"image rejected as a decompression bomb ({exc}); downscale it") from exc
+        raise InvalidInput("the image is rejected as a decompression bomb; downscale it") from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise InvalidInput(
-            f"could not decode image ({type(exc).__name__}: {exc}); send a valid {_ACCEPTED['image']} file"
-        ) from exc
+        raise _undecodable("image", exc) from exc
 
 
 def check_image_size(width: int, height: int, max_pixels: int) -> None:
@@ -162,9 +160,7 @@ def read_audio(
     except InvalidInput:
         raise
     except Exception as exc:  # av.FFmpegError and friends
-        raise InvalidInput(
-            f"could not decode audio ({type(exc).__name__}: {exc}); send a valid {_ACCEPTED['audio']} file"
-        ) from exc
+        raise _undecodable("audio", exc) from exc
 
 
 def _too_long(kind: str, seconds: float, limit: float, setting: str) -> InvalidInput:
@@ -285,9 +281,7 @@ def read_video(
     except InvalidInput:
         raise
     except Exception as exc:
-        raise InvalidInput(
-            f"could not decode video ({type(exc).__name__}: {exc}); send a valid {_ACCEPTED['video']} file"
-        ) from exc
+        raise _undecodable("video", exc) from exc
 
 
 @dataclass
@@ -499,3 +493,10 @@ def _decode_in_order(decoder: _Decoder, wanted: list[int]) -> tuple[dict[int, av
         if i >= last and len(kept) == len(want):
             break
     return kept, count
+
+
+def _undecodable(kind: str, exc: BaseException) -> InvalidInput:
+    """The client's error for a medium its library could not read. The library's own text stays in the
+    log: it may hold Python reprs or paths ("cannot identify image file <_io.BytesIO object at 0x...>")."""
+    logger.info("could not decode %s: %s: %s", kind, type(exc).__name__, exc)
+    return InvalidInput(f"could not decode the {kind}: it is corrupt or not a {_ACCEPTED[kind]} file")

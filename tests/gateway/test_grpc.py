@@ -86,7 +86,7 @@ async def _set(obj, name, value) -> None:
 
 def test_invalid_argument_with_message(stub):
     cases = [
-        (request("x", [png(b"\x89PNG\r\n\x1a\nbroken")]), "could not decode image"),
+        (request("x", [png(b"\x89PNG\r\n\x1a\nbroken")]), "could not decode the image"),
         (request("x", [png(mime="audio/wav")]), "MIME type 'audio/wav' is audio"),
         (request("x", top_p=2.0), "top_p=2.0"),
         (request("x", lora="nope"), "unknown LoRA adapter 'nope'"),

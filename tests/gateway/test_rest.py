@@ -139,7 +139,7 @@ MALFORMED = {
     "corrupt png": (
         lambda c, m: user("x", image_part(b"\x89PNG\r\n\x1a\nbroken")),
         {},
-        "could not decode image",
+        "could not decode the image",
     ),
     "corrupt wav": (lambda c, m: user("x", audio_part(b"RIFF....WAVEjunk")), {}, "audio"),
     "corrupt mp4": (lambda c, m: user("x", video_part(b"\x00\x00\x00\x18ftypmp42junk")), {}, "video"),
