@@ -68,15 +68,15 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 
 def quiet_libraries(verbose: bool) -> None:
     """Our own progress bars cover loading; the libraries' per-file bars and deprecation notices
-    (diffusers moved AudioLDM/TextToVideoSD under `deprecated/`) only add noise unless asked for."""
-    import diffusers
-    import transformers
+    (diffusers moved AudioLDM/TextToVideoSD under `deprecated/`) only add noise unless asked for.
 
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.disable_progress_bar()
-    if not verbose:
-        transformers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.set_verbosity_error()
+    Set through their environment variables, read when (and only if) a command imports them: importing
+    transformers or diffusers here would cost every command, `generate --server` included, seconds."""
+    if verbose:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' loading bars follow it
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 @app.command("init-tiny")
@@ -251,8 +251,8 @@ def up_cmd(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with status:
-        cluster.start()
-    with cluster:
+        cluster.start()  # stops what it started if a service fails to come up
+    try:
         table = Table("endpoint", "address")
         for name, url in cluster.describe().items():
             table.add_row(name, url)
@@ -263,6 +263,8 @@ def up_cmd(
         except KeyboardInterrupt:
             pass
         console.print("stopping...")
+    finally:
+        cluster.stop()
 
 
 @app.command("demo")

@@ -211,6 +211,11 @@ class LocalCluster:
         if binary is None:
             logger.warning("redis-server not found: the encoder falls back to its in-process LRU cache")
             return
+        if not self.redis_url and _listening(self.ports.redis):  # the first start only
+            # another Redis (a system one, a second cluster): ours goes elsewhere rather than fail to bind
+            # and be restarted forever; a restart (`stop_redis` / `start_redis`) keeps its port
+            self.ports.redis = free_ports(1)[0]
+            logger.warning("port of Redis in use: this cluster's Redis listens on %d", self.ports.redis)
         args = [binary, "--port", str(self.ports.redis), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
         args += [
             "no",
@@ -429,14 +434,18 @@ def is_serving(target: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait_for_port(port: int, timeout_s: float, child: Child) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if child.process.poll() is not None:
             raise RuntimeError(f"{child.name} exited during start:\n{_tail(child.log_path)}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if _listening(port):
+            return
         time.sleep(0.05)
     raise TimeoutError(f"{child.name} did not open port {port} in {timeout_s:.0f}s")
 
