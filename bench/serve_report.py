@@ -104,7 +104,7 @@ def update_readme(readme: Path, report: dict, table: str, out: Path) -> None:
     text = readme.read_text()
     if README_BEGIN not in text or README_END not in text:
         raise SystemExit(f"{readme} has no {README_BEGIN!r} ... {README_END!r} block to fill")
-    base = out.parent.relative_to(readme.parent.resolve()) if out.is_absolute() else out.parent
+    base = Path(os.path.relpath(out.parent.resolve(), readme.parent.resolve()))  # docs/ -> ../bench/results
     images = [f"![{p}]({(base / p).as_posix()})" for p in report["plots"]]
     block = "\n".join([README_BEGIN, "", table.rstrip(), "", *images, "", README_END])
     head, rest = text.split(README_BEGIN, 1)
