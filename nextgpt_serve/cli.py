@@ -87,7 +87,10 @@ def init_tiny_cmd(
     """Write the tiny profile's model directories (random weights, real formats, fixed seed)."""
     from nextgpt.tiny.build import init_tiny
 
-    root = init_tiny(models_dir, force=force)
+    with console.status(
+        "building the tiny profile (random weights in the real formats; ~1 min the first time)"
+    ):
+        root = init_tiny(models_dir, force=force)
     console.print(f"tiny profile ready at [bold]{root}[/bold]")
 
 

@@ -25,15 +25,18 @@ torch=${TORCH:-torch==2.13.0}
 variant=${TORCH_VARIANT:-cpu}
 pip=("$venv/bin/pip" install --disable-pip-version-check -q)
 
-test -x "$venv/bin/python" || "${PYTHON:-python3}" -m venv "$venv"
+step() { echo "[install] $*"; }
+test -x "$venv/bin/python" || { step "creating the virtual environment $venv"; "${PYTHON:-python3}" -m venv "$venv"; }
 requirements=()
 for f in "${files[@]}"; do
   requirements+=(-r "$f")
 done
+step "installing $torch and the pinned packages of ${files[*]} (first time: a few minutes; then seconds)"
 "${pip[@]}" "$torch" "${requirements[@]}"
 # imagebind-unofficial declares torchvision/torchaudio/pytorchvideo/decord: installed without them.
 "${pip[@]}" --no-deps -r requirements/nodeps.txt
 if [ "${INSTALL_PROJECT:-1}" = 1 ]; then
+  step "installing this project (editable)"
   "${pip[@]}" --no-deps --no-build-isolation -e .
 fi
 
