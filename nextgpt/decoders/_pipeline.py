@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
-from diffusers import DiffusionPipeline
+
+# From its module, not `diffusers`: the package's TYPE_CHECKING branch types the lazy names as dummies.
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from torch import nn
 
 from nextgpt.config import DecoderConfig, Placement

@@ -17,7 +17,9 @@ from typing import Self
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AudioLDMPipeline
+
+# From its module, not `diffusers`: the package's TYPE_CHECKING branch types the lazy names as dummies.
+from diffusers.pipelines.deprecated.audioldm.pipeline_audioldm import AudioLDMPipeline
 
 from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
 from nextgpt.decoders._pipeline import (

@@ -14,7 +14,9 @@ from typing import Self
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+
+# From its module, not `diffusers`: the package's TYPE_CHECKING branch types the lazy names as dummies.
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
 from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
 from nextgpt.decoders._pipeline import (

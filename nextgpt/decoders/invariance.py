@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nextgpt.projectors.output import OutputProjector
+
 logger = logging.getLogger(__name__)
 
 SMALL_GEMM_ROWS = 4
@@ -157,7 +159,7 @@ class InvariantConv3d(nn.Conv3d):
                 self.weight[..., 0],  # (O, C, k, 1)
                 self.bias,
                 stride=self.stride[:2],
-                padding=self.padding[:2],  # type: ignore[arg-type]
+                padding=self.padding[:2],
                 dilation=self.dilation[:2],
                 groups=self.groups,
             )
@@ -181,13 +183,15 @@ def _is_temporal(conv: nn.Conv3d) -> bool:
     return (
         conv.kernel_size[1:] == (1, 1)
         and conv.stride[1:] == (1, 1)
-        and conv.padding[1:] == (0, 0)  # type: ignore[index]
+        and conv.padding[1:] == (0, 0)
         and conv.dilation[1:] == (1, 1)
         and conv.padding_mode == "zeros"
     )
 
 
-def project_spans(projector: nn.Module, hidden: torch.Tensor, token_embeds: torch.Tensor) -> torch.Tensor:
+def project_spans(
+    projector: OutputProjector, hidden: torch.Tensor, token_embeds: torch.Tensor
+) -> torch.Tensor:
     """`projector(hidden, token_embeds)` for (B, N, H) spans, each span's result independent of B.
 
     The output projector's attention layers call `F.linear` directly (no module to switch) on B x N
@@ -198,7 +202,7 @@ def project_spans(projector: nn.Module, hidden: torch.Tensor, token_embeds: torc
     audio item's batched cost; padding instead would change the lone span's bits)."""
     cfg = projector.cfg
     if min(int(cfg.num_signal_tokens), int(cfg.num_queries)) >= SMALL_GEMM_ROWS or hidden.shape[0] == 1:
-        return projector(hidden, token_embeds)  # type: ignore[no-any-return]
+        return projector(hidden, token_embeds)
     return torch.cat([projector(h[None], e[None]) for h, e in zip(hidden, token_embeds, strict=True)])
 
 
@@ -281,5 +285,6 @@ def share_guidance_halves(module: nn.Module) -> None:
             return inner(*args, **kwargs)
         return out
 
-    module.forward = forward  # type: ignore[method-assign]
+    module.forward = forward
+    # torch types nn.Module.__setattr__ for tensors and modules only; a plain flag is fine at runtime.
     module._shares_guidance_halves = True  # type: ignore[assignment]

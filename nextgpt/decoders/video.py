@@ -14,7 +14,11 @@ from typing import Self
 
 import numpy as np
 import torch
-from diffusers import TextToVideoSDPipeline
+
+# From its module, not `diffusers`: the package's TYPE_CHECKING branch types the lazy names as dummies.
+from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_synth import (
+    TextToVideoSDPipeline,
+)
 
 from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
 from nextgpt.decoders._pipeline import (

@@ -48,6 +48,8 @@ def init_tiny(models_dir: Path, *, force: bool = False, seed: int = dims.SEED, p
     if root.exists():
         shutil.rmtree(root)
     profile = load_profile("tiny", models_dir=models_dir, env={})
+    delta_checkpoint = profile.delta_checkpoint
+    assert delta_checkpoint is not None, "the tiny profile always names its delta checkpoint"
     steps: list[tuple[str, Callable[[], object]]] = [
         ("llm", lambda: build_tiny_llama(profile.llm.base_dir, seed)),
         ("imagebind", lambda: build_tiny_imagebind(profile.encoder.checkpoint.parent, seed)),
@@ -59,7 +61,7 @@ def init_tiny(models_dir: Path, *, force: bool = False, seed: int = dims.SEED, p
         ("audioldm", lambda: build_tiny_audioldm(profile.decoders["audio"].pipeline_dir, seed)),
         (
             "nextgpt delta",
-            lambda: build_tiny_delta(profile.llm.base_dir, profile.delta_checkpoint, profile, seed),
+            lambda: build_tiny_delta(profile.llm.base_dir, delta_checkpoint, profile, seed),
         ),
     ]
     _run_steps(steps, progress)

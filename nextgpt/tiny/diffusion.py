@@ -22,16 +22,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import (
-    AudioLDMPipeline,
-    AutoencoderKL,
-    DDIMScheduler,
-    PNDMScheduler,
-    StableDiffusionPipeline,
+from diffusers import DDIMScheduler, PNDMScheduler
+
+# Models and pipelines from their modules, not `diffusers`: the package's TYPE_CHECKING branch types those
+# lazy names as dummies.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.models.unets.unet_3d_condition import UNet3DConditionModel
+from diffusers.pipelines.deprecated.audioldm.pipeline_audioldm import AudioLDMPipeline
+from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_synth import (
     TextToVideoSDPipeline,
-    UNet2DConditionModel,
-    UNet3DConditionModel,
 )
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
     ClapTextConfig,
@@ -196,7 +199,7 @@ def _sd_scheduler_kwargs() -> dict[str, object]:
     }
 
 
-def _save(pipe: StableDiffusionPipeline | TextToVideoSDPipeline | AudioLDMPipeline, out: Path) -> Path:
+def _save(pipe: DiffusionPipeline, out: Path) -> Path:
     pipe.save_pretrained(out, safe_serialization=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     logger.info("wrote %s to %s (%.1f MB)", type(pipe).__name__, out, size / 1e6)
@@ -234,9 +237,10 @@ def build_tiny_stable_diffusion(out_dir: str | Path, seed: int = dims.SEED) -> P
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
+        scheduler=scheduler,  # type: ignore[arg-type]  # diffusers annotates schedulers as the KarrasDiffusionSchedulers enum
+        # diffusers annotates the optional components as required; None is its documented way to drop them.
+        safety_checker=None,  # type: ignore[arg-type]
+        feature_extractor=None,  # type: ignore[arg-type]
         requires_safety_checker=False,
     )
     return _save(pipe, out)
@@ -265,7 +269,11 @@ def build_tiny_zeroscope(out_dir: str | Path, seed: int = dims.SEED) -> Path:
         text_encoder = _clip_text_encoder(dims.VIDEO_COND_DIM)
     scheduler = DDIMScheduler(clip_sample=False, **_sd_scheduler_kwargs())
     pipe = TextToVideoSDPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,  # type: ignore[arg-type]  # diffusers annotates schedulers as the KarrasDiffusionSchedulers enum
     )
     return _save(pipe, out)
 
@@ -342,7 +350,7 @@ def build_tiny_audioldm(out_dir: str | Path, seed: int = dims.SEED) -> Path:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=scheduler,  # type: ignore[arg-type]  # diffusers annotates schedulers as the KarrasDiffusionSchedulers enum
         vocoder=vocoder,
     )
     return _save(pipe, out)
