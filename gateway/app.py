@@ -89,22 +89,23 @@ def _count(request: Request, status: str) -> None:
 def _openapi(app: FastAPI) -> dict:
     """The schema at /openapi.json: FastAPI's, less the 422 it declares for every operation with a body
     (validation errors are 400, `routes.ERRORS`), plus the models of the SSE events (`routes.SSE`)."""
-    if app.openapi_schema is None:
-        schema = FastAPI.openapi(app)  # caches itself in app.openapi_schema
-        for operations in schema["paths"].values():
-            for operation in operations.values():
-                operation["responses"].pop("422", None)
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for name in ("HTTPValidationError", "ValidationError"):
-            components.pop(name, None)
-        for model in STREAM_MODELS:
-            model_schema = model.model_json_schema(
-                ref_template="#/components/schemas/{model}", mode="serialization"
-            )
-            for name, definition in model_schema.pop("$defs", {}).items():
-                components.setdefault(name, definition)
-            components.setdefault(model.__name__, model_schema)
-    return app.openapi_schema
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)  # caches itself in app.openapi_schema
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            operation["responses"].pop("422", None)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for model in STREAM_MODELS:
+        model_schema = model.model_json_schema(
+            ref_template="#/components/schemas/{model}", mode="serialization"
+        )
+        for name, definition in model_schema.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components.setdefault(model.__name__, model_schema)
+    return schema
 
 
 def build_app(core: GatewayCore) -> FastAPI:

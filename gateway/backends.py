@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -104,7 +105,7 @@ class Backends:
 
     async def generate(
         self, request: llm_pb2.LLMGenerateRequest, call: CallInfo
-    ) -> AsyncIterator[llm_pb2.LLMGenerateResponse]:
+    ) -> AsyncGenerator[llm_pb2.LLMGenerateResponse, None]:
         stream = self.llm.Generate(request, timeout=call.timeout_s, metadata=call.metadata)
         try:
             async for response in stream:
@@ -134,24 +135,25 @@ class Backends:
             raise map_rpc_error("llm", exc) from None
         return list(response.adapters)
 
-    async def health(self) -> dict[str, dict[str, str]]:
+    async def health(self) -> dict[str, dict[str, Any]]:
         """grpc.health.v1 status of every backend, checked concurrently with a short deadline."""
         names = list(self.targets)
         results = await asyncio.gather(*(self._check(name) for name in names))
         return dict(zip(names, results, strict=True))
 
-    async def _check(self, name: str) -> dict[str, str]:
+    async def _check(self, name: str) -> dict[str, Any]:
         target = self.targets[name]
         if name not in self._channels:
             return {"target": "", "status": "NOT_CONFIGURED"}
         stub = health_pb2_grpc.HealthStub(self._channels[name])
         try:
-            response = await stub.Check(
+            # typeshed's HealthStub declares no methods (the generated class sets them in __init__).
+            response = await stub.Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(), timeout=self.settings.health_timeout_s
             )
         except grpc.aio.AioRpcError as exc:
             return {"target": target, "status": "UNREACHABLE", "error": f"{exc.code().name}: {exc.details()}"}
-        info = {
+        info: dict[str, Any] = {
             "target": target,
             "status": health_pb2.HealthCheckResponse.ServingStatus.Name(response.status),
         }
@@ -159,7 +161,7 @@ class Backends:
             info["cache"] = await self._cache_status()
         return info
 
-    async def _cache_status(self) -> dict:
+    async def _cache_status(self) -> dict[str, Any]:
         """Where the encoder caches embeddings (Redis or its in-process LRU); informational only,
         since the cluster works without Redis."""
         try:

@@ -6,7 +6,7 @@ Errors are domain exceptions mapped to status codes by the shared `ErrorIntercep
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 
@@ -89,7 +89,7 @@ class NextGPTServicer(nextgpt_pb2_grpc.NextGPTServicer):
 
     async def _events(
         self, request: nextgpt_pb2.GenerateRequest, context: grpc.aio.ServicerContext, api: str
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """The request's events; a refusal before any work (key, malformed request) is counted too."""
         try:
             await _authorize(self.core, context)
@@ -110,14 +110,18 @@ class NextGPTServicer(nextgpt_pb2_grpc.NextGPTServicer):
             async for event in events:
                 yield event
 
-    async def Generate(self, request, context):  # noqa: N802 - gRPC method name
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: nextgpt_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> nextgpt_pb2.GenerateResponse:
         async with contextlib.aclosing(self._events(request, context, "grpc")) as events:
             async for event in events:
                 if isinstance(event, Done):
                     return summary_to_proto(event)
         raise RuntimeError("the request ended without a summary")
 
-    async def GenerateStream(self, request, context):  # noqa: N802
+    async def GenerateStream(  # noqa: N802
+        self, request: nextgpt_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[nextgpt_pb2.GenerateStreamResponse, None]:
         async for event in self._events(request, context, "grpc_stream"):
             yield event_to_proto(event)
 
@@ -125,4 +129,5 @@ class NextGPTServicer(nextgpt_pb2_grpc.NextGPTServicer):
 async def _authorize(core: GatewayCore, context: grpc.aio.ServicerContext) -> None:
     """With api_keys set, require `authorization: Bearer KEY` metadata (as REST requires the header)."""
     metadata = dict(context.invocation_metadata() or ())
-    authorize(core.settings.api_keys, metadata.get("authorization"))
+    key = metadata.get("authorization")  # str: only `-bin` keys carry bytes
+    authorize(core.settings.api_keys, key if isinstance(key, str) else None)

@@ -9,9 +9,12 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from gateway.protocol import (
+    AudioPart,
+    AudioURLPart,
     ChatCompletionAudio,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -22,11 +25,13 @@ from gateway.protocol import (
     DeltaMessage,
     ErrorInfo,
     ErrorResponse,
+    ImagePart,
     MediaErrorInfo,
     NextGPTInfo,
     NextGPTOptions,
     ResponseMessage,
     UsageInfo,
+    VideoPart,
 )
 from gateway.serving import Done, Event, GatewayCore, MediaFailed, MediaReady, TextDelta
 from nextgpt.config import DecodeOptions, GenerationOptions
@@ -98,7 +103,7 @@ def parse_data_url(url: str, where: str, max_bytes: int) -> tuple[str, bytes]:
     return params[0].strip().lower(), decode_base64(url, where, max_bytes, start=comma + 1)
 
 
-def _medium(part, where: str, max_bytes: int) -> MediaItem:
+def _medium(part: ImagePart | VideoPart | AudioURLPart | AudioPart, where: str, max_bytes: int) -> MediaItem:
     modality = PART_MODALITY[part.type]
     if part.type == "input_audio":
         mime = AUDIO_FORMATS.get(part.input_audio.format.lower())
@@ -295,9 +300,9 @@ class OpenAIServingChat:
         )
 
     async def _sse(
-        self, first: Event, events: AsyncIterator[Event], model: str, created: int, request_id: str
-    ) -> AsyncIterator[str]:
-        def chunk(delta: DeltaMessage, finish: str | None = None, **extra) -> str:
+        self, first: Event, events: AsyncGenerator[Event, None], model: str, created: int, request_id: str
+    ) -> AsyncGenerator[str, None]:
+        def chunk(delta: DeltaMessage, finish: str | None = None, **extra: Any) -> str:
             body = ChatCompletionChunk(
                 id=f"chatcmpl-{request_id}",
                 created=created,

@@ -88,7 +88,7 @@ _BUDGET = (
     "sum over the requested media x max_media_per_modality (unset options count at 50 steps, 512x512, 24 "
     "frames); over it the request is a 400 naming the budget."
 )
-_STEPS = Field(None, description=f"Diffusion steps, 1..{MAX_STEPS} (default per profile; real 50).")
+_STEPS = Field(default=None, description=f"Diffusion steps, 1..{MAX_STEPS} (default per profile; real 50).")
 _SIDE = f"pixels, a multiple of 8 in 8..{MAX_SIDE}"
 
 
@@ -97,15 +97,15 @@ class ImageOptions(_Strict):
 
     steps: int | None = _STEPS
     guidance_scale: float | None = None
-    height: int | None = Field(None, description=f"Output height in {_SIDE}.")
-    width: int | None = Field(None, description=f"Output width in {_SIDE}.")
+    height: int | None = Field(default=None, description=f"Output height in {_SIDE}.")
+    width: int | None = Field(default=None, description=f"Output width in {_SIDE}.")
 
 
 class VideoOptions(ImageOptions):
     __doc__ = f"Video decoding options. {_BUDGET}"
 
-    num_frames: int | None = Field(None, description=f"Frames, 1..{MAX_FRAMES} (real default 24).")
-    fps: int | None = Field(None, description="Frames per second of the MP4, 1..60.")
+    num_frames: int | None = Field(default=None, description=f"Frames, 1..{MAX_FRAMES} (real default 24).")
+    fps: int | None = Field(default=None, description="Frames per second of the MP4, 1..60.")
 
 
 class AudioOptions(_Strict):
@@ -113,7 +113,9 @@ class AudioOptions(_Strict):
 
     steps: int | None = _STEPS
     guidance_scale: float | None = None
-    audio_seconds: float | None = Field(None, description=f"Length in seconds, (0, {MAX_AUDIO_SECONDS:g}].")
+    audio_seconds: float | None = Field(
+        default=None, description=f"Length in seconds, (0, {MAX_AUDIO_SECONDS:g}]."
+    )
 
 
 class NextGPTOptions(_Strict):

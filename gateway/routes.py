@@ -181,15 +181,16 @@ async def _cancelled_on_disconnect(request: Request, work: Awaitable[T]) -> T | 
         "requestBody": {"content": {"application/json": {"examples": CHAT_EXAMPLES}}},
     },
 )
-async def chat_completions(body: ChatCompletionRequest, request: Request):
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     serving: OpenAIServingChat = request.app.state.serving_chat
     work = serving.create(body, request.state.request_id, timeout_s=request_timeout(request))
     if body.stream:  # a disconnect ends the SSE response, which closes the request's events
         result = await work
     else:  # nothing is sent until the end: watch the connection, so a client that gives up stops it
-        result = await _cancelled_on_disconnect(request, work)
-        if result is None:
+        finished = await _cancelled_on_disconnect(request, work)
+        if finished is None:
             return Response(status_code=499)  # nobody reads it: the client is gone
+        result = finished
     if isinstance(result, ChatCompletionResponse):
         # pydantic writes the JSON bytes in one pass; JSONResponse(model_dump()) would build a dict,
         # then json.dumps would re-scan and copy the megabytes of base64 media twice (str, bytes)

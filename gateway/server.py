@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
+import grpc
 import uvicorn
 
 from gateway.app import build_app
@@ -74,7 +75,7 @@ class Gateway:
         return self.grpc.port if self.grpc else 0
 
     async def start(self, startup_timeout_s: float = 30.0) -> None:
-        def add(server):
+        def add(server: grpc.aio.Server) -> list[str]:
             nextgpt_pb2_grpc.add_NextGPTServicer_to_server(NextGPTServicer(self.core), server)
             return [SERVICE_NAME]
 

@@ -12,9 +12,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -28,7 +29,7 @@ from nextgpt.media.decode import check_media_item
 from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem, Message, Modality, check_messages
 from services.common.convert import (
     MODALITY_TO_PROTO,
-    PROTO_TO_MODALITY,
+    PROTO_TO_MEDIA,
     ROLE_TO_PROTO,
     decode_options_to_proto,
     generation_options_to_proto,
@@ -193,7 +194,7 @@ class GatewayCore:
         timeout_s: float | None = None,
         api: str = "python",
         media_names: list[list[str]] | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Events of one request: text deltas, each medium or media error as it happens, then `Done`.
 
         `timeout_s` (e.g. the caller's gRPC deadline) shortens the configured request budget.
@@ -240,7 +241,7 @@ class GatewayCore:
         request_id: str,
         deadline: float,
         names: list[list[str]],
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         # 1. check inputs
@@ -262,7 +263,7 @@ class GatewayCore:
         errors: list[MediaError] = []
         result: llm_pb2.LLMResult | None = None
         first_decode: float | None = None
-        llm = aiter(self.backends.generate(request, self._call(request_id, deadline, "llm")))
+        llm = self.backends.generate(request, self._call(request_id, deadline, "llm"))
         llm_open = True  # read to its end, so the call ends OK rather than cancelled after the result
         next_response: asyncio.Future[llm_pb2.LLMGenerateResponse | None] | None = None
         try:
@@ -274,7 +275,10 @@ class GatewayCore:
                 else:
                     if llm_open and next_response is None:
                         next_response = asyncio.ensure_future(_next_or_none(llm))
-                    waiting = {*decoding, *([next_response] if next_response else [])}
+                    waiting: set[asyncio.Future[Any]] = {
+                        *decoding,
+                        *([next_response] if next_response else []),
+                    }
                     finished, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     if next_response in finished:
                         response, next_response = next_response.result(), None
@@ -289,7 +293,7 @@ class GatewayCore:
                     timings["llm"] = time.perf_counter() - t0
                     STAGE_SECONDS.labels("llm").observe(timings["llm"])
                 elif response.HasField("span"):
-                    modality = PROTO_TO_MODALITY.get(response.span.modality)
+                    modality = PROTO_TO_MEDIA.get(response.span.modality)
                     k = chooser.take(modality) if modality else None
                     if modality and k is not None:
                         first_decode = first_decode or time.perf_counter()
@@ -333,7 +337,7 @@ class GatewayCore:
                 finish_reason=result.finish_reason or "stop",
                 prompt_tokens=result.usage.prompt_tokens,
                 completion_tokens=result.usage.completion_tokens,
-                forced_modalities=[PROTO_TO_MODALITY[m] for m in result.forced_modalities],  # type: ignore[misc]
+                forced_modalities=[PROTO_TO_MEDIA[m] for m in result.forced_modalities],
                 timings=timings,
             ),
             request_id,

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from nextgpt._proto import nextgpt_pb2, nextgpt_pb2_grpc
+from nextgpt._proto import common_pb2, nextgpt_pb2, nextgpt_pb2_grpc
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import from_grpc_code, pushback_seconds
 from nextgpt.types import MediaItem, Message, Modality
 from services.common.convert import (
-    PROTO_TO_MODALITY,
+    PROTO_TO_MEDIA,
     ROLE_TO_PROTO,
     generation_options_to_proto,
     media_from_proto,
@@ -79,7 +79,9 @@ def build_request(
     return nextgpt_pb2.GenerateRequest(
         messages=[
             nextgpt_pb2.Message(
-                role=ROLE_TO_PROTO.get(m.role, 0), text=m.text, media=[media_to_proto(x) for x in m.media]
+                role=ROLE_TO_PROTO.get(m.role, common_pb2.ROLE_UNSPECIFIED),
+                text=m.text,
+                media=[media_to_proto(x) for x in m.media],
             )
             for m in messages
         ],
@@ -102,19 +104,19 @@ def reply_from_proto(r: nextgpt_pb2.GenerateResponse, media: list[MediaItem] | N
             "decode": r.timings.decode_s,
             "total": r.timings.total_s,
         },
-        forced_modalities=[PROTO_TO_MODALITY[m] for m in r.forced_modalities],  # type: ignore[misc]
+        forced_modalities=[PROTO_TO_MEDIA[m] for m in r.forced_modalities],
         request_id=r.request_id,
     )
 
 
 def _error(e: nextgpt_pb2.MediaError) -> MediaError:
-    return MediaError(PROTO_TO_MODALITY.get(e.modality, "image"), e.message)  # type: ignore[arg-type]
+    return MediaError(PROTO_TO_MEDIA.get(e.modality, "image"), e.message)
 
 
 def _domain_error(exc: grpc.RpcError) -> Exception:
     """The gateway's status -> the same domain error the gateway raised (`nextgpt.errors`' table)."""
-    code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
-    retry_after_s = pushback_seconds(exc.trailing_metadata())  # type: ignore[attr-defined]
+    code, details = exc.code(), exc.details()
+    retry_after_s = pushback_seconds(exc.trailing_metadata())
     return from_grpc_code(code.name, details or "", retry_after_s)
 
 

@@ -428,7 +428,9 @@ def _terminate(children: list[Child], timeout_s: float) -> None:
 def is_serving(target: str, timeout_s: float = 1.0) -> bool:
     try:
         with grpc.insecure_channel(target) as ch:
-            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            # typeshed's HealthStub declares no methods (the generated class sets them in __init__).
+            stub = health_pb2_grpc.HealthStub(ch)
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)  # type: ignore[attr-defined]
         return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False

@@ -4,6 +4,7 @@ delta checkpoint (random, with a warning, when the profile has none), placed and
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 from torch import nn
 
@@ -13,6 +14,8 @@ from nextgpt.errors import CheckpointError
 from nextgpt.projectors.input import build_input_projector
 from nextgpt.projectors.output import OutputProjector
 from nextgpt.types import Modality
+
+M = TypeVar("M", bound=nn.Module)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,6 @@ def load_output_projector(
     return _placed(projector, profile)
 
 
-def _placed(module: nn.Module, profile: ProfileConfig) -> nn.Module:
+def _placed(module: M, profile: ProfileConfig) -> M:
     placement = profile.projector_placement.resolve()
     return module.to(placement.device, placement.torch_dtype).eval()

@@ -8,15 +8,24 @@ from nextgpt.config import DecodeOptions, GenerationOptions
 from nextgpt.errors import ConfigError, InvalidInput
 from nextgpt.types import MediaItem, Modality
 
-MODALITY_TO_PROTO: dict[str, int] = {
+MODALITY_TO_PROTO: dict[str, common_pb2.Modality] = {
     "text": common_pb2.MODALITY_TEXT,
     "image": common_pb2.MODALITY_IMAGE,
     "video": common_pb2.MODALITY_VIDEO,
     "audio": common_pb2.MODALITY_AUDIO,
 }
-PROTO_TO_MODALITY = {v: k for k, v in MODALITY_TO_PROTO.items()}
-ROLE_TO_PROTO = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT}
-PROTO_TO_ROLE = {v: k for k, v in ROLE_TO_PROTO.items()}
+PROTO_TO_MODALITY: dict[int, str] = {v: k for k, v in MODALITY_TO_PROTO.items()}
+PROTO_TO_MEDIA: dict[int, Modality] = {
+    common_pb2.MODALITY_IMAGE: "image",
+    common_pb2.MODALITY_VIDEO: "video",
+    common_pb2.MODALITY_AUDIO: "audio",
+}
+"""`PROTO_TO_MODALITY` without text: the modalities of media."""
+ROLE_TO_PROTO: dict[str, common_pb2.Role] = {
+    "user": common_pb2.ROLE_USER,
+    "assistant": common_pb2.ROLE_ASSISTANT,
+}
+PROTO_TO_ROLE: dict[int, str] = {v: k for k, v in ROLE_TO_PROTO.items()}
 
 
 def modality_from_proto(value: int, what: str = "modality") -> str:
@@ -30,7 +39,7 @@ def media_modality_from_proto(value: int, what: str = "media.modality") -> Modal
     modality = modality_from_proto(value, what)
     if modality == "text":
         raise InvalidInput(f"{what}: MODALITY_TEXT is not a medium; send text as text")
-    return modality  # type: ignore[return-value]
+    return PROTO_TO_MEDIA[value]
 
 
 def role_from_proto(value: int, what: str = "role") -> str:

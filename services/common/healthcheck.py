@@ -51,11 +51,12 @@ def check_serving(target: str, timeout_s: float, service: str = "") -> str:
     """The health status name of `target` (SERVING, NOT_SERVING, ...) or UNAVAILABLE."""
     try:
         with grpc.insecure_channel(target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            # typeshed's HealthStub declares no methods (the generated class sets them in __init__).
+            reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
             )
     except grpc.RpcError as exc:
-        return exc.code().name  # type: ignore[attr-defined]
+        return exc.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 

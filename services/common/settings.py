@@ -14,11 +14,14 @@ import os
 import textwrap
 import typing
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nextgpt.errors import ConfigError
 
-S = TypeVar("S")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+S = TypeVar("S", bound="DataclassInstance")
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -28,7 +31,10 @@ def _field_docs(cls: type) -> dict[str, str]:
     except (OSError, TypeError):
         return {}
     docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    node = tree.body[0]
+    if not isinstance(node, ast.ClassDef):
+        return {}
+    body = node.body
     for node, nxt in zip(body, body[1:], strict=False):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
@@ -67,9 +73,11 @@ def load_settings(
     hints = typing.get_type_hints(cls)
     docs = _field_docs(cls)
     parser = argparse.ArgumentParser(description=(cls.__doc__ or "").strip())
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         env_name = f"{env_prefix}{f.name.upper()}"
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default: object = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
             dest=f.name,
@@ -78,7 +86,7 @@ def load_settings(
         )
     flags = vars(parser.parse_args(list(argv) if argv is not None else []))
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         env_name = f"{env_prefix}{f.name.upper()}"
         if flags.get(f.name) is not None:
             values[f.name] = _parse(hints[f.name], flags[f.name], f"--{f.name.replace('_', '-')}")

@@ -85,7 +85,7 @@ class DecoderCore:
         `max_queue`: most requests waiting for a batch (None: unbounded)."""
         if modality not in MODALITIES:
             raise ConfigError(f"modality={modality!r}: use one of {MODALITIES}")
-        self.modality: Modality = modality  # type: ignore[assignment]
+        self.modality: Modality = modality
         self.projector: OutputProjector | None = None
         self.decoder: Decoder | None = None
         self.max_steps = MAX_STEPS
@@ -230,7 +230,7 @@ class DecoderCore:
         # 3. Encode PNG / MP4 / WAV.
         _check_stop(should_stop, "before encoding")
         diffused = time.perf_counter()
-        media = self.decoder.to_media(outputs, settings)  # type: ignore[arg-type]
+        media = self.decoder.to_media(outputs, settings)
         done = time.perf_counter()
         for stage, seconds in zip(
             STAGES, (projected - started, diffused - projected, done - diffused), strict=True
