@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -39,7 +40,11 @@ from nextgpt.types import (
 logger = logging.getLogger(__name__)
 
 Decoder = ImageDecoder | VideoDecoder | AudioDecoder
-DECODER_CLASSES: dict[Modality, type] = {"image": ImageDecoder, "video": VideoDecoder, "audio": AudioDecoder}
+DECODER_CLASSES: dict[Modality, type[Decoder]] = {
+    "image": ImageDecoder,
+    "video": VideoDecoder,
+    "audio": AudioDecoder,
+}
 
 
 @dataclass
@@ -76,20 +81,22 @@ class NextGPT:
         )
         steps.append(("projectors", lambda: _load_projectors(profile, delta)))
         for modality in decoders:
-            dec_cls = DECODER_CLASSES[modality]
-            steps.append((f"decoder.{modality}", lambda c=dec_cls, m=modality: c.load(profile.decoders[m])))
+            steps.append((f"decoder.{modality}", _decoder_step(profile, modality)))
         for name, load in _with_progress(steps, progress):
             started = time.perf_counter()
             loaded[name] = load()
             logger.info("loaded %s in %.2fs", name, time.perf_counter() - started)
-        input_projector, output_projectors = loaded["projectors"]  # type: ignore[misc]
+        # Each step's result under its name, of the type its loader returns.
+        input_projector, output_projectors = cast(
+            tuple[torch.nn.Module, dict[Modality, OutputProjector]], loaded["projectors"]
+        )
         return cls(
             profile=profile,
-            encoder=loaded["encoder"],  # type: ignore[arg-type]
+            encoder=cast(ImageBindEncoder, loaded["encoder"]),
             input_projector=input_projector,
-            llm=loaded["llm"],  # type: ignore[arg-type]
+            llm=cast(NextGPTLanguageModel, loaded["llm"]),
             output_projectors=output_projectors,
-            decoders={m: loaded[f"decoder.{m}"] for m in decoders},  # type: ignore[misc]
+            decoders={m: cast(Decoder, loaded[f"decoder.{m}"]) for m in decoders},
         )
 
     def generate(
@@ -187,6 +194,10 @@ def _load_projectors(
 ) -> tuple[torch.nn.Module, dict[Modality, OutputProjector]]:
     output_projectors = {m: load_output_projector(profile, delta, m) for m in MODALITIES}
     return load_input_projector(profile, delta), output_projectors
+
+
+def _decoder_step(profile: ProfileConfig, modality: Modality) -> Callable[[], object]:
+    return lambda: DECODER_CLASSES[modality].load(profile.decoders[modality])
 
 
 def _with_progress(

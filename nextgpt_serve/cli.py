@@ -8,7 +8,7 @@ import logging
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,7 +17,7 @@ from rich.table import Table
 
 from nextgpt.errors import NextGPTError
 from nextgpt.media.files import read_media_file, write_media
-from nextgpt.types import MODALITIES, Message
+from nextgpt.types import MODALITIES, GenerateResult, Message, Modality
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -29,9 +29,10 @@ def _no_placeholder_for_flags() -> None:
 
     shown = TyperOption.display_type_rich
 
-    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:  # type: ignore[name-defined]
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:  # ctx: typer's vendored click Context
         return None if self.is_flag else shown(self, ctx)
 
+    # A deliberate patch of typer's method, which mypy refuses on principle.
     TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
@@ -146,12 +147,13 @@ def generate_cmd(
     second on the tiny profile; otherwise the models load in this process first (10-20 s)."""
     from nextgpt.config import DecodeOptions, GenerationOptions
 
+    inputs: tuple[tuple[Modality, list[Path] | None], ...] = (
+        ("image", image),
+        ("audio", audio),
+        ("video", video),
+    )
     try:
-        media = [
-            read_media_file(path, modality)
-            for modality, paths in (("image", image), ("audio", audio), ("video", video))
-            for path in paths or []
-        ]
+        media = [read_media_file(path, modality) for modality, paths in inputs for path in paths or []]
         decode = DecodeOptions(steps=steps)
         options = GenerationOptions(
             max_new_tokens=max_new_tokens,
@@ -336,17 +338,22 @@ def precompute_targets_cmd(
         write_index,
     )
 
-    wanted = [m.strip() for m in modality.split(",") if m.strip()]
-    if not wanted or any(m not in MODALITIES for m in wanted):
+    names = [m.strip() for m in modality.split(",") if m.strip()]
+    if not names or any(m not in MODALITIES for m in names):
         console.print(
             f"[red]error:[/red] --modality {modality!r}: use a comma-separated subset of {MODALITIES}"
         )
         raise typer.Exit(2)
-    decoders = {"image": ImageDecoder, "video": VideoDecoder, "audio": AudioDecoder}
+    wanted = [m for m in names if m in MODALITIES]  # all of them (checked above), typed as modalities
+    decoders: dict[Modality, type[ImageDecoder | VideoDecoder | AudioDecoder]] = {
+        "image": ImageDecoder,
+        "video": VideoDecoder,
+        "audio": AudioDecoder,
+    }
     try:
         prof = load_profile(profile, config_file=config, models_dir=models_dir)
         sets = data_caption_sets(data)
-        written = {}
+        written: dict[Modality, Path] = {}
         for m in wanted:
             if not sets[m]:
                 console.print(f"{m}: no captions in {data}, skipped")
@@ -417,7 +424,7 @@ def safe_text(text: str) -> str:
     return "".join(ch if ch.isprintable() or ch in "\n\t" else ascii(ch)[1:-1] for ch in text)
 
 
-def result_summary(result, paths: list[Path]) -> dict:  # type: ignore[no-untyped-def]
+def result_summary(result: GenerateResult, paths: list[Path]) -> dict[str, Any]:
     return {
         "text": result.text,
         "media": [{"modality": m.modality, "path": str(p)} for m, p in zip(result.media, paths, strict=True)],

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -20,6 +21,9 @@ from nextgpt.media.files import write_media
 from nextgpt.media.samples import sample_inputs
 from nextgpt.types import MediaItem, Message
 from nextgpt_serve import rest
+
+if TYPE_CHECKING:
+    from services.launcher import LocalCluster
 
 console = Console()
 
@@ -64,7 +68,9 @@ def run_demo(
         return _run_all(out, _cluster_sender(cluster))
 
 
-Sender = Callable[[int, str, list[MediaItem], tuple[str, ...]], tuple[str, list[MediaItem], list[str], str]]
+Reply = tuple[str, list[MediaItem], list[str], str]
+"""Text, media, error lines, and how the request went (in-process, gRPC, REST)."""
+Sender = Callable[[int, str, list[MediaItem], tuple[str, ...]], Reply]
 
 
 def _run_all(out: Path, send: Sender) -> list[Path]:
@@ -93,7 +99,7 @@ def _in_process_sender(profile: str | None, models_dir: Path | None) -> Sender:
 
     model = NextGPT.from_profile(load_profile(profile, models_dir=models_dir), progress=True)
 
-    def send(index: int, prompt: str, media: list[MediaItem], modalities: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    def send(index: int, prompt: str, media: list[MediaItem], modalities: tuple[str, ...]) -> Reply:
         options = GenerationOptions(seed=0, max_new_tokens=48, modalities=modalities)
         result = model.generate([Message("user", prompt, media)], options)
         return result.text, result.media, [f"{e.modality}: {e.message}" for e in result.errors], "in-process"
@@ -101,18 +107,19 @@ def _in_process_sender(profile: str | None, models_dir: Path | None) -> Sender:
     return send
 
 
-def _cluster_sender(cluster) -> Sender:  # type: ignore[no-untyped-def]
+def _cluster_sender(cluster: LocalCluster) -> Sender:
     """Even requests go over REST (OpenAI-compatible), odd ones over gRPC (Python client)."""
     from nextgpt_serve.client import NextGPTClient
 
-    def send(index: int, prompt: str, media: list[MediaItem], modalities: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    def send(index: int, prompt: str, media: list[MediaItem], modalities: tuple[str, ...]) -> Reply:
         if index % 2:
             with NextGPTClient(cluster.grpc_target, timeout_s=300) as client:
                 options = GenerationOptions(seed=0, max_new_tokens=48, modalities=modalities)
-                reply = client.generate([Message("user", prompt, media)], options)
-            return reply.text, reply.media, [f"{e.modality}: {e.message}" for e in reply.errors], "gRPC"
+                grpc_reply = client.generate([Message("user", prompt, media)], options)
+            errors = [f"{e.modality}: {e.message}" for e in grpc_reply.errors]
+            return grpc_reply.text, grpc_reply.media, errors, "gRPC"
         options = GenerationOptions(seed=0, max_new_tokens=48, modalities=modalities)
-        reply = rest.chat(cluster.rest_url, rest.chat_body(prompt, media, options, "nextgpt-tiny"))
-        return reply.text, reply.media, [f"{e.modality}: {e.message}" for e in reply.errors], "REST"
+        result = rest.chat(cluster.rest_url, rest.chat_body(prompt, media, options, "nextgpt-tiny"))
+        return result.text, result.media, [f"{e.modality}: {e.message}" for e in result.errors], "REST"
 
     return send

@@ -9,10 +9,10 @@ import httpx
 
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import NextGPTError, from_grpc_code
-from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem
+from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem, Modality
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-PART_MODALITY = {"image_url": "image", "video_url": "video", "audio_url": "audio"}
+PART_MODALITY: dict[str, Modality] = {"image_url": "image", "video_url": "video", "audio_url": "audio"}
 
 
 def server_answers(url: str, timeout_s: float = 0.5) -> bool:
@@ -104,7 +104,7 @@ def reply_media(message: dict) -> list[MediaItem]:
         if modality := PART_MODALITY.get(part["type"]):
             header, data = part[part["type"]]["url"].split(",", 1)
             mime = header.removeprefix("data:").split(";")[0]
-            found.append(MediaItem(modality, base64.b64decode(data), mime))  # type: ignore[arg-type]
+            found.append(MediaItem(modality, base64.b64decode(data), mime))
     if message.get("audio"):
         found.append(MediaItem("audio", base64.b64decode(message["audio"]["data"]), "audio/wav"))
     return found

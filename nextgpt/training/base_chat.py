@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def dialogue_texts(instructions_json: Path) -> list[str]:
     return [render_dialogue(r["conversations"]) for r in records if r.get("conversations")]
 
 
-def _batch(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+def _batch(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:
     rows = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -83,7 +83,9 @@ def _batch(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def lm_loss(model: LlamaForCausalLM, tokenizer, texts: list[str], batch_size: int = 64) -> float:
+def lm_loss(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 64
+) -> float:
     """Mean next-token CE over `texts` (token-weighted), for before/after figures."""
     model.eval()
     total, count = 0.0, 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -29,7 +29,7 @@ from nextgpt.projectors.input import build_input_projector
 from nextgpt.projectors.output import OutputProjector
 from nextgpt.training.collate import Batch
 from nextgpt.training.losses import alignment_distance, caption_ce
-from nextgpt.types import MODALITIES
+from nextgpt.types import MODALITIES, Modality
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +61,14 @@ class TrainableNextGPT(nn.Module):
         profile: ProfileConfig,
         lm: NextGPTLanguageModel,
         input_projector: nn.Module,
-        output_projectors: dict[str, OutputProjector],
+        output_projectors: dict[Modality, OutputProjector],
     ) -> None:
         super().__init__()
         self.profile = profile
         self.lm = lm  # tokenizer, signal ids and prompt tokenization (not a module: `llm` is)
         self.llm = lm.model
         self.input_projector = input_projector
-        self.output_projectors = nn.ModuleDict(output_projectors)
+        self.output_projectors = nn.ModuleDict({m: p for m, p in output_projectors.items()})  # str keys
         self.n_new_rows = len(get_layout(profile.llm.signal_layout).all_tokens)
         self.base_vocab = lm.vocab_size - self.n_new_rows
 
@@ -144,7 +144,7 @@ class TrainableNextGPT(nn.Module):
     def embedding(self) -> nn.Embedding:
         return self.llm.get_input_embeddings()
 
-    def lm_head(self) -> nn.Module:
+    def lm_head(self) -> nn.Linear:
         return self.llm.get_output_embeddings()
 
     # ------------------------------------------------------------------ forward
@@ -184,7 +184,9 @@ class TrainableNextGPT(nn.Module):
                 targets.append(target)
                 with_latents = [i for i, o in enumerate(items) if o.latents is not None]
                 if modality == "image" and denoiser is not None and with_latents:
-                    latents = torch.stack([items[i].latents for i in with_latents])  # (S', C, h, w)
+                    latents = torch.stack(
+                        [o.latents for o in items if o.latents is not None]
+                    )  # (S', C, h, w)
                     losses["denoise"] = denoiser.loss(pred[with_latents], latents)
             distances = torch.cat(
                 [
@@ -208,7 +210,10 @@ class TrainableNextGPT(nn.Module):
             embed_tokens=self.embedding().weight.detach().float().cpu().clone(),
             lm_head=self.lm_head().weight.detach().float().cpu().clone(),
             lora=cpu(lora),
-            output_projectors={m: cpu(p.state_dict()) for m, p in self.output_projectors.items()},
+            # the ModuleDict's keys are the modalities `build` gave it
+            output_projectors={
+                cast(Modality, m): cpu(p.state_dict()) for m, p in self.output_projectors.items()
+            },
         )
 
     def trainable_state(self) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def warmup_linear(total: int, warmup: int):  # type: ignore[no-untyped-def]
+def warmup_linear(total: int, warmup: int) -> Callable[[int], float]:
     """LR multiplier: 0 -> 1 over `warmup` steps, then linearly down to 0 at `total`."""
 
     def factor(step: int) -> float:

@@ -14,6 +14,7 @@ import mimetypes
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def build_stage_data(
     pairs: list[CaptionPair] = []
     if cfg.stage == "encoder":
         pairs = _interleave([[p for p in _pairs(cfg, report) if p.modality == m] for m in MODALITIES])
-        make = [lambda p=p, i=i: builder.caption_pair(p, i) for i, p in enumerate(pairs)]
+        make = [partial(builder.caption_pair, p, i) for i, p in enumerate(pairs)]
     elif cfg.stage == "decoder":
         pairs = _pairs(cfg, report)
         captions: dict[Modality, dict[str, None]] = {m: {} for m in MODALITIES}
@@ -114,10 +115,10 @@ def build_stage_data(
         for m, found in output_captions(_conversations(cfg, report)).items():
             captions[m].update(dict.fromkeys(found))
         todo = _interleave([[(m, c) for c in captions[m]] for m in MODALITIES])
-        make = [lambda m=m, c=c, i=i: builder.caption_request(m, c, i) for i, (m, c) in enumerate(todo)]
+        make = [partial(builder.caption_request, m, c, i) for i, (m, c) in enumerate(todo)]
     else:
         conversations = _conversations(cfg, report)
-        make = [lambda c=c: builder.conversation(c.turns, c.source) for c in conversations]
+        make = [partial(builder.conversation, c.turns, c.source) for c in conversations]
     if cfg.max_examples is not None:
         make = make[: cfg.max_examples]
     examples: list[Example] = []

@@ -15,6 +15,7 @@ update, so base rows stay bit-identical (tested).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -97,7 +98,7 @@ def set_trainables(model: TrainableNextGPT, stage: Stage, *, new_rows: bool = Tr
             matrices.append(model.lm_head().weight)
         for weight in matrices:
             name = next(n for n, p in named.items() if p is weight)
-            chosen.params[name] = weight
+            chosen.params[name] = named[name]  # `weight` itself, typed as the Parameter it is
             chosen.row_masks[name] = model.base_vocab
             weight.requires_grad_(True)
             chosen.hooks.append(weight.register_hook(_row_mask_hook(weight, model.base_vocab)))
@@ -106,7 +107,7 @@ def set_trainables(model: TrainableNextGPT, stage: Stage, *, new_rows: bool = Tr
     return chosen
 
 
-def _row_mask_hook(weight: torch.Tensor, first_row: int):  # type: ignore[no-untyped-def]
+def _row_mask_hook(weight: torch.Tensor, first_row: int) -> Callable[[torch.Tensor], torch.Tensor]:
     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     mask[first_row:] = 1.0
 

@@ -24,9 +24,9 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import av
 from PIL import Image
@@ -119,9 +119,12 @@ def check_media(path: Path, modality: Modality, verify: Verify = "header") -> st
     try:
         data = path.read_bytes()
         if verify == "decode":
-            {"image": decode.read_image, "audio": decode.read_audio, "video": decode.read_video}[modality](
-                data
-            )
+            readers: dict[Modality, Callable[[bytes], object]] = {
+                "image": decode.read_image,
+                "audio": decode.read_audio,
+                "video": decode.read_video,
+            }
+            readers[modality](data)
         else:
             _probe(data, modality)
     except Exception as exc:  # any decoder failure means "skip this file", never a crash
@@ -183,7 +186,7 @@ def _pair_modality(record: dict[str, Any], modality: Modality | None) -> tuple[M
     for m in (modality,) if modality else MODALITIES:
         for key in (f"{m}_name", m, f"{m}_path"):
             if isinstance(record.get(key), str) and record[key]:
-                return m, record[key]  # type: ignore[return-value]
+                return m, record[key]
     raise BadRecord(BAD, f"no {modality or 'image/video/audio'}_name field")
 
 
@@ -310,7 +313,7 @@ def _user_turn(raw: dict[str, Any], record_inputs: dict[Modality, list[str]], me
     inputs: list[MediaRef] = []
 
     def take(match: re.Match[str]) -> str:
-        m: Modality = match.group(1).lower()  # type: ignore[assignment]
+        m = cast(Modality, match.group(1).lower())  # PLACEHOLDER matches <image>, <video>, <audio> only
         queue = own[m] or record_inputs[m]
         if not queue:
             raise BadRecord(NO_FILE, f"{MEDIA_MARKERS[m]} in a human turn but no {m} file listed")
@@ -326,13 +329,13 @@ def _user_turn(raw: dict[str, Any], record_inputs: dict[Modality, list[str]], me
 
 
 def _assistant_turn(
-    raw: dict[str, Any], record_captions: dict[Modality, list[str]], spans: dict[str, str]
+    raw: dict[str, Any], record_captions: dict[Modality, list[str]], spans: dict[Modality, str]
 ) -> Turn:
     declared = _output_captions(raw)
     outputs: list[OutputRef] = []
 
     def take(match: re.Match[str]) -> str:
-        m: Modality = match.group(1).lower()  # type: ignore[assignment]
+        m = cast(Modality, match.group(1).lower())  # PLACEHOLDER matches <image>, <video>, <audio> only
         i = next((k for k, (dm, _) in enumerate(declared) if dm in (m, None)), None)
         if i is not None:
             caption = declared.pop(i)[1]

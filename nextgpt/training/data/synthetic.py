@@ -237,13 +237,12 @@ def render_video(colour: str, shape: str, direction: str, cfg: WorldConfig, rng:
     frames = []
     for t in range(cfg.video_frames):
         f = t / (cfg.video_frames - 1)
-        along = {"right": lo + f * (hi - lo), "left": hi - f * (hi - lo)}.get(direction)
         if direction in ("left", "right"):
-            cx, cy = along, across
+            cx, cy = (lo + f * (hi - lo)) if direction == "right" else (hi - f * (hi - lo)), across
         else:  # image y grows downwards
             cx, cy = across, (lo + f * (hi - lo)) if direction == "down" else (hi - f * (hi - lo))
         canvas = Image.new("RGB", (size, size), BACKGROUNDS["white"])
-        draw_shape(canvas, shape, colour, float(cx), float(cy), r)  # type: ignore[arg-type]
+        draw_shape(canvas, shape, colour, float(cx), float(cy), r)
         frames.append(np.asarray(canvas))
     return np.stack(frames)
 
@@ -264,7 +263,9 @@ def render_audio(caption: str, cfg: WorldConfig, rng: random.Random) -> np.ndarr
     elif caption in ("a major chord", "a minor chord"):
         root = rng.uniform(200.0, 400.0)
         third = 2 ** ((4 if caption == "a major chord" else 3) / 12)
-        wave = sum(np.sin(2 * np.pi * root * k * t) for k in (1.0, third, 2 ** (7 / 12))) / 3
+        wave = (
+            sum((np.sin(2 * np.pi * root * k * t) for k in (1.0, third, 2 ** (7 / 12))), np.zeros_like(t)) / 3
+        )
     elif caption in ("a rising sweep", "a falling sweep"):
         f0, f1 = (low, high) if caption == "a rising sweep" else (high, low)
         phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * cfg.audio_seconds))  # linear chirp
