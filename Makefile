@@ -21,7 +21,7 @@ help:
 	@echo "make up     - run the local cluster (Redis, services, gateway) until Ctrl-C"
 	@echo "make load   - locust load test (mixed REST + gRPC traffic) against a local cluster, report in out/load/"
 	@echo "make bench-serve - serving benchmark: serial loop vs the cluster (hf, vllm) at 1..32 clients, bench/results/"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff and mypy"
 	@echo "make clean  - remove the venv, models and outputs"
 
 setup: $(VENV)/.stamp-setup
@@ -74,9 +74,11 @@ test-vllm: models setup-vllm
 test-gpu: models
 	$(BIN)/python -m pytest -q -m gpu tests/gpu
 
+# mypy's settings are in pyproject.toml; its cache (.mypy_cache) makes a rerun take seconds.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 protos: setup
 	$(BIN)/python scripts/gen_protos.py
