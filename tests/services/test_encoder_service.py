@@ -156,7 +156,7 @@ CORRUPT_MP4 = b"\x00\x00\x00\x18ftypmp42" + b"x" * 300
 CORRUPT_WAV = b"RIFF\x10\x00\x00\x00WAVEjunk"
 BAD_REQUESTS = [
     ("corrupt png", request(MediaItem("image", PNG[: len(PNG) // 2], "image/png")), r"inputs\[0\].*image"),
-    ("corrupt mp4", request(MediaItem("video", CORRUPT_MP4, "video/mp4")), r"inputs\[0\].*decode video"),
+    ("corrupt mp4", request(MediaItem("video", CORRUPT_MP4, "video/mp4")), r"inputs\[0\].*decode the video"),
     (
         "corrupt wav",
         request(MEDIA["image"], MediaItem("audio", CORRUPT_WAV, "audio/wav")),
