@@ -39,7 +39,7 @@ SERVICE_NAME = nextgpt_pb2.DESCRIPTOR.services_by_name["NextGPT"].full_name
 def messages_from_proto(request: nextgpt_pb2.GenerateRequest) -> list[Message]:
     return [
         Message(
-            role=role_from_proto(m.role, f"messages[{i}].role"),  # type: ignore[arg-type]
+            role=role_from_proto(m.role, f"messages[{i}].role"),
             text=m.text,
             media=[media_from_proto(x, f"messages[{i}].media[{j}]") for j, x in enumerate(m.media)],
         )

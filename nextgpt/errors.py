@@ -11,6 +11,7 @@ HTTP `Retry-After` and gRPC `grpc-retry-pushback-ms`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
@@ -133,7 +134,7 @@ def from_grpc_code(code_name: str, message: str, retry_after_s: float | None = N
     return kind(message, retry_after_s=retry_after_s)
 
 
-def pushback_seconds(trailing_metadata: object) -> float | None:
+def pushback_seconds(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> float | None:
     """`retry_after_s` from a gRPC call's trailing metadata (pairs), None without a valid pushback."""
-    value = dict(trailing_metadata or ()).get(RETRY_PUSHBACK_KEY)  # type: ignore[call-overload]
+    value = dict(trailing_metadata or ()).get(RETRY_PUSHBACK_KEY)
     return int(value) / 1000 if isinstance(value, str) and value.isdigit() else None

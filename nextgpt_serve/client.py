@@ -116,7 +116,8 @@ def _error(e: nextgpt_pb2.MediaError) -> MediaError:
 def _domain_error(exc: grpc.RpcError) -> Exception:
     """The gateway's status -> the same domain error the gateway raised (`nextgpt.errors`' table)."""
     code, details = exc.code(), exc.details()
-    retry_after_s = pushback_seconds(exc.trailing_metadata())
+    # typeshed's _Metadatum is a plain class; at runtime it is a (key, value) namedtuple.
+    retry_after_s = pushback_seconds(exc.trailing_metadata())  # type: ignore[arg-type]
     return from_grpc_code(code.name, details or "", retry_after_s)
 
 

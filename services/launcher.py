@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -101,7 +102,7 @@ class Backoff:
 @dataclass
 class Child:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     log_path: Path
     health_target: str | None
     env: dict[str, str]
@@ -303,7 +304,7 @@ class LocalCluster:
         process.wait(10)
 
     def _respawn(self, child: Child) -> None:
-        child.process = _popen(child.process.args, child.env, child.log_path)  # type: ignore[arg-type]
+        child.process = _popen(cast(list[str], child.process.args), child.env, child.log_path)  # as started
         child.started_at = time.monotonic()
         child.restart_at = None
 
@@ -403,7 +404,7 @@ class LocalCluster:
         _terminate(children, timeout_s)
 
 
-def _popen(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def _popen(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """A child in its own session (Ctrl-C reaches only the launcher, which then stops it gracefully)."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(

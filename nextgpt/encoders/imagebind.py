@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import sys
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -118,7 +119,7 @@ def _install_import_shims() -> None:
         package.__spec__ = spec
         sys.modules["imagebind"] = package
     try:
-        import timm.layers  # type: ignore[import-not-found]  # noqa: F401
+        import timm.layers  # noqa: F401
     except Exception:
         timm = types.ModuleType("timm")
         layers = types.ModuleType("timm.layers")
@@ -126,6 +127,7 @@ def _install_import_shims() -> None:
         # "timm.__spec__ is None"; with no distribution metadata, libraries still see timm as absent.
         timm.__spec__ = importlib.machinery.ModuleSpec("timm", None, is_package=True)
         layers.__spec__ = importlib.machinery.ModuleSpec("timm.layers", None)
+        # Stand-in modules built here: ModuleType declares none of the attributes set on them.
         layers.DropPath = _DropPath  # type: ignore[attr-defined]
         layers.trunc_normal_ = nn.init.trunc_normal_  # type: ignore[attr-defined]
         timm.layers = layers  # type: ignore[attr-defined]
@@ -135,7 +137,7 @@ def _install_import_shims() -> None:
 def imagebind_module() -> types.ModuleType:
     """`imagebind.models.imagebind_model`, imported through the shims."""
     _install_import_shims()
-    from imagebind.models import imagebind_model  # type: ignore[import-untyped]
+    from imagebind.models import imagebind_model
 
     return imagebind_model
 
@@ -161,7 +163,7 @@ def _tokenizer() -> Any:
     global _TOKENIZER
     if _TOKENIZER is None:
         _install_import_shims()
-        from imagebind.models.multimodal_preprocessors import (  # type: ignore[import-untyped]
+        from imagebind.models.multimodal_preprocessors import (
             SimpleTokenizer,
         )
 
@@ -228,7 +230,7 @@ class ImageBindEncoder:
     def encode_batch(
         self,
         modality: EncoderModality,
-        inputs: list[torch.Tensor] | list[str],
+        inputs: Sequence[torch.Tensor | str],
         normalize: bool = False,
     ) -> torch.Tensor:
         """(B, E) float32 on CPU: `ImageBindModel.forward` output for this modality (see module doc).
@@ -253,7 +255,7 @@ class ImageBindEncoder:
                     )
             # One input needs no copy: a video is 15 x 3 x 2 x 224 x 224 floats (18 MB), and copying it
             # cost about a third of the tiny encoder's time for it.
-            tensors: list[torch.Tensor] = list(inputs)  # type: ignore[arg-type]
+            tensors = [x for x in inputs if isinstance(x, torch.Tensor)]  # all of them (checked above)
             stacked = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
             batch = stacked.to(self.dtype)  # (B, *shape)
         key = _MODEL_KEY[modality]

@@ -18,6 +18,7 @@ import yaml
 
 from nextgpt.config import LoRAConfig
 from nextgpt.errors import ConfigError
+from nextgpt.training.data.types import InstructionFormat
 from nextgpt.types import MODALITIES, Modality
 
 Stage = Literal["encoder", "decoder", "instruct"]
@@ -42,7 +43,7 @@ class DataSource:
     """Folder the media names are relative to (default: the file's folder)."""
     modality: Modality = "image"
     """Modality of a pairs file."""
-    fmt: str = "auto"
+    fmt: InstructionFormat = "auto"
     """Instruction format for the reader: "auto", "conversations" (T->T+X, MosIT), "llava", "alpaca"."""
 
     def __post_init__(self) -> None:

@@ -82,7 +82,7 @@ def _conversations(cfg: TrainConfig, report: dict[str, Any]) -> list[Conversatio
     out: list[Conversation] = []
     for source in cfg.data:
         if source.kind == "instructions":
-            conversations, read = read_instructions(source.path, source.media_dir, source.fmt)  # type: ignore[arg-type]
+            conversations, read = read_instructions(source.path, source.media_dir, source.fmt)
             report[str(source.path)] = read.summary()
             out += conversations
     return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from nextgpt._proto import common_pb2
 from nextgpt.config import DecodeOptions, GenerationOptions
 from nextgpt.errors import ConfigError, InvalidInput
-from nextgpt.types import MediaItem, Modality
+from nextgpt.types import MediaItem, Modality, Role
 
 MODALITY_TO_PROTO: dict[str, common_pb2.Modality] = {
     "text": common_pb2.MODALITY_TEXT,
@@ -21,11 +21,11 @@ PROTO_TO_MEDIA: dict[int, Modality] = {
     common_pb2.MODALITY_AUDIO: "audio",
 }
 """`PROTO_TO_MODALITY` without text: the modalities of media."""
-ROLE_TO_PROTO: dict[str, common_pb2.Role] = {
+ROLE_TO_PROTO: dict[Role, common_pb2.Role] = {
     "user": common_pb2.ROLE_USER,
     "assistant": common_pb2.ROLE_ASSISTANT,
 }
-PROTO_TO_ROLE: dict[int, str] = {v: k for k, v in ROLE_TO_PROTO.items()}
+PROTO_TO_ROLE: dict[int, Role] = {v: k for k, v in ROLE_TO_PROTO.items()}
 
 
 def modality_from_proto(value: int, what: str = "modality") -> str:
@@ -42,7 +42,7 @@ def media_modality_from_proto(value: int, what: str = "media.modality") -> Modal
     return PROTO_TO_MEDIA[value]
 
 
-def role_from_proto(value: int, what: str = "role") -> str:
+def role_from_proto(value: int, what: str = "role") -> Role:
     try:
         return PROTO_TO_ROLE[value]
     except KeyError:

@@ -8,6 +8,9 @@ request the pipeline cannot finish must not fail mid-diffusion with an IndexErro
 from __future__ import annotations
 
 import copy
+from typing import Any, Protocol
+
+import torch
 
 from nextgpt.config import MAX_STEPS, DecodeDefaults
 from nextgpt.errors import ConfigError, InvalidInput
@@ -35,7 +38,16 @@ def decoder_max_steps(decoder: object) -> int:
     return min(MAX_STEPS, scheduler_max_steps(scheduler))
 
 
-def scheduler_max_steps(scheduler: object) -> int:
+class Scheduler(Protocol):
+    """What the probe uses of a diffusers scheduler (they share no typed base with `set_timesteps`)."""
+
+    config: Any
+    timesteps: torch.Tensor
+
+    def set_timesteps(self, num_inference_steps: int) -> None: ...
+
+
+def scheduler_max_steps(scheduler: Scheduler) -> int:
     """Most inference steps `scheduler` runs: each timestep must index its training schedule.
 
     SD 1.5's PNDM and the DDIM of Zeroscope / AudioLDM (1000 training timesteps, steps_offset 1) give 999:
@@ -43,14 +55,14 @@ def scheduler_max_steps(scheduler: object) -> int:
     Found by bisection on a copy (set_timesteps only, no model call), once per load.
     """
     probe = copy.deepcopy(scheduler)
-    total = int(probe.config.num_train_timesteps)  # type: ignore[attr-defined]
+    total = int(probe.config.num_train_timesteps)
 
     def runs(steps: int) -> bool:
         try:
-            probe.set_timesteps(steps)  # type: ignore[attr-defined]
+            probe.set_timesteps(steps)
         except (ValueError, IndexError):
             return False
-        timesteps = probe.timesteps  # type: ignore[attr-defined]
+        timesteps = probe.timesteps
         return len(timesteps) > 0 and 0 <= int(timesteps.min()) and int(timesteps.max()) < total
 
     low, high = 1, total

@@ -165,17 +165,20 @@ class EncoderCore:
             *(asyncio.to_thread(_preprocess_one, inputs[i], self.budgets) for i in indices),
             return_exceptions=True,
         )
+        prepared: list[torch.Tensor | str] = []
         for i, result in zip(indices, results, strict=True):  # report the first bad input, by index
             if isinstance(result, InvalidInput):
                 raise InvalidInput(f"inputs[{i}]: {result}") from result
             if isinstance(result, BaseException):
                 raise result
-        return list(results)  # type: ignore[arg-type]
+            prepared.append(result)
+        return prepared
 
     def _run_batch(self, modality: Hashable, items: list[torch.Tensor | str]) -> list[torch.Tensor]:
         """Runs in the batcher's worker thread: one ImageBind forward for the whole batch."""
         started = time.perf_counter()
-        out = self._require().encode_batch(modality, items)  # type: ignore[arg-type]  # (B, E)
+        # The batcher groups by `_modality(...)`; `encode_batch` checks the name against its modalities.
+        out = self._require().encode_batch(cast(ib.EncoderModality, modality), items)  # (B, E)
         STAGE_SECONDS.labels("encode").observe(time.perf_counter() - started)
         logger.debug("encoded a batch of %d %s inputs", len(items), modality)
         return list(out)

@@ -37,6 +37,7 @@ from nextgpt.training.data.types import (
     MEDIA_MARKERS,
     CaptionPair,
     Conversation,
+    InstructionFormat,
     MediaRef,
     OutputRef,
     ReadReport,
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 Verify = Literal["none", "header", "decode"]
 """How hard to check a media file: existence only; open it and read its header / first frame (cheap,
 the default); or decode it completely with `nextgpt.media.decode` (slow, but catches truncation)."""
-InstructionFormat = Literal["auto", "conversations", "llava", "alpaca"]
 
 MEDIA_SUBDIRS: dict[Modality, str] = {"image": "images", "video": "videos", "audio": "audios"}
 PLACEHOLDER = re.compile(r"<(image|video|audio)>", re.IGNORECASE)

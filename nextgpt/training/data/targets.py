@@ -38,7 +38,11 @@ TARGETS_VERSION = 1
 """Part of every digest: bump when the stored content of the same captions would change."""
 INDEX_NAME = "index.json"
 
-DECODER_MODALITY = {"ImageDecoder": "image", "VideoDecoder": "video", "AudioDecoder": "audio"}
+DECODER_MODALITY: dict[str, Modality] = {
+    "ImageDecoder": "image",
+    "VideoDecoder": "video",
+    "AudioDecoder": "audio",
+}
 KNOWN_WIDTHS: dict[int, str] = {
     768: "Stable Diffusion 1.5's CLIP ViT-L/14 text encoder (the image decoder of nextgpt-7b-tiva-v0)",
     1024: "Zeroscope v2's OpenCLIP ViT-H/14 text encoder (the video decoder of nextgpt-7b-tiva-v0)",
@@ -58,7 +62,7 @@ def decoder_modality(decoder: TextEncoding) -> Modality:
     name = type(decoder).__name__
     if name not in DECODER_MODALITY:
         raise TypeError(f"{name} is not one of {sorted(DECODER_MODALITY)}")
-    return DECODER_MODALITY[name]  # type: ignore[return-value]
+    return DECODER_MODALITY[name]
 
 
 def text_encoder_identity(decoder: TextEncoding) -> dict[str, Any]:

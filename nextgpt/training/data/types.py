@@ -12,6 +12,9 @@ from typing import Literal
 
 from nextgpt.types import Modality
 
+InstructionFormat = Literal["auto", "conversations", "llava", "alpaca"]
+"""Instruction-file layouts the reader knows ("auto" picks from the records)."""
+
 MEDIA_MARKERS: dict[Modality, str] = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 """The placeholder string of each modality, as the community formats write it in the text."""
 
