@@ -66,7 +66,7 @@ def summary_to_proto(done: Done, with_media: bool = True) -> nextgpt_pb2.Generat
             total_s=r.timings.get("total", 0.0),
         ),
         forced_modalities=[MODALITY_TO_PROTO[m] for m in r.forced_modalities],
-        request_id=done.request_id,
+        request_id=done.result.request_id,
     )
 
 

@@ -216,7 +216,7 @@ def _info(done: Done, *, errors: bool = True) -> NextGPTInfo:
         warnings=r.warnings,
         timings=r.timings,
         forced_modalities=list(r.forced_modalities),
-        request_id=done.request_id,
+        request_id=done.result.request_id,
     )
 
 
@@ -284,13 +284,13 @@ class OpenAIServingChat:
         audios = [m for m in r.media if m.modality == "audio"]
         audio = None
         if audios:  # OpenAI has one message.audio; further audio come as audio_url parts
-            audio = ChatCompletionAudio(**_audio(audios[0], f"audio-{done.request_id}-0", created, r.text))
+            audio = ChatCompletionAudio(**_audio(audios[0], f"audio-{r.request_id}-0", created, r.text))
             parts += [_part(m) for m in audios[1:]]
         content: str | list[dict] = (
             ([{"type": "text", "text": r.text}] if r.text else []) + parts if parts else r.text
         )
         return ChatCompletionResponse(
-            id=f"chatcmpl-{done.request_id}",
+            id=f"chatcmpl-{done.result.request_id}",
             created=created,
             model=model,
             choices=[

@@ -25,6 +25,7 @@ from gateway.config import GatewaySettings
 from nextgpt._proto import common_pb2, decoder_pb2, encoder_pb2, llm_pb2
 from nextgpt.config import DecodeDefaults, GenerationOptions
 from nextgpt.errors import CANCELLED, BackendError, ConfigError, DeadlineExceeded, InvalidInput, status_of
+from nextgpt.events import Done, GenerationEvent, MediaFailed, MediaReady, TextDelta
 from nextgpt.media.decode import check_media_item
 from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem, Message, Modality, check_messages
 from services.common.convert import (
@@ -77,32 +78,7 @@ def count_refusal(api: str, status: str, request_id: str) -> None:
 # --- events of one request, in the order they happen ----------------------------------------------
 
 
-@dataclass
-class TextDelta:
-    text: str
-
-
-@dataclass
-class MediaReady:
-    """A medium, as soon as it is decoded (the summary orders them by modality, then span order)."""
-
-    item: MediaItem
-
-
-@dataclass
-class MediaFailed:
-    error: MediaError
-
-
-@dataclass
-class Done:
-    """The last event: everything, media included, in span order."""
-
-    result: GenerateResult
-    request_id: str
-
-
-Event = TextDelta | MediaReady | MediaFailed | Done
+Event = GenerationEvent
 
 
 def status_name(exc: BaseException) -> str:
@@ -339,8 +315,8 @@ class GatewayCore:
                 completion_tokens=result.usage.completion_tokens,
                 forced_modalities=[PROTO_TO_MEDIA[m] for m in result.forced_modalities],
                 timings=timings,
-            ),
-            request_id,
+                request_id=request_id,
+            )
         )
 
     def _call(self, request_id: str, deadline: float, stage: str) -> CallInfo:

@@ -76,8 +76,11 @@ class MediaError:
 
 @dataclass
 class GenerateResult:
+    """A whole reply: from the in-process pipeline, the gateway's summary or a client."""
+
     text: str
     raw_text: str
+    """The text with its signal tokens (clients that only see the visible text get that here)."""
     media: list[MediaItem]
     errors: list[MediaError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -86,7 +89,9 @@ class GenerateResult:
     completion_tokens: int = 0
     forced_modalities: list[Modality] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage: encode, llm, decode."""
+    """Seconds per stage: encode, llm, decode (total through the cluster)."""
+    request_id: str = ""
+    """The id the cluster logged the request under (empty in process)."""
 
     def as_message(self) -> Message:
         """The reply as an assistant turn, for the next request's history."""

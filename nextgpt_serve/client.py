@@ -10,7 +10,7 @@
         )
         open("fox.png", "wb").write(reply.media[0].data)
         for event in client.stream([Message("user", "Describe a fox.")]):
-            print(event)  # TextDelta, then MediaItem / MediaError as decoded, then the GenerateReply
+            print(event)  # TextDelta ..., MediaReady / MediaFailed as decoded, then Done
 
 Backend status codes come back as the core's exceptions: `InvalidInput` (INVALID_ARGUMENT),
 `ModelNotReady` (UNAVAILABLE), `TimeoutError` (DEADLINE_EXCEEDED), else `NextGPTError`.
@@ -19,14 +19,14 @@ Backend status codes come back as the core's exceptions: `InvalidInput` (INVALID
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 
 import grpc
 
 from nextgpt._proto import common_pb2, nextgpt_pb2, nextgpt_pb2_grpc
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import from_grpc_code, pushback_seconds
-from nextgpt.types import MediaItem, Message, Modality
+from nextgpt.events import Done, GenerationEvent, MediaFailed, MediaReady, TextDelta
+from nextgpt.types import GenerateResult, MediaError, MediaItem, Message
 from services.common.convert import (
     PROTO_TO_MEDIA,
     ROLE_TO_PROTO,
@@ -37,40 +37,9 @@ from services.common.convert import (
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.server import CHANNEL_OPTIONS
 
-
-@dataclass
-class TextDelta:
-    text: str
-
-
-@dataclass
-class MediaError:
-    """A medium that was asked for but could not be produced; the rest of the reply stands."""
-
-    modality: Modality
-    message: str
-
-
-@dataclass
-class GenerateReply:
-    text: str
-    media: list[MediaItem] = field(default_factory=list)
-    errors: list[MediaError] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    finish_reason: str = "stop"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage: encode, llm, decode, total."""
-    forced_modalities: list[Modality] = field(default_factory=list)
-    request_id: str = ""
-
-    def as_message(self) -> Message:
-        """The reply as an assistant turn for the next request (its media are not re-encoded)."""
-        return Message(role="assistant", text=self.text, media=list(self.media))
-
-
-StreamEvent = TextDelta | MediaItem | MediaError | GenerateReply
+StreamEvent = GenerationEvent
+"""What `stream` yields: `TextDelta`..., `MediaReady` / `MediaFailed` as each medium is decoded, then `Done`
+(the events of `nextgpt.events`, as the gateway and the pipeline use them)."""
 
 
 def build_request(
@@ -89,9 +58,14 @@ def build_request(
     )
 
 
-def reply_from_proto(r: nextgpt_pb2.GenerateResponse, media: list[MediaItem] | None = None) -> GenerateReply:
-    return GenerateReply(
+def result_from_proto(
+    r: nextgpt_pb2.GenerateResponse, media: list[MediaItem] | None = None
+) -> GenerateResult:
+    """The gateway's summary as the core's result (the API carries the visible text only: `raw_text` is
+    that text; the gateway restores signal tokens from an assistant turn's media)."""
+    return GenerateResult(
         text=r.text,
+        raw_text=r.text,
         media=media if media is not None else [media_from_proto(m) for m in r.media],
         errors=[_error(e) for e in r.errors],
         warnings=list(r.warnings),
@@ -133,10 +107,10 @@ class _Events:
             return TextDelta(message.text_delta)
         if kind == "media":
             self.media.append(media_from_proto(message.media))
-            return self.media[-1]
+            return MediaReady(self.media[-1])
         if kind == "error":
-            return _error(message.error)
-        return reply_from_proto(message.summary, media=list(self.media))
+            return MediaFailed(_error(message.error))
+        return Done(result_from_proto(message.summary, media=list(self.media)))
 
 
 class NextGPTClient:
@@ -161,7 +135,7 @@ class NextGPTClient:
         *,
         request_id: str | None = None,
         timeout_s: float | None = None,
-    ) -> GenerateReply:
+    ) -> GenerateResult:
         request = build_request(messages, options, lora)
         try:
             response = self._stub.Generate(
@@ -169,7 +143,7 @@ class NextGPTClient:
             )
         except grpc.RpcError as exc:
             raise _domain_error(exc) from exc
-        return reply_from_proto(response)
+        return result_from_proto(response)
 
     def stream(
         self,
@@ -180,7 +154,7 @@ class NextGPTClient:
         request_id: str | None = None,
         timeout_s: float | None = None,
     ) -> Iterator[StreamEvent]:
-        """TextDelta..., then MediaItem / MediaError as each is decoded, then the GenerateReply."""
+        """TextDelta..., then MediaReady / MediaFailed as each medium is decoded, then Done."""
         request = build_request(messages, options, lora)
         events = _Events()
         call = self._stub.GenerateStream(
@@ -223,7 +197,7 @@ class AsyncNextGPTClient:
         *,
         request_id: str | None = None,
         timeout_s: float | None = None,
-    ) -> GenerateReply:
+    ) -> GenerateResult:
         request = build_request(messages, options, lora)
         try:
             response = await self._stub.Generate(
@@ -231,7 +205,7 @@ class AsyncNextGPTClient:
             )
         except grpc.RpcError as exc:
             raise _domain_error(exc) from exc
-        return reply_from_proto(response)
+        return result_from_proto(response)
 
     async def stream(
         self,

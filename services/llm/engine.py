@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import ModelNotReady
+from nextgpt.events import TextDelta
 from nextgpt.llm.prompt import build_prompt
 from nextgpt.llm.signal_tokens import SignalLayout
 from nextgpt.types import LLMOutput, MediaItem, Message, Modality, SignalSpan
@@ -60,13 +61,6 @@ FORCED_SPANS = Counter(
     "Requested signal spans the model did not emit and had to be forced",
     ["modality"],
 )
-
-
-@dataclass
-class TextDelta:
-    """Newly produced visible text (signal tokens never appear here)."""
-
-    text: str
 
 
 @dataclass

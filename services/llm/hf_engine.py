@@ -27,6 +27,7 @@ import torch
 
 from nextgpt.checkpoint import check_against_profile, load_delta
 from nextgpt.config import ProfileConfig
+from nextgpt.events import TextDelta
 from nextgpt.llm.batch import BatchDecoder, DecodeRequest
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.signal_tokens import get_layout
@@ -42,7 +43,6 @@ from services.llm.engine import (
     EngineEvent,
     EngineRequest,
     QueueFull,
-    TextDelta,
     prompt_segments,
 )
 

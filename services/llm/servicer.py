@@ -10,6 +10,7 @@ import torch
 
 from nextgpt._proto import common_pb2, llm_pb2, llm_pb2_grpc
 from nextgpt.errors import InvalidInput, ModelNotReady
+from nextgpt.events import TextDelta
 from nextgpt.types import LLMOutput, Message, Modality, SignalSpan
 from services.common import tensors
 from services.common.convert import (
@@ -26,7 +27,6 @@ from services.llm.engine import (
     Engine,
     EngineEvent,
     EngineRequest,
-    TextDelta,
     paced,
 )
 

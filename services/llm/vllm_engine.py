@@ -45,6 +45,7 @@ from torch import nn
 
 from nextgpt.config import ProfileConfig
 from nextgpt.errors import ConfigError
+from nextgpt.events import TextDelta
 from nextgpt.llm.decoding import CompletedSpan, Feed, Finish
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.signal_tokens import get_layout
@@ -57,7 +58,6 @@ from services.llm.engine import (
     STAGE_SECONDS,
     EngineRequest,
     QueueFull,
-    TextDelta,
     prompt_segments,
 )
 

@@ -12,8 +12,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nextgpt._proto import common_pb2, nextgpt_pb2, nextgpt_pb2_grpc
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import InvalidInput
-from nextgpt.types import MediaItem, Message
-from nextgpt_serve.client import AsyncNextGPTClient, GenerateReply, MediaError, NextGPTClient, TextDelta
+from nextgpt.events import Done, TextDelta
+from nextgpt.types import MediaError, MediaItem, Message
+from nextgpt_serve.client import AsyncNextGPTClient, NextGPTClient
 from tests.gateway.fakes import REPLY_WORDS, sample_mp4, sample_png, sample_wav
 
 TEXT = "".join(REPLY_WORDS)
@@ -144,9 +145,9 @@ def test_python_client(cluster):
         )
         history = [Message("user", "remix", [photo]), reply.as_message(), Message("user", "again")]
         events = list(client.stream(history, GenerationOptions(modalities=("text", "video"))))
-        assert isinstance(events[0], TextDelta) and isinstance(events[-1], GenerateReply)
-        assert sorted(type(e).__name__ for e in events[1:-1]) == ["MediaItem"] + ["TextDelta"] * 3
-        assert [m.modality for m in events[-1].media] == ["video"]  # the summary carries the streamed media
+        assert isinstance(events[0], TextDelta) and isinstance(events[-1], Done)
+        assert sorted(type(e).__name__ for e in events[1:-1]) == ["MediaReady"] + ["TextDelta"] * 3
+        assert [m.modality for m in events[-1].result.media] == ["video"]  # the summary carries them too
         assert list(cluster.llm.calls[-1].request.turns[1].generated) == [IMAGE, AUDIO]
         cluster.decoders["video"].mode = "fail"
         reply = client.generate([Message("user", "x")], GenerationOptions(modalities=("text", "video")))
@@ -163,7 +164,7 @@ def test_async_client(cluster):
             return reply, events
 
     reply, events = asyncio.run(main())
-    assert reply.text == TEXT and isinstance(events[-1], GenerateReply) and events[-1].text == TEXT
+    assert reply.text == TEXT and isinstance(events[-1], Done) and events[-1].result.text == TEXT
 
 
 def test_status_codes_of_backend_failures(stub, cluster):

@@ -25,9 +25,10 @@ from PIL import Image
 from nextgpt._proto import common_pb2, nextgpt_pb2, nextgpt_pb2_grpc
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import InvalidInput
+from nextgpt.events import Done, MediaFailed, MediaReady, TextDelta
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 from nextgpt.types import MediaItem, Message
-from nextgpt_serve.client import GenerateReply, MediaError, NextGPTClient, TextDelta
+from nextgpt_serve.client import NextGPTClient
 from services.launcher import ClusterPorts, LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -189,12 +190,12 @@ def test_any_to_any_over_grpc_unary_and_stream(cluster, case):
     assert sorted(m.modality for m in reply.media) == sorted(wanted) and not reply.errors
     for item in reply.media:
         CHECKS[item.modality](item.data)
-    assert isinstance(events[-1], GenerateReply)
+    assert isinstance(events[-1], Done)
     streamed_text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert streamed_text.strip() == reply.text.strip()
-    streamed_media = [e for e in events if isinstance(e, MediaItem)]
+    streamed_media = [e.item for e in events if isinstance(e, MediaReady)]
     assert sorted(m.modality for m in streamed_media) == sorted(wanted)
-    assert not [e for e in events if isinstance(e, MediaError)]
+    assert not [e for e in events if isinstance(e, MediaFailed)]
     # The same seed gives the same answer whichever API carried it.
     assert {m.modality: m.data for m in streamed_media} == {m.modality: m.data for m in reply.media}
 

@@ -17,10 +17,11 @@ from safetensors.torch import load_file, save_file
 
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import CheckpointError, ConfigError, InvalidInput
+from nextgpt.events import TextDelta
 from nextgpt.llm.prompt import build_prompt
 from nextgpt.types import LLMOutput, MediaItem, Message, SignalSpan
 from services.llm.adapters import AdapterSet
-from services.llm.engine import EngineRequest, QueueFull, TextDelta, prompt_messages
+from services.llm.engine import EngineRequest, QueueFull, prompt_messages
 from services.llm.hf_engine import HFEngine
 
 GREEDY = GenerationOptions(max_new_tokens=24, temperature=0)

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 
 import torch
 
+from nextgpt.events import TextDelta
 from nextgpt.types import LLMOutput, SignalSpan
-from services.llm.engine import EngineEvent, TextDelta, paced
+from services.llm.engine import EngineEvent, paced
 
 HOUR = 3600.0
 

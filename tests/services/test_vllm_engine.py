@@ -16,8 +16,9 @@ pytest.importorskip("vllm")
 
 from nextgpt.config import GenerationOptions  # noqa: E402
 from nextgpt.errors import InvalidInput  # noqa: E402
+from nextgpt.events import TextDelta
 from nextgpt.types import LLMOutput, MediaItem, Message  # noqa: E402
-from services.llm.engine import EngineRequest, TextDelta  # noqa: E402
+from services.llm.engine import EngineRequest  # noqa: E402
 from services.llm.hf_engine import HFEngine  # noqa: E402
 from services.llm.vllm_engine import VLLMEngine  # noqa: E402
 from tests.services.test_llm_engine import collect, make_alt_adapter  # noqa: E402
