@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from nextgpt.errors import RETRY_PUSHBACK_KEY, NextGPTError, status_of
+from nextgpt.errors import RETRY_PUSHBACK_KEY, NextGPTError, Unauthenticated, status_of
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 
 logger = logging.getLogger(__name__)
@@ -76,47 +76,23 @@ def service_token() -> str | None:
     return os.environ.get(SERVICE_TOKEN_ENV) or None
 
 
-class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Backends take calls only with the shared service token; health and reflection stay open (probes)."""
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps `NextGPTError`s to status codes, sets the request id, counts and times every call. With a
+    `service_token`, a call without it is refused (UNAUTHENTICATED); health and reflection stay open for
+    probes."""
 
-    def __init__(self, token: str) -> None:
-        self._token = token.encode()
+    def __init__(self, service_token: str | None = None) -> None:
+        self._token = service_token.encode() if service_token else None
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(("/grpc.health", "/grpc.reflection")):
-            return handler
+    def _check_token(self, details: grpc.HandlerCallDetails) -> None:
+        if self._token is None:
+            return
         sent = dict(details.invocation_metadata or ()).get(SERVICE_TOKEN_HEADER, "")
         sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)
-        if hmac.compare_digest(sent_bytes, self._token):
-            return handler
-        message = (
-            f"this service takes calls from the gateway only: {SERVICE_TOKEN_HEADER} is missing or wrong"
-        )
-
-        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-        if handler.unary_stream is not None:
-
-            async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-                yield  # pragma: no cover - abort raised
-
-            return grpc.unary_stream_rpc_method_handler(
-                refuse_stream, handler.request_deserializer, handler.response_serializer
+        if not hmac.compare_digest(sent_bytes, self._token):
+            raise Unauthenticated(
+                f"this service takes calls from the gateway only: {SERVICE_TOKEN_HEADER} is missing or wrong"
             )
-        return grpc.unary_unary_rpc_method_handler(
-            refuse, handler.request_deserializer, handler.response_serializer
-        )
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps `NextGPTError`s to status codes, sets the request id, counts and times every call."""
 
     async def intercept_service(
         self,
@@ -135,6 +111,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started, token = _begin(context)
                 try:
+                    self._check_token(details)
                     response = await inner(request, context)
                 except BaseException as exc:  # noqa: BLE001 - re-raised or mapped below
                     await _fail(method, exc, context, started, token)
@@ -153,6 +130,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 started, token = _begin(context)
                 try:
+                    self._check_token(details)
                     async for item in inner_stream(request, context):
                         yield item
                 except BaseException as exc:  # noqa: BLE001
@@ -250,11 +228,8 @@ async def start_server(
 
     `add_servicers` registers the servicers and returns their full service names. An `internal` server
     (every backend; not the gateway's public API) requires the shared service token when one is set."""
-    token = service_token() if internal else None
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
-    if token:
-        interceptors.insert(0, ServiceTokenInterceptor(token))
-    server = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
+    interceptor = ErrorInterceptor(service_token() if internal else None)
+    server = grpc.aio.server(interceptors=[interceptor], options=CHANNEL_OPTIONS)
     names = tuple(add_servicers(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

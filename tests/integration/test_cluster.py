@@ -29,17 +29,16 @@ from nextgpt.events import Done, MediaFailed, MediaReady, TextDelta
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 from nextgpt.types import MediaItem, Message
 from nextgpt_serve.client import NextGPTClient
-from services.launcher import ClusterPorts, LocalCluster
+from tests.integration.clusters import local_cluster
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_models_dir, tmp_path_factory):
-    with LocalCluster(
-        models_dir=tiny_models_dir,
-        cluster_ports=ClusterPorts.free(),
-        log_dir=tmp_path_factory.mktemp("logs"),
+    with local_cluster(
+        tiny_models_dir,
+        tmp_path_factory,
         engine="hf",  # the HF engine's cluster tests; test_cluster_vllm.py runs them on vLLM
     ) as running:
         yield running

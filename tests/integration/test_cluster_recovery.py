@@ -19,7 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from services.launcher import ClusterPorts, LocalCluster, is_serving
+from services.launcher import is_serving
+from tests.integration.clusters import local_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +34,9 @@ def _loopback(ip: str) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tiny_models_dir, tmp_path_factory):
-    with LocalCluster(
-        models_dir=tiny_models_dir,
-        cluster_ports=ClusterPorts.free(),
-        log_dir=tmp_path_factory.mktemp("logs"),
+    with local_cluster(
+        tiny_models_dir,
+        tmp_path_factory,
         engine="hf",
         supervise=True,
         # a small admission limit, so that the chaos test's burst goes past it

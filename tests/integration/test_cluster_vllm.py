@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from services.launcher import ClusterPorts, LocalCluster  # noqa: E402
+from tests.integration.clusters import local_cluster  # noqa: E402
 from tests.integration.test_cluster import (  # noqa: E402, F401 - collected here with this module's cluster
     rest,
     test_any_to_any_over_grpc_unary_and_stream,
@@ -22,10 +22,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 
 @pytest.fixture(scope="module")
 def cluster(tiny_models_dir, tmp_path_factory):
-    with LocalCluster(
-        models_dir=tiny_models_dir,
-        cluster_ports=ClusterPorts.free(),
-        log_dir=tmp_path_factory.mktemp("logs"),
+    with local_cluster(
+        tiny_models_dir,
+        tmp_path_factory,
         engine="vllm",
         extra_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
     ) as running:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from services.launcher import ClusterPorts, LocalCluster
+from services.launcher import LocalCluster
+from tests.integration.clusters import local_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +41,9 @@ def examples() -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def cluster(tiny_models_dir, tmp_path_factory):
-    with LocalCluster(
-        models_dir=tiny_models_dir,
-        cluster_ports=ClusterPorts.free(),
-        log_dir=tmp_path_factory.mktemp("logs"),
+    with local_cluster(
+        tiny_models_dir,
+        tmp_path_factory,
         engine="hf",
     ) as running:
         yield running

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.gateway import conftest as gateway_fixtures
 from tests.gateway.fakes import FakeCluster
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "ui"
@@ -24,6 +25,12 @@ def chromium_path() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+# the gateway tests' fake cluster fixtures: a shared one reset after each test, make_cluster for others
+cluster = gateway_fixtures.cluster
+make_cluster = gateway_fixtures.make_cluster
+_reset_fakes = gateway_fixtures._reset_fakes
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     path = chromium_path()
@@ -33,33 +40,6 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=path)
         yield launched
         launched.close()
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[FakeCluster]:
-    started = FakeCluster().start()
-    yield started
-    started.close()
-
-
-@pytest.fixture(autouse=True)
-def _reset_fakes(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "cluster" in request.fixturenames:
-        request.getfixturevalue("cluster").reset()
-
-
-@pytest.fixture
-def make_cluster() -> Iterator[Callable[..., FakeCluster]]:
-    made: list[FakeCluster] = []
-
-    def make(**overrides) -> FakeCluster:
-        made.append(FakeCluster(**overrides).start())
-        return made[-1]
-
-    yield make
-    for c in made:
-        c.close()
 
 
 @pytest.fixture
