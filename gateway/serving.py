@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -27,6 +26,7 @@ from nextgpt.config import DecodeDefaults, GenerationOptions
 from nextgpt.errors import CANCELLED, BackendError, ConfigError, DeadlineExceeded, InvalidInput, status_of
 from nextgpt.events import Done, GenerationEvent, MediaFailed, MediaReady, TextDelta
 from nextgpt.media.decode import check_media_item
+from nextgpt.spans import SpanChooser
 from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem, Message, Modality, check_messages
 from services.common.convert import (
     MODALITY_TO_PROTO,
@@ -109,29 +109,6 @@ def check_options(options: GenerationOptions) -> None:
             decode.resolve(DecodeDefaults())
         except ConfigError as exc:
             raise InvalidInput(f"options.{modality}: {exc}") from None
-
-
-@dataclass
-class _SpanChooser:
-    """At most `max_media_per_modality` spans per modality are decoded (the rule of
-    `NextGPT.decode_spans`), decided span by span as the LLM streams them."""
-
-    limit: int
-    seen: dict[Modality, int] = field(default_factory=dict)
-
-    def take(self, modality: Modality) -> int | None:
-        """The span's index within its modality, or None when it is past the limit."""
-        k = self.seen.get(modality, 0)
-        self.seen[modality] = k + 1
-        return k if k < self.limit else None
-
-    def warnings(self) -> list[str]:
-        return [
-            f"the reply holds {n} {m} spans; decoding the first {self.limit} (raise max_media_per_modality "
-            "for more)"
-            for m in MODALITIES
-            if (n := self.seen.get(m, 0)) > self.limit
-        ]
 
 
 class _Nothing:
@@ -233,7 +210,7 @@ class GatewayCore:
         request = llm_pb2.LLMGenerateRequest(
             turns=_turns(messages, embeddings), options=generation_options_to_proto(options, lora or "")
         )
-        chooser = _SpanChooser(options.max_media_per_modality)
+        chooser = SpanChooser(options.max_media_per_modality)
         decoding: set[asyncio.Task[tuple[tuple[int, int], MediaItem | MediaError]]] = set()
         media: dict[tuple[int, int], MediaItem] = {}
         errors: list[MediaError] = []

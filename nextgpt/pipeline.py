@@ -25,6 +25,7 @@ from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.prompt import build_prompt
 from nextgpt.projectors.loading import load_input_projector, load_output_projector
 from nextgpt.projectors.output import OutputProjector
+from nextgpt.spans import SpanChooser
 from nextgpt.types import (
     MODALITIES,
     GenerateResult,
@@ -155,15 +156,11 @@ class NextGPT:
     ) -> tuple[list[MediaItem], list[MediaError], list[str]]:
         media: list[MediaItem] = []
         errors: list[MediaError] = []
-        warnings: list[str] = []
+        chooser = SpanChooser(options.max_media_per_modality)
+        chosen = [span for span in out.spans if chooser.take(span.modality) is not None]
+        warnings = chooser.warnings()
         for modality in MODALITIES:
-            spans = [s for s in out.spans if s.modality == modality]
-            if len(spans) > options.max_media_per_modality:
-                warnings.append(
-                    f"the reply holds {len(spans)} {modality} spans; decoding the first "
-                    f"{options.max_media_per_modality} (raise max_media_per_modality for more)"
-                )
-                spans = spans[: options.max_media_per_modality]
+            spans = [s for s in chosen if s.modality == modality]
             if not spans:
                 continue
             decoder = self.decoders.get(modality)

@@ -11,7 +11,7 @@ from gateway.admission import Admission
 from gateway.backends import map_rpc_error
 from gateway.config import ENV_PREFIX, GatewaySettings
 from gateway.openai_serving import parse_data_url
-from gateway.serving import _SpanChooser, check_media, check_options
+from gateway.serving import check_media, check_options
 from nextgpt.config import DecodeOptions, GenerationOptions
 from nextgpt.errors import (
     BackendError,
@@ -21,6 +21,7 @@ from nextgpt.errors import (
     ModelNotReady,
     Overloaded,
 )
+from nextgpt.spans import SpanChooser
 from nextgpt.types import MediaItem, Message
 from services.common.settings import load_settings
 
@@ -39,12 +40,12 @@ def test_settings_from_flags_and_env():
 
 
 def test_span_chooser_keeps_the_first_per_modality():
-    chooser = _SpanChooser(limit=2)
+    chooser = SpanChooser(limit=2)
     assert [chooser.take(m) for m in ("audio", "image", "image", "image")] == [0, 0, 1, None]
     assert chooser.warnings() == [
         "the reply holds 3 image spans; decoding the first 2 (raise max_media_per_modality for more)"
     ]
-    assert _SpanChooser(limit=0).take("image") is None
+    assert SpanChooser(limit=0).take("image") is None
 
 
 def test_parse_data_url():
