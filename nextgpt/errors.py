@@ -134,6 +134,13 @@ def from_grpc_code(code_name: str, message: str, retry_after_s: float | None = N
     return kind(message, retry_after_s=retry_after_s)
 
 
+def from_label(label: str, message: str, retry_after_s: float | None = None) -> NextGPTError:
+    """An error received as its label (the OpenAI-style `code` of a REST error) -> the domain error, by
+    the same table read backwards; an unknown label is a backend error."""
+    status = next((s for s in STATUS.values() if s.label == label), None)
+    return from_grpc_code(status.grpc_code if status else "UNKNOWN", message, retry_after_s)
+
+
 def pushback_seconds(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> float | None:
     """`retry_after_s` from a gRPC call's trailing metadata (pairs), None without a valid pushback."""
     value = dict(trailing_metadata or ()).get(RETRY_PUSHBACK_KEY)

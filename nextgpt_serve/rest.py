@@ -8,7 +8,7 @@ import base64
 import httpx
 
 from nextgpt.config import GenerationOptions
-from nextgpt.errors import NextGPTError, from_grpc_code
+from nextgpt.errors import NextGPTError, from_label
 from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem, Modality
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -71,8 +71,9 @@ def chat(url: str, body: dict, *, api_key: str | None = None, timeout_s: float =
             message, code = error["message"], str(error.get("code") or "")
         except (ValueError, KeyError, TypeError):
             message, code = response.text[:500], ""
-        grpc_code = {"invalid_argument": "INVALID_ARGUMENT", "overloaded": "RESOURCE_EXHAUSTED"}.get(code, "")
-        raise from_grpc_code(grpc_code or "UNKNOWN", f"HTTP {response.status_code}: {message}")
+        retry_after = response.headers.get("retry-after", "")
+        retry_after_s = float(retry_after) if retry_after.isdigit() else None
+        raise from_label(code, f"HTTP {response.status_code}: {message}", retry_after_s)
     reply = response.json()
     choice = reply["choices"][0]
     info = reply.get("nextgpt") or {}

@@ -164,3 +164,16 @@ def test_encoder_complaints_name_the_medium_as_the_client_sent_it():
     core = GatewayCore(GatewaySettings(), Backends())  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match=r"^messages\[2\]\.content\[0\]: cannot decode the image$"):
         asyncio.run(core._encode(messages, CallInfo("r", 5.0), names))
+
+
+def test_rest_error_labels_map_back_to_the_domain_errors():
+    """A client reading a REST error gets the error the gateway raised, by the one table."""
+    from nextgpt.errors import Unauthenticated, from_label, status_of
+
+    assert type(from_label("invalid_api_key", "no key")) is Unauthenticated
+    overloaded = from_label("overloaded", "busy", retry_after_s=3)
+    assert isinstance(overloaded, Overloaded) and overloaded.retry_after_s == 3
+    client_visible = ("model_not_found", "invalid_argument", "invalid_api_key", "overloaded", "unavailable")
+    for label in (*client_visible, "deadline_exceeded", "bad_gateway"):
+        assert status_of(from_label(label, "m")).label == label
+    assert isinstance(from_label("no_such_label", "m"), BackendError)
