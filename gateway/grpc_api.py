@@ -101,7 +101,6 @@ class NextGPTServicer(nextgpt_pb2_grpc.NextGPTServicer):
         events = self.core.generate(
             messages,
             options,
-            request.options.lora or None,
             request_id_var.get(),
             timeout_s=context.time_remaining(),
             api=api,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -44,16 +45,14 @@ from nextgpt.errors import (
     status_of,
 )
 from nextgpt.media.decode import accepted_mime_types, sniff_modality
+from nextgpt.modalities import OUTPUTS
 from nextgpt.types import GenerateResult, MediaItem, Message, Modality, Role
 
 logger = logging.getLogger(__name__)
 
 AUDIO_FORMATS = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg"}
-PART_MODALITY: dict[str, Modality] = {
-    "image_url": "image",
-    "video_url": "video",
-    "audio_url": "audio",
-    "input_audio": "audio",
+PART_MODALITY: dict[str, Modality] = {out.openai_part: m for m, out in OUTPUTS.items()} | {
+    "input_audio": "audio"
 }
 AUDIO_TTL_S = 3600
 
@@ -183,7 +182,7 @@ def options_from_openai(request: ChatCompletionRequest) -> GenerationOptions:
         if value is not None:
             kwargs[name] = value
     if request.modalities is not None:
-        kwargs["modalities"] = tuple(dict.fromkeys(["text", *request.modalities]))
+        kwargs["modalities"] = tuple(request.modalities)
     try:
         return GenerationOptions(**kwargs)
     except ConfigError as exc:
@@ -195,7 +194,7 @@ def _data_url(item: MediaItem) -> str:
 
 
 def _part(item: MediaItem) -> dict:
-    kind = {"image": "image_url", "video": "video_url", "audio": "audio_url"}[item.modality]
+    kind = OUTPUTS[item.modality].openai_part
     return {"type": kind, kind: {"url": _data_url(item)}}
 
 
@@ -256,14 +255,15 @@ class OpenAIServingChat:
         that errors before any output still become proper HTTP errors."""
         max_bytes = self.core.settings.max_media_bytes
         messages = [message_from_openai(m, i, max_bytes) for i, m in enumerate(request.messages)]
-        options = options_from_openai(request)
-        lora = await self.resolve_lora(request, request_id)
+        options = dataclasses.replace(
+            options_from_openai(request), lora=await self.resolve_lora(request, request_id)
+        )
         model = request.model or self.core.settings.model_name
         created = int(time.time())
         api = "rest_stream" if request.stream else "rest"
         names = [media_names(m, i) for i, m in enumerate(request.messages)]
         events = self.core.generate(
-            messages, options, lora, request_id, timeout_s=timeout_s, api=api, media_names=names
+            messages, options, request_id, timeout_s=timeout_s, api=api, media_names=names
         )
         if request.stream:
             try:

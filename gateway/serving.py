@@ -33,8 +33,8 @@ from services.common.convert import (
     PROTO_TO_MEDIA,
     ROLE_TO_PROTO,
     decode_options_to_proto,
-    generation_options_to_proto,
     media_from_proto,
+    sampling_options_to_proto,
 )
 from services.common.logs import new_request_id, request_id_var
 
@@ -141,7 +141,6 @@ class GatewayCore:
         self,
         messages: list[Message],
         options: GenerationOptions,
-        lora: str | None = None,
         request_id: str | None = None,
         *,
         timeout_s: float | None = None,
@@ -171,7 +170,7 @@ class GatewayCore:
                         [f"messages[{i}].media[{j}]" for j in range(len(m.media))]
                         for i, m in enumerate(messages)
                     ]
-                    async for event in self._run(messages, options, lora, request_id, deadline, names):
+                    async for event in self._run(messages, options, request_id, deadline, names):
                         if isinstance(event, Done):
                             status = "ok"  # the caller may close the iterator once it has the summary
                         yield event
@@ -190,7 +189,6 @@ class GatewayCore:
         self,
         messages: list[Message],
         options: GenerationOptions,
-        lora: str | None,
         request_id: str,
         deadline: float,
         names: list[list[str]],
@@ -208,7 +206,10 @@ class GatewayCore:
         # 3. stream the LLM; 4. decode each chosen span as soon as it arrives, concurrently
         t0 = time.perf_counter()
         request = llm_pb2.LLMGenerateRequest(
-            turns=_turns(messages, embeddings), options=generation_options_to_proto(options, lora or "")
+            turns=_turns(messages, embeddings),
+            sampling=sampling_options_to_proto(options),
+            outputs=[MODALITY_TO_PROTO[m] for m in options.requested_media],
+            adapter=options.lora or "",
         )
         chooser = SpanChooser(options.max_media_per_modality)
         decoding: set[asyncio.Task[tuple[tuple[int, int], MediaItem | MediaError]]] = set()

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from nextgpt.config import ProfileConfig
 from nextgpt.errors import CheckpointError, ModelNotReady
+from nextgpt.modalities import OUTPUTS
 from nextgpt.types import MODALITIES, Modality
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,7 @@ LLM_PREFIX = "llama_model."
 EMBED_KEY = "llama_model.base_model.model.model.embed_tokens.weight"
 LM_HEAD_KEY = "llama_model.base_model.model.lm_head.weight"
 LORA_PREFIX = "llama_model.base_model.model.model.layers."
-OUTPUT_PREFIXES: dict[Modality, str] = {
-    "image": "gen_text_hidden_fcs.0.",
-    "video": "gen_text_hidden_fcs_video.0.",
-    "audio": "gen_text_hidden_fcs_audio.0.",
-}
+OUTPUT_PREFIXES: dict[Modality, str] = {m: out.projector_prefix for m, out in OUTPUTS.items()}
 # `layers.{i}.{self_attn|mlp}.{q_proj|...}.lora_{A|B}.{adapter}.weight`, relative to LORA_PREFIX.
 _LORA_RE = re.compile(r"^(\d+)\.(\w+)\.(\w+)\.lora_([AB])\.(\w+)\.weight$")
 SIGNAL_TOKEN_COUNTS = {"legacy": 38, "v1.5": 36}

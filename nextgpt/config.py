@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from nextgpt.errors import ConfigError
+from nextgpt.modalities import OUTPUTS
 from nextgpt.types import MODALITIES, Modality
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ MAX_PIXEL_STEPS = 1_000_000_000
 """Default of the decode budgets (`DecodeDefaults.max_pixel_steps`, `GenerationOptions.max_pixel_steps`):
 steps x height x width x frames. 4.5x a 24-frame 576x320 Zeroscope video at 50 steps (221 M), 76x a
 512x512 SD image at 50 steps (13 M)."""
-PIXEL_STEP_MODALITIES: tuple[Modality, ...] = ("image", "video")
+PIXEL_STEP_MODALITIES: tuple[Modality, ...] = tuple(m for m, out in OUTPUTS.items() if out.pixels)
 """Modalities the pixel-step budgets count (audio is bounded by `MAX_STEPS` x `MAX_AUDIO_SECONDS`)."""
 
 
@@ -221,7 +222,7 @@ class DecodeDefaults:
         """What one decode of `modality` costs in the budget's unit: steps x height x width (x frames)."""
         if modality not in PIXEL_STEP_MODALITIES:
             return 0
-        frames = self.num_frames if modality == "video" else 1
+        frames = self.num_frames if OUTPUTS[modality].frames else 1
         return self.steps * self.height * self.width * frames
 
     def check_budget(self, modality: Modality) -> None:
@@ -231,14 +232,14 @@ class DecodeDefaults:
             cost <= self.max_pixel_steps,
             f"{describe_pixel_steps(self, modality)} = {cost} is over the budget of {self.max_pixel_steps} "
             "steps x pixels x frames per decode (max_pixel_steps); lower steps, height, width"
-            + (" or num_frames" if modality == "video" else ""),
+            + (" or num_frames" if OUTPUTS[modality].frames else ""),
         )
 
 
 def describe_pixel_steps(settings: DecodeDefaults, modality: Modality) -> str:
     """ "steps x height x width [x num_frames]" with the values, for error messages."""
     text = f"steps x height x width = {settings.steps} x {settings.height} x {settings.width}"
-    if modality == "video":
+    if OUTPUTS[modality].frames:
         text = text.replace("width =", "width x num_frames =") + f" x {settings.num_frames}"
     return text
 
@@ -330,8 +331,9 @@ class DecodeOptions:
 
 
 @dataclass
-class GenerationOptions:
-    """Options of one `NextGPT.generate` call."""
+class SamplingOptions:
+    """How the LLM picks its tokens: all the decode loop reads of a request (`nextgpt.llm`, the LLM
+    service). `GenerationOptions` extends it with what the rest of the flow reads."""
 
     max_new_tokens: int = 246
     temperature: float = 1.0
@@ -339,9 +341,26 @@ class GenerationOptions:
     top_p: float = 0.01
     seed: int | None = None
     """Seeds LLM sampling and every diffusion call: the same request gives the same bytes."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_new_tokens <= 4096, f"max_new_tokens={self.max_new_tokens} not in [1, 4096]")
+        _check(self.temperature >= 0, f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        _check(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]")
+
+    def sampling(self) -> SamplingOptions:
+        """Only the sampling fields (what goes to the LLM service)."""
+        return SamplingOptions(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+
+
+@dataclass
+class GenerationOptions(SamplingOptions):
+    """Options of one `NextGPT.generate` call: the LLM's sampling, the requested outputs, the adapter
+    and the diffusion settings per modality."""
+
     modalities: tuple[str, ...] = ("text",)
-    """Requested outputs, like OpenAI's `modalities`. A listed image/video/audio is guaranteed: when the
-    model does not emit that span, it is made to (constrained continuation)."""
+    """Requested outputs, like OpenAI's `modalities`; text is always one (added when missing). A listed
+    image/video/audio is guaranteed: when the model does not emit that span, it is made to (constrained
+    continuation)."""
     max_media_per_modality: int = 1
     """Spans decoded per modality; further spans are reported in warnings and skipped."""
     image: DecodeOptions = field(default_factory=DecodeOptions)
@@ -353,11 +372,12 @@ class GenerationOptions:
     sizes). Over it, the request is refused (HTTP 400 / INVALID_ARGUMENT). Clients cannot change it (REST
     and gRPC do not carry it); code that embeds `NextGPT` may."""
 
+    lora: str | None = None
+    """LoRA adapter name; None means the profile's default adapter (the delta checkpoint's LoRA)."""
+
     def __post_init__(self) -> None:
-        self.modalities = tuple(self.modalities)
-        _check(1 <= self.max_new_tokens <= 4096, f"max_new_tokens={self.max_new_tokens} not in [1, 4096]")
-        _check(self.temperature >= 0, f"temperature={self.temperature} must be >= 0 (0 = greedy)")
-        _check(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]")
+        super().__post_init__()
+        self.modalities = tuple(dict.fromkeys(("text", *self.modalities)))
         _check(0 <= self.max_media_per_modality <= 8, "max_media_per_modality must be in [0, 8]")
         unknown = set(self.modalities) - {"text", *MODALITIES}
         _check(not unknown, f"modalities {sorted(unknown)} unknown; use text, image, video, audio")

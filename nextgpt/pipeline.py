@@ -10,19 +10,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from nextgpt.checkpoint import DeltaCheckpoint, check_against_profile, load_delta
 from nextgpt.config import GenerationOptions, ProfileConfig
-from nextgpt.decoders.audio import AudioDecoder
-from nextgpt.decoders.image import ImageDecoder
-from nextgpt.decoders.video import VideoDecoder
 from nextgpt.encoders.imagebind import ImageBindEncoder
 from nextgpt.errors import NextGPTError
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.prompt import build_prompt
+from nextgpt.modalities import OUTPUTS
 from nextgpt.projectors.loading import load_input_projector, load_output_projector
 from nextgpt.projectors.output import OutputProjector
 from nextgpt.spans import SpanChooser
@@ -38,14 +36,10 @@ from nextgpt.types import (
     check_messages,
 )
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from nextgpt.modalities import Decoder
 
-Decoder = ImageDecoder | VideoDecoder | AudioDecoder
-DECODER_CLASSES: dict[Modality, type[Decoder]] = {
-    "image": ImageDecoder,
-    "video": VideoDecoder,
-    "audio": AudioDecoder,
-}
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -194,7 +188,7 @@ def _load_projectors(
 
 
 def _decoder_step(profile: ProfileConfig, modality: Modality) -> Callable[[], object]:
-    return lambda: DECODER_CLASSES[modality].load(profile.decoders[modality])
+    return lambda: OUTPUTS[modality].decoder_class().load(profile.decoders[modality])
 
 
 def _with_progress(

@@ -35,6 +35,8 @@ from nextgpt.config import (
     ProfileConfig,
 )
 from nextgpt.errors import ConfigError
+from nextgpt.modalities import OUTPUTS
+from nextgpt.types import MODALITIES, Modality
 
 DEFAULT_PROFILE = "tiny"
 ENV_PREFIX = "NEXTGPT__"
@@ -42,6 +44,16 @@ ENV_PREFIX = "NEXTGPT__"
 
 def default_models_dir() -> Path:
     return Path(os.environ.get("NEXTGPT_MODELS_DIR", "models"))
+
+
+def _projector_shape(modality: Modality) -> dict[str, Any]:
+    """What every profile's output projector of `modality` shares: its span length and conditioning."""
+    out = OUTPUTS[modality]
+    return {
+        "num_signal_tokens": out.num_signal_tokens,
+        "num_queries": out.projector_queries,
+        "normalize": out.projector_normalize,
+    }
 
 
 def _tiny(root: Path) -> dict[str, Any]:
@@ -63,21 +75,17 @@ def _tiny(root: Path) -> dict[str, Any]:
         "input_projector": {"kind": "linear", "in_dim": dims.ENCODER_EMBED, "out_dim": dims.LLM_HIDDEN},
         "output_projectors": {
             m: {
+                **_projector_shape(m),
                 "in_dim": dims.LLM_HIDDEN,
-                "num_signal_tokens": n,
                 "d_model": dims.PROJ_D_MODEL,
                 "nhead": dims.PROJ_HEADS,
                 "num_encoder_layers": dims.PROJ_LAYERS,
                 "num_decoder_layers": dims.PROJ_LAYERS,
                 "dim_feedforward": dims.PROJ_FF,
-                "num_queries": q,
                 "out_dim": d,
-                "normalize": m == "audio",
             }
-            for m, n, q, d in (
-                ("image", 4, 77, dims.IMAGE_COND_DIM),
-                ("video", 24, 77, dims.VIDEO_COND_DIM),
-                ("audio", 8, 1, dims.AUDIO_COND_DIM),
+            for m, d in zip(
+                MODALITIES, (dims.IMAGE_COND_DIM, dims.VIDEO_COND_DIM, dims.AUDIO_COND_DIM), strict=True
             )
         },
         "decoders": {
@@ -113,9 +121,8 @@ def _tiva_v0(root: Path) -> dict[str, Any]:
         "llm": {"base_dir": base / "vicuna-7b-v0", "lora": {"r": 32, "alpha": 32, "dropout": 0.1}},
         "input_projector": {"kind": "linear", "in_dim": 1024, "out_dim": 4096},
         "output_projectors": {
-            "image": {"num_signal_tokens": 4, "num_queries": 77, "out_dim": 768},
-            "video": {"num_signal_tokens": 24, "num_queries": 77, "out_dim": 1024},
-            "audio": {"num_signal_tokens": 8, "num_queries": 1, "out_dim": 512, "normalize": True},
+            m: {**_projector_shape(m), "out_dim": d}
+            for m, d in zip(MODALITIES, (768, 1024, 512), strict=True)
         },
         "decoders": {
             "image": {"pipeline_dir": base / "stable-diffusion-v1-5"},

@@ -326,9 +326,7 @@ def precompute_targets_cmd(
     models_dir: ModelsOpt = None,
 ) -> None:
     """Run each decoder's own text encoder over the data's captions once; write DIR/targets/."""
-    from nextgpt.decoders.audio import AudioDecoder
-    from nextgpt.decoders.image import ImageDecoder
-    from nextgpt.decoders.video import VideoDecoder
+    from nextgpt.modalities import OUTPUTS
     from nextgpt.profiles import load_profile
     from nextgpt.training.data.targets import (
         check_target_dims,
@@ -345,11 +343,6 @@ def precompute_targets_cmd(
         )
         raise typer.Exit(2)
     wanted = [m for m in names if m in MODALITIES]  # all of them (checked above), typed as modalities
-    decoders: dict[Modality, type[ImageDecoder | VideoDecoder | AudioDecoder]] = {
-        "image": ImageDecoder,
-        "video": VideoDecoder,
-        "audio": AudioDecoder,
-    }
     try:
         prof = load_profile(profile, config_file=config, models_dir=models_dir)
         sets = data_caption_sets(data)
@@ -358,7 +351,7 @@ def precompute_targets_cmd(
             if not sets[m]:
                 console.print(f"{m}: no captions in {data}, skipped")
                 continue
-            decoder = decoders[m].load(prof.decoders[m])
+            decoder = OUTPUTS[m].decoder_class().load(prof.decoders[m])
             path = precompute_targets(sets[m], decoder, data / "targets", batch_size=batch_size)
             check_target_dims(load_targets(path), prof, m, source=str(path))
             written[m] = path

@@ -42,9 +42,7 @@ StreamEvent = GenerationEvent
 (the events of `nextgpt.events`, as the gateway and the pipeline use them)."""
 
 
-def build_request(
-    messages: list[Message], options: GenerationOptions | None, lora: str | None
-) -> nextgpt_pb2.GenerateRequest:
+def build_request(messages: list[Message], options: GenerationOptions | None) -> nextgpt_pb2.GenerateRequest:
     return nextgpt_pb2.GenerateRequest(
         messages=[
             nextgpt_pb2.Message(
@@ -54,7 +52,7 @@ def build_request(
             )
             for m in messages
         ],
-        options=generation_options_to_proto(options or GenerationOptions(), lora or ""),
+        options=generation_options_to_proto(options or GenerationOptions()),
     )
 
 
@@ -131,12 +129,11 @@ class NextGPTClient:
         self,
         messages: list[Message],
         options: GenerationOptions | None = None,
-        lora: str | None = None,
         *,
         request_id: str | None = None,
         timeout_s: float | None = None,
     ) -> GenerateResult:
-        request = build_request(messages, options, lora)
+        request = build_request(messages, options)
         try:
             response = self._stub.Generate(
                 request, timeout=timeout_s or self.timeout_s, metadata=self._metadata(request_id)
@@ -149,13 +146,12 @@ class NextGPTClient:
         self,
         messages: list[Message],
         options: GenerationOptions | None = None,
-        lora: str | None = None,
         *,
         request_id: str | None = None,
         timeout_s: float | None = None,
     ) -> Iterator[StreamEvent]:
         """TextDelta..., then MediaReady / MediaFailed as each medium is decoded, then Done."""
-        request = build_request(messages, options, lora)
+        request = build_request(messages, options)
         events = _Events()
         call = self._stub.GenerateStream(
             request, timeout=timeout_s or self.timeout_s, metadata=self._metadata(request_id)
@@ -193,12 +189,11 @@ class AsyncNextGPTClient:
         self,
         messages: list[Message],
         options: GenerationOptions | None = None,
-        lora: str | None = None,
         *,
         request_id: str | None = None,
         timeout_s: float | None = None,
     ) -> GenerateResult:
-        request = build_request(messages, options, lora)
+        request = build_request(messages, options)
         try:
             response = await self._stub.Generate(
                 request, timeout=timeout_s or self.timeout_s, metadata=_metadata(self.api_key, request_id)
@@ -211,12 +206,11 @@ class AsyncNextGPTClient:
         self,
         messages: list[Message],
         options: GenerationOptions | None = None,
-        lora: str | None = None,
         *,
         request_id: str | None = None,
         timeout_s: float | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        request = build_request(messages, options, lora)
+        request = build_request(messages, options)
         events = _Events()
         call = self._stub.GenerateStream(
             request, timeout=timeout_s or self.timeout_s, metadata=_metadata(self.api_key, request_id)

@@ -9,10 +9,11 @@ import httpx
 
 from nextgpt.config import GenerationOptions
 from nextgpt.errors import NextGPTError, from_label
+from nextgpt.modalities import OUTPUTS
 from nextgpt.types import MODALITIES, GenerateResult, MediaError, MediaItem, Modality
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-PART_MODALITY: dict[str, Modality] = {"image_url": "image", "video_url": "video", "audio_url": "audio"}
+PART_MODALITY: dict[str, Modality] = {out.openai_part: m for m, out in OUTPUTS.items()}
 
 
 def server_answers(url: str, timeout_s: float = 0.5) -> bool:
@@ -33,7 +34,7 @@ def content_parts(media: list[MediaItem]) -> list[dict]:
             fmt = item.mime_type.rsplit("/", 1)[-1].removeprefix("x-").replace("mpeg", "mp3")
             parts.append({"type": "input_audio", "input_audio": {"data": encoded, "format": fmt}})
         else:
-            kind = f"{item.modality}_url"
+            kind = OUTPUTS[item.modality].openai_part
             parts.append({"type": kind, kind: {"url": f"data:{item.mime_type};base64,{encoded}"}})
     return parts
 
@@ -43,15 +44,17 @@ def chat_body(prompt: str, media: list[MediaItem], options: GenerationOptions, m
     body: dict = {
         "model": model,
         "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}, *content_parts(media)]}],
-        "modalities": ["text", *options.requested_media],
+        "modalities": list(options.modalities),
         "max_tokens": options.max_new_tokens,
         "temperature": options.temperature,
         "top_p": options.top_p,
     }
     if options.seed is not None:
         body["seed"] = options.seed
-    extra = {m: _set(options.decode_options(m)) for m in MODALITIES}
-    if extras := {m: values for m, values in extra.items() if values}:
+    extras: dict = {m: values for m in MODALITIES if (values := _set(options.decode_options(m)))}
+    if options.lora:
+        extras["lora"] = options.lora
+    if extras:
         body["nextgpt"] = extras
     return body
 

@@ -28,11 +28,10 @@ from typing import cast
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nextgpt.types import MODALITIES
 from services.common import ports
 
 logger = logging.getLogger(__name__)
-
-MODALITIES = ("image", "video", "audio")
 
 
 @dataclass

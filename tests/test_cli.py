@@ -79,8 +79,8 @@ def test_generate_sends_to_a_running_gateway_without_loading_models(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         assert (tmp_path / "image-1.png").read_bytes().startswith(sample_png()[:8])  # the fake decoder's PNG
-        sent = cluster.llm.calls[-1].request.options
-        assert sent.seed == 7 and sent.image.steps == 3
+        assert cluster.llm.calls[-1].request.sampling.seed == 7
+        assert cluster.decoders["image"].calls[-1].request.options.steps == 3
         cluster.llm.mode = "invalid"  # the server's own message reaches the user
         bad = runner.invoke(app, args)
         assert bad.exit_code == 2 and "HTTP 400" in bad.output and "rejects this request" in bad.output

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from nextgpt._proto import common_pb2 as nextgpt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14nextgpt/v1/llm.proto\x12\nnextgpt.v1\x1a\x17nextgpt/v1/common.proto\"_\n\x0eMediaEmbedding\x12&\n\x08modality\x18\x01 \x01(\x0e\x32\x14.nextgpt.v1.Modality\x12%\n\tembedding\x18\x02 \x01(\x0b\x32\x12.nextgpt.v1.Tensor\"\x88\x01\n\x04Turn\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.nextgpt.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x05media\x18\x03 \x03(\x0b\x32\x1a.nextgpt.v1.MediaEmbedding\x12\'\n\tgenerated\x18\x04 \x03(\x0e\x32\x14.nextgpt.v1.Modality\"e\n\x12LLMGenerateRequest\x12\x1f\n\x05turns\x18\x01 \x03(\x0b\x32\x10.nextgpt.v1.Turn\x12.\n\x07options\x18\x02 \x01(\x0b\x32\x1d.nextgpt.v1.GenerationOptions\"\x91\x01\n\nSignalSpan\x12&\n\x08modality\x18\x01 \x01(\x0e\x32\x14.nextgpt.v1.Modality\x12\r\n\x05start\x18\x02 \x01(\x05\x12\"\n\x06hidden\x18\x03 \x01(\x0b\x32\x12.nextgpt.v1.Tensor\x12(\n\x0ctoken_embeds\x18\x04 \x01(\x0b\x32\x12.nextgpt.v1.Tensor\"\xc7\x01\n\tLLMResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08raw_text\x18\x02 \x01(\t\x12\x11\n\tnum_spans\x18\x08 \x01(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.nextgpt.v1.Usage\x12/\n\x11\x66orced_modalities\x18\x06 \x03(\x0e\x32\x14.nextgpt.v1.Modality\x12\x10\n\x08warnings\x18\x07 \x03(\tJ\x04\x08\x03\x10\x04R\x05spans\"\x85\x01\n\x13LLMGenerateResponse\x12\x14\n\ntext_delta\x18\x01 \x01(\tH\x00\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.nextgpt.v1.LLMResultH\x00\x12&\n\x04span\x18\x03 \x01(\x0b\x32\x16.nextgpt.v1.SignalSpanH\x00\x42\x07\n\x05\x65vent\"\x15\n\x13ListAdaptersRequest\"(\n\x14ListAdaptersResponse\x12\x10\n\x08\x61\x64\x61pters\x18\x01 \x03(\t2\xae\x01\n\nLLMService\x12M\n\x08Generate\x12\x1e.nextgpt.v1.LLMGenerateRequest\x1a\x1f.nextgpt.v1.LLMGenerateResponse0\x01\x12Q\n\x0cListAdapters\x12\x1f.nextgpt.v1.ListAdaptersRequest\x1a .nextgpt.v1.ListAdaptersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14nextgpt/v1/llm.proto\x12\nnextgpt.v1\x1a\x17nextgpt/v1/common.proto\"_\n\x0eMediaEmbedding\x12&\n\x08modality\x18\x01 \x01(\x0e\x32\x14.nextgpt.v1.Modality\x12%\n\tembedding\x18\x02 \x01(\x0b\x32\x12.nextgpt.v1.Tensor\"\x88\x01\n\x04Turn\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.nextgpt.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x05media\x18\x03 \x03(\x0b\x32\x1a.nextgpt.v1.MediaEmbedding\x12\'\n\tgenerated\x18\x04 \x03(\x0e\x32\x14.nextgpt.v1.Modality\"\xa5\x01\n\x0fSamplingOptions\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xab\x01\n\x12LLMGenerateRequest\x12\x1f\n\x05turns\x18\x01 \x03(\x0b\x32\x10.nextgpt.v1.Turn\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.nextgpt.v1.SamplingOptions\x12%\n\x07outputs\x18\x04 \x03(\x0e\x32\x14.nextgpt.v1.Modality\x12\x0f\n\x07\x61\x64\x61pter\x18\x05 \x01(\tJ\x04\x08\x02\x10\x03R\x07options\"\x91\x01\n\nSignalSpan\x12&\n\x08modality\x18\x01 \x01(\x0e\x32\x14.nextgpt.v1.Modality\x12\r\n\x05start\x18\x02 \x01(\x05\x12\"\n\x06hidden\x18\x03 \x01(\x0b\x32\x12.nextgpt.v1.Tensor\x12(\n\x0ctoken_embeds\x18\x04 \x01(\x0b\x32\x12.nextgpt.v1.Tensor\"\xc7\x01\n\tLLMResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08raw_text\x18\x02 \x01(\t\x12\x11\n\tnum_spans\x18\x08 \x01(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.nextgpt.v1.Usage\x12/\n\x11\x66orced_modalities\x18\x06 \x03(\x0e\x32\x14.nextgpt.v1.Modality\x12\x10\n\x08warnings\x18\x07 \x03(\tJ\x04\x08\x03\x10\x04R\x05spans\"\x85\x01\n\x13LLMGenerateResponse\x12\x14\n\ntext_delta\x18\x01 \x01(\tH\x00\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.nextgpt.v1.LLMResultH\x00\x12&\n\x04span\x18\x03 \x01(\x0b\x32\x16.nextgpt.v1.SignalSpanH\x00\x42\x07\n\x05\x65vent\"\x15\n\x13ListAdaptersRequest\"(\n\x14ListAdaptersResponse\x12\x10\n\x08\x61\x64\x61pters\x18\x01 \x03(\t2\xae\x01\n\nLLMService\x12M\n\x08Generate\x12\x1e.nextgpt.v1.LLMGenerateRequest\x1a\x1f.nextgpt.v1.LLMGenerateResponse0\x01\x12Q\n\x0cListAdapters\x12\x1f.nextgpt.v1.ListAdaptersRequest\x1a .nextgpt.v1.ListAdaptersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEDIAEMBEDDING']._serialized_end=156
   _globals['_TURN']._serialized_start=159
   _globals['_TURN']._serialized_end=295
-  _globals['_LLMGENERATEREQUEST']._serialized_start=297
-  _globals['_LLMGENERATEREQUEST']._serialized_end=398
-  _globals['_SIGNALSPAN']._serialized_start=401
-  _globals['_SIGNALSPAN']._serialized_end=546
-  _globals['_LLMRESULT']._serialized_start=549
-  _globals['_LLMRESULT']._serialized_end=748
-  _globals['_LLMGENERATERESPONSE']._serialized_start=751
-  _globals['_LLMGENERATERESPONSE']._serialized_end=884
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=886
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=907
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=909
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=949
-  _globals['_LLMSERVICE']._serialized_start=952
-  _globals['_LLMSERVICE']._serialized_end=1126
+  _globals['_SAMPLINGOPTIONS']._serialized_start=298
+  _globals['_SAMPLINGOPTIONS']._serialized_end=463
+  _globals['_LLMGENERATEREQUEST']._serialized_start=466
+  _globals['_LLMGENERATEREQUEST']._serialized_end=637
+  _globals['_SIGNALSPAN']._serialized_start=640
+  _globals['_SIGNALSPAN']._serialized_end=785
+  _globals['_LLMRESULT']._serialized_start=788
+  _globals['_LLMRESULT']._serialized_end=987
+  _globals['_LLMGENERATERESPONSE']._serialized_start=990
+  _globals['_LLMGENERATERESPONSE']._serialized_end=1123
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1125
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1146
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1148
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1188
+  _globals['_LLMSERVICE']._serialized_start=1191
+  _globals['_LLMSERVICE']._serialized_end=1365
 # @@protoc_insertion_point(module_scope)

@@ -28,13 +28,29 @@ class Turn(_message.Message):
     generated: _containers.RepeatedScalarFieldContainer[_common_pb2.Modality]
     def __init__(self, role: _Optional[_Union[_common_pb2.Role, str]] = ..., text: _Optional[str] = ..., media: _Optional[_Iterable[_Union[MediaEmbedding, _Mapping]]] = ..., generated: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ...) -> None: ...
 
+class SamplingOptions(_message.Message):
+    __slots__ = ("max_new_tokens", "temperature", "top_p", "seed")
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
 class LLMGenerateRequest(_message.Message):
-    __slots__ = ("turns", "options")
+    __slots__ = ("turns", "sampling", "outputs", "adapter")
     TURNS_FIELD_NUMBER: _ClassVar[int]
-    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     turns: _containers.RepeatedCompositeFieldContainer[Turn]
-    options: _common_pb2.GenerationOptions
-    def __init__(self, turns: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., options: _Optional[_Union[_common_pb2.GenerationOptions, _Mapping]] = ...) -> None: ...
+    sampling: SamplingOptions
+    outputs: _containers.RepeatedScalarFieldContainer[_common_pb2.Modality]
+    adapter: str
+    def __init__(self, turns: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingOptions, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Modality, str]]] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class SignalSpan(_message.Message):
     __slots__ = ("modality", "start", "hidden", "token_embeds")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DynamicCache
 
-from nextgpt.config import GenerationOptions
+from nextgpt.config import SamplingOptions
 from nextgpt.llm.decoding import (
     DecodePolicy,
     Finish,
@@ -47,7 +47,7 @@ class DecodeRequest:
 
     prompt_embeds: torch.Tensor
     """(T, H) input embeddings of the whole prompt."""
-    options: GenerationOptions
+    options: SamplingOptions
     force: Sequence[Modality] = ()
     """Modalities that must get a complete span (inserted when the model does not emit one)."""
     on_text: Callable[[str], None] | None = None

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import torch
 
-from nextgpt.config import GenerationOptions
+from nextgpt.config import SamplingOptions
 from nextgpt.errors import InvalidInput
 from nextgpt.llm.signal_tokens import SignalTokenIds, find_spans
 from nextgpt.types import MODALITIES, LLMOutput, Modality, SignalSpan
@@ -146,7 +146,7 @@ class DecodePolicy:
     def __init__(
         self,
         rules: TokenRules,
-        options: GenerationOptions,
+        options: SamplingOptions,
         prompt_len: int,
         max_context: int,
         force: Sequence[Modality] = (),
@@ -302,13 +302,13 @@ def mask_banned(logits: torch.Tensor, banned: Sequence[Modality], ids: SignalTok
     return logits
 
 
-def sample(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator) -> int:
+def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator) -> int:
     """Greedy for temperature 0, else temperature + nucleus (top_p) sampling. logits: (V,)."""
     return sample_rows(logits[None], [options], [generator])[0]
 
 
 def sample_rows(
-    logits: torch.Tensor, options: Sequence[GenerationOptions], generators: Sequence[torch.Generator]
+    logits: torch.Tensor, options: Sequence[SamplingOptions], generators: Sequence[torch.Generator]
 ) -> list[int]:
     """`sample` for each row of `logits` (B, V), with the row's own options and generator.
 

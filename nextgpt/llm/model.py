@@ -18,7 +18,7 @@ import torch
 from tokenizers import Tokenizer, pre_tokenizers
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from nextgpt.config import GenerationOptions, LLMConfig
+from nextgpt.config import LLMConfig, SamplingOptions
 from nextgpt.errors import CheckpointError, InvalidInput, ModelNotReady
 from nextgpt.llm.batch import BatchDecoder, DecodeRequest
 from nextgpt.llm.decoding import CompletedSpan, DecodePolicy, TextStreamer, TokenRules
@@ -165,7 +165,7 @@ class NextGPTLanguageModel:
         return out.logits[0].float(), out.hidden_states[-1][0], out.past_key_values
 
     def policy(
-        self, options: GenerationOptions, prompt_len: int, force: Sequence[Modality] = ()
+        self, options: SamplingOptions, prompt_len: int, force: Sequence[Modality] = ()
     ) -> DecodePolicy:
         """The decoding rules of one request on this model (raises InvalidInput when it cannot fit)."""
         return DecodePolicy(self.rules, options, prompt_len, self.cfg.max_context, force)
@@ -186,7 +186,7 @@ class NextGPTLanguageModel:
     def generate(
         self,
         prompt_embeds: torch.Tensor,
-        options: GenerationOptions,
+        options: SamplingOptions,
         *,
         force: Sequence[Modality] = (),
         on_text: Callable[[str], None] | None = None,

@@ -18,6 +18,7 @@ from typing import Any
 from tokenizers import AddedToken
 
 from nextgpt.errors import CheckpointError
+from nextgpt.modalities import OUTPUTS
 from nextgpt.types import MODALITIES, Modality
 
 logger = logging.getLogger(__name__)
@@ -47,20 +48,12 @@ class SignalLayout:
 
 LEGACY = SignalLayout(
     name="legacy",
-    tokens={
-        "image": tuple(f"[IMG{i}]" for i in range(4)),
-        "video": tuple(f"[VID{i}]" for i in range(24)),
-        "audio": tuple(f"[AUD{i}]" for i in range(8)),
-    },
+    tokens={m: out.signal_tokens("legacy") for m, out in OUTPUTS.items()},
     input_wrapper=("<Img>", "</Img>"),
 )
 V15 = SignalLayout(
     name="v1.5",
-    tokens={
-        "image": tuple(f"<image_{i:02d}>" for i in range(4)),
-        "video": tuple(f"<video_{i:02d}>" for i in range(24)),
-        "audio": tuple(f"<audio_{i:02d}>" for i in range(8)),
-    },
+    tokens={m: out.signal_tokens("v1.5") for m, out in OUTPUTS.items()},
     input_wrapper=None,
 )
 LAYOUTS: dict[str, SignalLayout] = {"legacy": LEGACY, "v1.5": V15}

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from nextgpt.config import ProfileConfig
 from nextgpt.errors import NextGPTError
+from nextgpt.modalities import OUTPUTS
 from nextgpt.training.collate import Example, ExampleBuilder
 from nextgpt.training.config import TrainConfig
 from nextgpt.training.data.readers import output_captions, read_caption_pairs, read_instructions
@@ -141,9 +142,7 @@ def build_stage_data(
     for modality, wanted in needed.items():
         if not wanted:
             continue
-        from nextgpt.pipeline import DECODER_CLASSES
-
-        decoders[modality] = DECODER_CLASSES[modality].load(profile.decoders[modality])
+        decoders[modality] = OUTPUTS[modality].decoder_class().load(profile.decoders[modality])
         path = precompute_targets(sorted(wanted), decoders[modality], cfg.targets_root, progress=False)
         table = load_targets(path)
         check_target_dims(table, profile, modality, source=str(path))

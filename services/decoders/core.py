@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from prometheus_client import Counter, Gauge, Histogram
@@ -23,11 +24,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from nextgpt.checkpoint import load_delta
 from nextgpt.config import MAX_STEPS, DecodeDefaults, DecodeOptions, ProfileConfig
 from nextgpt.decoders._pipeline import Stopped
-from nextgpt.decoders.audio import AudioDecoder
-from nextgpt.decoders.image import ImageDecoder
 from nextgpt.decoders.invariance import project_spans
-from nextgpt.decoders.video import VideoDecoder
 from nextgpt.errors import CheckpointError, ConfigError, InvalidInput, ModelNotReady
+from nextgpt.modalities import OUTPUTS
 from nextgpt.projectors.loading import load_output_projector
 from nextgpt.projectors.output import OutputProjector
 from nextgpt.types import MODALITIES, MediaItem, Modality
@@ -35,14 +34,11 @@ from services.common.batching import MicroBatcher
 from services.decoders.config import DEFAULT_MAX_QUEUE, FALLBACK_BATCHING, default_batching
 from services.decoders.limits import check_settings, decoder_max_steps
 
+if TYPE_CHECKING:
+    from nextgpt.modalities import Decoder
+
 logger = logging.getLogger(__name__)
 
-Decoder = ImageDecoder | VideoDecoder | AudioDecoder
-DECODER_CLASSES: dict[str, type[ImageDecoder] | type[VideoDecoder] | type[AudioDecoder]] = {
-    "image": ImageDecoder,
-    "video": VideoDecoder,
-    "audio": AudioDecoder,
-}
 
 QUEUE_DEPTH = Gauge("nextgpt_decoder_queue_depth", "Decode requests waiting for a batch", ["modality"])
 BATCH_SIZE = Histogram(
@@ -115,7 +111,7 @@ class DecoderCore:
         started = time.perf_counter()
         delta = load_delta(profile.delta_checkpoint) if profile.delta_checkpoint is not None else None
         projector = load_output_projector(profile, delta, self.modality)
-        decoder = DECODER_CLASSES[self.modality].load(profile.decoders[self.modality])
+        decoder = OUTPUTS[self.modality].decoder_class().load(profile.decoders[self.modality])
         self.attach(projector, decoder)
         max_batch, max_wait_ms = default_batching(profile.name, self.modality)
         if self._limits[0] is None:
@@ -187,12 +183,16 @@ class DecoderCore:
         except ConfigError as exc:
             raise InvalidInput(f"{self.modality} options: {exc}") from exc
         check_settings(self.modality, settings, self.max_steps)
-        if self.modality == "video" and (settings.num_frames < 1 or settings.fps < 1):
+        kind = OUTPUTS[self.modality]
+        if kind.frames and (settings.num_frames < 1 or settings.fps < 1):
             raise InvalidInput(
-                f"video options: num_frames={settings.num_frames} and fps={settings.fps} must be >= 1"
+                f"{self.modality} options: num_frames={settings.num_frames} and fps={settings.fps} "
+                "must be >= 1"
             )
-        if self.modality == "audio" and settings.audio_seconds <= 0:
-            raise InvalidInput(f"audio options: audio_seconds={settings.audio_seconds} must be positive")
+        if kind.seconds and settings.audio_seconds <= 0:
+            raise InvalidInput(
+                f"{self.modality} options: audio_seconds={settings.audio_seconds} must be positive"
+            )
         return settings
 
     @torch.inference_mode()

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from prometheus_client import Counter, Gauge, Histogram
 
-from nextgpt.config import GenerationOptions
+from nextgpt.config import SamplingOptions
 from nextgpt.errors import ModelNotReady
 from nextgpt.events import TextDelta
 from nextgpt.llm.prompt import build_prompt
@@ -71,7 +71,9 @@ class EngineRequest:
     """The conversation, text only (`media` is ignored); the last turn is the user's."""
     media_embeds: list[list[torch.Tensor]]
     """Per message, the ImageBind embeddings (E,) float32 of its input media, in order (user turns)."""
-    options: GenerationOptions
+    options: SamplingOptions
+    outputs: tuple[Modality, ...] = ()
+    """Media the reply must contain: a span the model does not emit is forced."""
     adapter: str | None = None
     """LoRA adapter name; None means the default (the delta checkpoint's LoRA)."""
     request_id: str = ""

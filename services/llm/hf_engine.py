@@ -237,11 +237,10 @@ class HFEngine:
             prompt = self._prompt(job.request)  # (T, H)
             PROMPT_TOKENS.inc(prompt.shape[0])
             STAGE_SECONDS.labels("prompt").observe(time.perf_counter() - t0)
-            options = job.request.options
             request = DecodeRequest(
                 prompt,
-                options,
-                force=options.requested_media,
+                job.request.options,
+                force=job.request.outputs,
                 on_text=lambda text: self._push(job, TextDelta(text)),
                 on_step=on_step,
                 on_span=lambda span: self._push(job, span),

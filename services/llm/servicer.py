@@ -11,13 +11,13 @@ import torch
 from nextgpt._proto import common_pb2, llm_pb2, llm_pb2_grpc
 from nextgpt.errors import InvalidInput, ModelNotReady
 from nextgpt.events import TextDelta
-from nextgpt.types import LLMOutput, Message, Modality, SignalSpan
+from nextgpt.types import MODALITIES, LLMOutput, Message, Modality, SignalSpan
 from services.common import tensors
 from services.common.convert import (
     MODALITY_TO_PROTO,
-    generation_options_from_proto,
     media_modality_from_proto,
     role_from_proto,
+    sampling_options_from_proto,
 )
 from services.common.logs import request_id_var
 from services.llm.engine import (
@@ -90,8 +90,9 @@ def request_from_proto(
     return EngineRequest(
         messages=[message for message, _, _ in turns],
         media_embeds=[embeds for _, embeds, _ in turns],
-        options=generation_options_from_proto(request.options),
-        adapter=request.options.lora or None,
+        options=sampling_options_from_proto(request.sampling),
+        outputs=tuple(m for m in MODALITIES if MODALITY_TO_PROTO[m] in request.outputs),
+        adapter=request.adapter or None,
         request_id=request_id,
         generated=[generated for _, _, generated in turns],
     )

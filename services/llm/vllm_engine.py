@@ -272,7 +272,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         lm, options = self.lm, request.options
-        policy = lm.policy(options, len(prompt), options.requested_media)
+        policy = lm.policy(options, len(prompt), request.outputs)
         deltas: list[str] = []
         streamer = lm.streamer(deltas.append)
         span_stops = sorted({t for m in policy.force for t in lm.ids.spans[m]})

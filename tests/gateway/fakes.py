@@ -30,8 +30,9 @@ from nextgpt._proto import (
 from nextgpt.errors import InvalidInput, ModelNotReady
 from nextgpt.media.decode import read_audio, read_image, read_video
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
+from nextgpt.types import MODALITIES
 from services.common import tensors
-from services.common.convert import MODALITY_TO_PROTO, generation_options_from_proto, media_from_proto
+from services.common.convert import MODALITY_TO_PROTO, media_from_proto, sampling_options_from_proto
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.server import ServiceServer, start_server
 
@@ -145,14 +146,14 @@ class FakeLLM(_Fake, llm_pb2_grpc.LLMServiceServicer):
 
     async def Generate(self, request, context):  # noqa: N802
         call = await self._begin(request, context)
-        options = generation_options_from_proto(request.options)
-        if request.options.lora and request.options.lora not in self.adapters:
-            raise InvalidInput(f"unknown LoRA adapter {request.options.lora!r}; available: {self.adapters}")
+        sampling_options_from_proto(request.sampling)  # what the real service checks
+        if request.adapter and request.adapter not in self.adapters:
+            raise InvalidInput(f"unknown LoRA adapter {request.adapter!r}; available: {self.adapters}")
         yield llm_pb2.LLMGenerateResponse(text_delta=REPLY_WORDS[0])
         if self.mode == "break":
             raise RuntimeError("the fake LLM lost its GPU mid-reply")
         n_spans = 0
-        for modality in options.requested_media:
+        for modality in [m for m in MODALITIES if MODALITY_TO_PROTO[m] in request.outputs]:
             for k in range(self.spans_per_modality):
                 n = SPAN_TOKENS[modality]
                 hidden = torch.arange(n * HIDDEN, dtype=torch.float32).reshape(n, HIDDEN) + k

@@ -153,7 +153,7 @@ def test_python_client(cluster):
         reply = client.generate([Message("user", "x")], GenerationOptions(modalities=("text", "video")))
         assert reply.media == [] and reply.errors == [MediaError("video", reply.errors[0].message)]
         with pytest.raises(InvalidInput, match="unknown LoRA"):
-            client.generate([Message("user", "x")], lora="nope")
+            client.generate([Message("user", "x")], GenerationOptions(lora="nope"))
 
 
 def test_async_client(cluster):

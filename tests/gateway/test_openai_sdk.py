@@ -113,4 +113,4 @@ def test_errors_raise_the_sdk_exceptions(client, cluster):
 def test_models_and_adapter_as_model(client, cluster):
     assert [m.id for m in client.models.list()] == ["nextgpt-tiny", "default", "sketch"]
     client.chat.completions.create(model="sketch", messages=[{"role": "user", "content": "hi"}])
-    assert cluster.llm.calls[-1].request.options.lora == "sketch"
+    assert cluster.llm.calls[-1].request.adapter == "sketch"

@@ -119,7 +119,7 @@ def test_streaming_sse(cluster):
 
 def test_model_may_name_an_adapter(cluster):
     assert chat(cluster, user("hi"), model="sketch").status_code == 200
-    assert cluster.llm.calls[-1].request.options.lora == "sketch"
+    assert cluster.llm.calls[-1].request.adapter == "sketch"
     r = chat(cluster, user("hi"), model="gpt-4o")
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     assert "'gpt-4o' does not exist" in r.json()["error"]["message"]

@@ -91,7 +91,9 @@ def test_engine_equals_in_process_pipeline_and_streams(engine, tiny_model):
     )
     expected = reference(tiny_model, messages, options)
     embedding = tiny_model.encoder.encode(image)  # (E,), as the encoder service returns it
-    request = EngineRequest([Message("user", messages[0].text)], [[embedding]], options, request_id="r1")
+    request = EngineRequest(
+        [Message("user", messages[0].text)], [[embedding]], options, ("image",), request_id="r1"
+    )
     deltas, out = asyncio.run(collect(engine, request))
     assert out.token_ids == expected.token_ids and out.raw_text == expected.raw_text
     assert out.text == expected.text and "".join(deltas) == out.text and len(deltas) > 1

@@ -73,8 +73,10 @@ def embedding(tiny_model, dim: int | None = None) -> llm_pb2.MediaEmbedding:
     return llm_pb2.MediaEmbedding(modality=common_pb2.MODALITY_AUDIO, embedding=tensors.to_proto(value))
 
 
-def request(*turns: llm_pb2.Turn, **options) -> llm_pb2.LLMGenerateRequest:
-    return llm_pb2.LLMGenerateRequest(turns=list(turns), options=common_pb2.GenerationOptions(**options))
+def request(*turns: llm_pb2.Turn, outputs=(), adapter="", **sampling) -> llm_pb2.LLMGenerateRequest:
+    return llm_pb2.LLMGenerateRequest(
+        turns=list(turns), sampling=llm_pb2.SamplingOptions(**sampling), outputs=outputs, adapter=adapter
+    )
 
 
 async def stream(stub, req, **kwargs) -> tuple[list[str], llm_pb2.LLMResult, list[llm_pb2.SignalSpan]]:
@@ -95,7 +97,7 @@ def test_generate_streams_text_then_spans(engine, tiny_model):
     media = embedding(tiny_model)
     req = request(
         llm_pb2.Turn(role=USER, text="draw it", media=[media]),
-        max_new_tokens=30, temperature=0, modalities=[common_pb2.MODALITY_VIDEO],
+        max_new_tokens=30, temperature=0, outputs=[common_pb2.MODALITY_VIDEO],
     )  # fmt: skip
     # The same prompt through the in-process LLM (projected as NextGPT.embed_media does).
     with torch.inference_mode():
@@ -123,7 +125,7 @@ def test_generate_streams_text_then_spans(engine, tiny_model):
             llm_pb2.Turn(role=USER, text="draw a cat"),
             llm_pb2.Turn(role=ASSISTANT, text="a cat", generated=[common_pb2.MODALITY_IMAGE]),
             llm_pb2.Turn(role=USER, text="and a dog"),
-            max_new_tokens=8, temperature=0, lora="alt",
+            max_new_tokens=8, temperature=0, adapter="alt",
         )  # fmt: skip
         _, result, _ = await stream(stub, again)
         assert result.usage.completion_tokens == 8
@@ -135,8 +137,8 @@ def test_generate_streams_text_then_spans(engine, tiny_model):
     "bad, message",
     [
         ({"dim": 5}, "turns[0].media[0].embedding has shape [5] but the input projector expects [32]"),
-        ({"options": {"top_p": 2.0}}, "options: top_p=2.0"),
-        ({"options": {"lora": "nope"}}, "unknown LoRA adapter 'nope'; available: default, alt"),
+        ({"options": {"top_p": 2.0}}, "sampling: top_p=2.0"),
+        ({"options": {"adapter": "nope"}}, "unknown LoRA adapter 'nope'; available: default, alt"),
         ({"last": ASSISTANT}, "the last turn must be the user's"),
         ({"role": common_pb2.ROLE_UNSPECIFIED}, "turns[0].role is unset"),
         ({"empty": True}, "turns is empty"),

@@ -70,7 +70,7 @@ def image_embedding(hf: HFEngine, tiny_model) -> torch.Tensor:
 
 def request(text: str, embeds=(), adapter=None, **options) -> EngineRequest:
     opts = GenerationOptions(max_new_tokens=options.pop("max_new_tokens", 32), temperature=0, **options)
-    return EngineRequest([Message("user", text)], [list(embeds)], opts, adapter=adapter)
+    return EngineRequest([Message("user", text)], [list(embeds)], opts, opts.requested_media, adapter=adapter)
 
 
 CASES = {

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from nextgpt.config import ProfileConfig
 from nextgpt.errors import ConfigError
+from nextgpt.modalities import OUTPUTS
 from nextgpt.types import MODALITIES, Modality
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,8 @@ TARGETS_VERSION = 1
 """Part of every digest: bump when the stored content of the same captions would change."""
 INDEX_NAME = "index.json"
 
-DECODER_MODALITY: dict[str, Modality] = {
-    "ImageDecoder": "image",
-    "VideoDecoder": "video",
-    "AudioDecoder": "audio",
-}
+DECODER_MODALITY: dict[str, Modality] = {out.decoder.partition(":")[2]: m for m, out in OUTPUTS.items()}
+"""Decoder class name -> its modality."""
 KNOWN_WIDTHS: dict[int, str] = {
     768: "Stable Diffusion 1.5's CLIP ViT-L/14 text encoder (the image decoder of nextgpt-7b-tiva-v0)",
     1024: "Zeroscope v2's OpenCLIP ViT-H/14 text encoder (the video decoder of nextgpt-7b-tiva-v0)",
