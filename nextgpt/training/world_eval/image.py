@@ -127,11 +127,21 @@ SCALES = (0.93, 1.0, 1.07)
 """Radii tried around the one the area gives: rasterisation, blur and codecs move the area a little."""
 
 
-def template(shape: str, size: tuple[int, int], cx: float, cy: float, r: float) -> np.ndarray:
-    """(H, W) bool: the world's own drawing of `shape` centred at (cx, cy) with outer radius r."""
-    canvas = Image.new("RGB", (size[1], size[0]), (0, 0, 0))
-    draw_shape(canvas, shape, "red", cx, cy, r)
-    return np.asarray(canvas)[..., 0] > 0
+def overlap(mask: np.ndarray, shape: str, cx: float, cy: float, r: float) -> float:
+    """Intersection over union of `mask` and the world's own drawing of `shape` centred at (cx, cy)
+    with outer radius r. The drawing covers only a window around the centre (cheap for small shapes),
+    cut where it passes the mask's edges."""
+    half = math.ceil(r) + 2
+    x0, y0 = math.floor(cx) - half, math.floor(cy) - half
+    canvas = Image.new("RGB", (2 * half + 1, 2 * half + 1), (0, 0, 0))
+    draw_shape(canvas, shape, "red", cx - x0, cy - y0, r)
+    drawn = np.asarray(canvas)[..., 0] > 0  # (2 half + 1, 2 half + 1)
+    h, w = mask.shape
+    top, left = max(0, y0), max(0, x0)
+    bottom, right = min(h, y0 + drawn.shape[0]), min(w, x0 + drawn.shape[1])
+    inside = drawn[top - y0 : bottom - y0, left - x0 : right - x0]
+    both = int((inside & mask[top:bottom, left:right]).sum())
+    return both / max(1, int(drawn.sum()) + int(mask.sum()) - both)
 
 
 def measure(mask: np.ndarray) -> ShapeGeometry | None:
@@ -146,15 +156,11 @@ def measure(mask: np.ndarray) -> ShapeGeometry | None:
     ys, xs = np.nonzero(mask)
     # Pixel (x, y) covers [x, x + 1): PIL places a shape's coordinates on that same grid.
     cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
-    overlap = {}
-    for shape, per_r2 in AREA_PER_R2.items():
-        r = math.sqrt(area / per_r2)
-        best = 0.0
-        for scale in SCALES:
-            t = template(shape, mask.shape, cx, cy, r * scale)
-            best = max(best, float((t & mask).sum() / max(1, (t | mask).sum())))
-        overlap[shape] = best
-    return ShapeGeometry(area=area, centroid=(cx, cy), overlap=overlap)
+    fits = {
+        shape: max(overlap(mask, shape, cx, cy, math.sqrt(area / per_r2) * scale) for scale in SCALES)
+        for shape, per_r2 in AREA_PER_R2.items()
+    }
+    return ShapeGeometry(area=area, centroid=(cx, cy), overlap=fits)
 
 
 def classify_geometry(geometry: ShapeGeometry | None) -> tuple[str, float]:

@@ -2,11 +2,11 @@
 sounds it names, in the world's words or common paraphrases ("moves to the left", "going up",
 "high-pitched", "ascending", "a violet disc", "against a grey backdrop").
 
-Word lists, not a grammar: a word counts wherever it stands, except after a negation ("not red") and in a
-few idioms ("all right", "right away"). A colour within two words before "background" or "backdrop", or
-after "on"/"against" with no shape word in between, is the background's. Vertical motion words count
-both as a direction (video) and as a sweep (audio): the scorer reads the one that the expected
-attributes ask for.
+Word lists, not a grammar: a word counts wherever it stands, except after a negation ("not red") and in
+a few idioms ("all right", "right away"). A colour within two words before "background", "backdrop" or
+"behind", or after "on"/"against" with no shape word in between, is the background's. Vertical motion
+words count both as a direction (video) and as a sweep (audio): the scorer reads the one that the
+expected attributes ask for.
 """
 
 from __future__ import annotations
@@ -170,7 +170,8 @@ SOUND_CONTEXT = frozenset(
     | {"highpitched", "lowpitched"}
 )
 """Words that make "high"/"low" a pitch even when no kind of sound is named ("a high-pitched sound")."""
-BACKGROUND_NOUNS = frozenset({"background", "backdrop", "backgrounds", "bg", "canvas"})
+BACKGROUND_NOUNS = frozenset({"background", "backdrop", "backgrounds", "bg", "behind"})
+"""Words that make a colour just before them the background's ("white background", "white behind")."""
 PLACE_WORDS = frozenset({"on", "against", "over"})
 
 
