@@ -66,6 +66,14 @@ def nearest_colour(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) ->
     return names[int(order[0])], float(margin)
 
 
+def shape_colour(rgb: np.ndarray, background_rgb: np.ndarray, background: str) -> tuple[str, float]:
+    """The palette colour of a shape's median `rgb`, after removing the cast the background shows (its
+    measured colour minus its palette colour): a tint over the whole picture, common in generated
+    images, moves yellow towards orange otherwise (80 levels apart)."""
+    cast = background_rgb - np.asarray(BACKGROUNDS[background], dtype=np.float64)
+    return nearest_colour(rgb - cast, COLOURS)
+
+
 def border_pixels(image: np.ndarray) -> np.ndarray:
     """(N, 3) float: the outermost pixels of an (H, W, 3) image (a world shape may reach the second row)."""
     ring = np.ones(image.shape[:2], dtype=bool)
@@ -144,8 +152,9 @@ def overlap(mask: np.ndarray, shape: str, cx: float, cy: float, r: float) -> flo
     return both / max(1, int(drawn.sum()) + int(mask.sum()) - both)
 
 
-def measure(mask: np.ndarray) -> ShapeGeometry | None:
-    """How well each world shape overlaps the mask, or None when it has fewer than MIN_FOREGROUND pixels.
+def measure(mask: np.ndarray, fit: bool = True) -> ShapeGeometry | None:
+    """How well each world shape overlaps the mask (only area and centroid when not `fit`), or None
+    when it has fewer than MIN_FOREGROUND pixels.
 
     Every world shape is centred on its centroid (the triangle is equilateral, the star five-fold
     symmetric) and keeps its orientation, so one template per shape, placed at the mask's centroid and
@@ -159,6 +168,7 @@ def measure(mask: np.ndarray) -> ShapeGeometry | None:
     fits = {
         shape: max(overlap(mask, shape, cx, cy, math.sqrt(area / per_r2) * scale) for scale in SCALES)
         for shape, per_r2 in AREA_PER_R2.items()
+        if fit
     }
     return ShapeGeometry(area=area, centroid=(cx, cy), overlap=fits)
 
@@ -209,7 +219,7 @@ def classify_image(image: np.ndarray) -> ImageReading:
     if rough.sum() < MIN_FOREGROUND:
         return ImageReading(background, UNKNOWN, UNKNOWN, background_score, 0.0, 0.0)
     rgb = np.median(core_pixels(pixels, rough), axis=0)
-    colour, colour_score = nearest_colour(rgb, COLOURS)
+    colour, colour_score = shape_colour(rgb, background_rgb, background)
     geometry = measure(foreground_mask(pixels, background_rgb, rgb))
     shape, shape_score = classify_geometry(geometry)
     return ImageReading(background, colour, shape, background_score, colour_score, shape_score, geometry)

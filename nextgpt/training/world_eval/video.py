@@ -8,11 +8,12 @@ less than MIN_TRAVEL of the frame (a still shape, or noise).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from nextgpt.training.data.synthetic import COLOURS
+from nextgpt.training.data.synthetic import BACKGROUNDS
 from nextgpt.training.world_eval.image import (
     MIN_FOREGROUND,
     UNKNOWN,
@@ -25,8 +26,11 @@ from nextgpt.training.world_eval.image import (
     measure,
     nearest_colour,
     rough_mask,
+    shape_colour,
 )
 
+FITTED_FRAMES = 4
+"""Frames (at most, evenly spread) in which the shape templates are fitted."""
 MIN_TRAVEL = 0.1
 """Fraction of the frame's side the centroid must travel over the clip to count as moving (world: >= 0.5)."""
 
@@ -84,22 +88,26 @@ def classify_video(frames: np.ndarray) -> VideoReading:
         return unknown
     # 2. one colour for the clip: the median of every frame's core.
     rgb = np.median(np.concatenate(cores), axis=0)
-    colour, colour_score = nearest_colour(rgb, COLOURS)
-    # 3. per frame: the mask cut halfway to that colour, its geometry and centroid.
+    background_rgb = np.median(backgrounds, axis=0)
+    colour, colour_score = shape_colour(rgb, background_rgb, nearest_colour(background_rgb, BACKGROUNDS)[0])
+    # 3. per frame: the mask cut halfway to that colour, its centroid, and in FITTED_FRAMES spread over
+    #    the clip how well each shape fits (the shape does not change; fitting costs most).
+    fitted = set(found[:: max(1, math.ceil(len(found) / FITTED_FRAMES))])
     geometries: list[ShapeGeometry] = []
     times: list[float] = []
     for i in found:
-        geometry = measure(foreground_mask(pixels[i], backgrounds[i], rgb))
+        geometry = measure(foreground_mask(pixels[i], backgrounds[i], rgb), fit=i in fitted)
         if geometry is not None:
             geometries.append(geometry)
             times.append(float(i))
-    if not geometries:
+    fits = [g.overlap for g in geometries if g.overlap]
+    if not fits:
         return VideoReading(colour, UNKNOWN, UNKNOWN, colour_score, 0.0, 0.0)
     # 4. the shape whose template fits best on average; the direction from the centroid track.
     pooled = ShapeGeometry(
         area=int(np.median([g.area for g in geometries])),
         centroid=geometries[0].centroid,
-        overlap={s: float(np.mean([g.overlap[s] for g in geometries])) for s in geometries[0].overlap},
+        overlap={s: float(np.mean([f[s] for f in fits])) for s in fits[0]},
     )
     shape, shape_score = classify_geometry(pooled)
     track = [g.centroid for g in geometries]

@@ -72,6 +72,20 @@ def downscale(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((HALF, HALF), Image.Resampling.BILINEAR))
 
 
+def diffusion_like(pixels: np.ndarray, rng: np.random.Generator, field: float, cast: float) -> np.ndarray:
+    """What an undertrained decoder leaves: soft edges, a smooth uneven wash over the picture (an 8 x 8
+    field of `field` levels, upsampled), a tint of the whole picture (`cast` levels) and fine noise."""
+    h, w = pixels.shape[:2]
+    coarse = rng.normal(0.0, field, (3, 8, 8)).astype(np.float32)
+    wash = np.stack(
+        [np.asarray(Image.fromarray(c, mode="F").resize((w, h), Image.Resampling.BICUBIC)) for c in coarse],
+        -1,
+    )
+    soft = np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(0.7))).astype(np.float64)
+    out = soft + wash + rng.normal(0.0, cast, 3) + rng.normal(0.0, 6.0, pixels.shape)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def per_frame(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda frames: np.stack([fn(f) for f in frames])
 
@@ -112,6 +126,8 @@ IMAGE_CASES: dict[str, tuple[Callable[[np.ndarray, np.random.Generator], np.ndar
     "noise 10 + blur + JPEG 50": (lambda p, r: jpeg(gaussian_noise(blur(p), r, 10.0), 50), {"all": 0.97}),
     "JPEG quality 30": (lambda p, r: jpeg(p), {"colour": 0.99, "background": 0.99, "shape": 0.95}),
     "downscale to 32": (lambda p, r: downscale(p), {"colour": 0.99, "background": 0.99, "shape": 0.9}),
+    "diffusion-like, wash 15 + tint 12": (lambda p, r: diffusion_like(p, r, 15.0, 12.0), {"all": 0.99}),
+    "diffusion-like, wash 25 + tint 20": (lambda p, r: diffusion_like(p, r, 25.0, 20.0), {"all": 0.95}),
 }
 """Condition -> (degradation, the lowest accuracy accepted per attribute, "all" for every attribute)."""
 
