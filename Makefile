@@ -21,6 +21,8 @@ help:
 	@echo "make up     - run the local cluster (Redis, services, gateway) until Ctrl-C"
 	@echo "make load   - locust load test (mixed REST + gRPC traffic) against a local cluster, report in out/load/"
 	@echo "make bench-serve - serving benchmark: serial loop vs the cluster (hf, vllm) at 1..32 clients, bench/results/"
+	@echo "make images - build every CPU image of docker/Dockerfile with BuildKit (VARIANT=cuda for GPU images)"
+	@echo "make compose-test - make images, then the compose cluster (tiny profile) end to end; not part of make test"
 	@echo "make lint   - ruff and mypy"
 	@echo "make clean  - remove the venv, models and outputs"
 
@@ -96,3 +98,14 @@ clean:
 .PHONY: train-demo
 train-demo: models
 	$(BIN)/python scripts/train_demo.py out/train-demo
+
+# Containers: scripts/images.sh starts dockerd where none runs and builds nextgpt/<target>:$(VARIANT) (with a
+# local Debian base and Redis image where no registry is reachable); scripts/compose_test.sh then runs
+# docker-compose.yml + docker-compose.tiny.yml end to end. Neither is part of `make test` (minutes of builds).
+.PHONY: images compose-test
+VARIANT ?= cpu
+images:
+	VARIANT=$(VARIANT) scripts/images.sh
+
+compose-test:
+	scripts/compose_test.sh

@@ -11,6 +11,8 @@ RUN --mount=type=bind,source=docker/build,target=/build --mount=type=secret,id=c
     && mkdir -p /data && chown redis:redis /data
 COPY docker/redis-entrypoint.sh /usr/local/bin/redis-entrypoint
 WORKDIR /data
+# Debian creates the redis user with a system uid (not fixed): by name.
+# hadolint ignore=DL3066
 USER redis
 EXPOSE 6379
 HEALTHCHECK --interval=5s --timeout=3s --retries=10 CMD ["redis-cli", "ping"]

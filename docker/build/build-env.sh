@@ -14,7 +14,8 @@ if [ -s "$extra" ]; then
   cat /etc/ssl/certs/ca-certificates.crt "$extra" >"$bundle" 2>/dev/null || cat "$extra" >"$bundle"
   export PIP_CERT="$bundle" SSL_CERT_FILE="$bundle" REQUESTS_CA_BUNDLE="$bundle" NEXTGPT_BUILD_CA="$bundle"
 fi
-if ls /build/wheels/*.whl >/dev/null 2>&1; then
+# Not for the CUDA variant: pip would take the local torch 2.13.0+cpu for its torch==2.13.0 pin.
+if [ "${TORCH_VARIANT:-cpu}" != cuda ] && ls /build/wheels/*.whl >/dev/null 2>&1; then
   export PIP_FIND_LINKS=/build/wheels
 fi
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
