@@ -26,7 +26,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 
-from nextgpt.config import GenerationOptions  # noqa: E402
+from nextgpt.config import SamplingOptions  # noqa: E402
 from nextgpt.encoders.imagebind import ImageBindEncoder  # noqa: E402
 from nextgpt.media.samples import sample_inputs  # noqa: E402
 from nextgpt.profiles import load_profile  # noqa: E402
@@ -40,11 +40,10 @@ LEVELS = (1, 8, 32)
 def requests(n: int, embedding: torch.Tensor, max_new_tokens: int) -> list[EngineRequest]:
     out = []
     for i in range(n):
-        options = GenerationOptions(
-            max_new_tokens=max_new_tokens, temperature=0, modalities=("text", "image")
-        )
+        options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=0)
         embeds = [embedding] if i % 2 else []
-        out.append(EngineRequest([Message("user", f"Request {i}: show me something.")], [embeds], options))
+        prompt = [Message("user", f"Request {i}: show me something.")]
+        out.append(EngineRequest(prompt, [embeds], options, outputs=("image",)))
     return out
 
 

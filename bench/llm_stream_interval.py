@@ -76,9 +76,9 @@ async def wait_serving(address: str, timeout_s: float = 300) -> None:
 
 
 def request(i: int, max_new_tokens: int) -> llm_pb2.LLMGenerateRequest:
-    options = common_pb2.GenerationOptions(max_new_tokens=max_new_tokens, temperature=1.0, seed=i)
+    sampling = llm_pb2.SamplingOptions(max_new_tokens=max_new_tokens, temperature=1.0, seed=i)
     turn = llm_pb2.Turn(role=common_pb2.ROLE_USER, text=f"Request {i}: tell me about shapes.")
-    return llm_pb2.LLMGenerateRequest(turns=[turn], options=options)
+    return llm_pb2.LLMGenerateRequest(turns=[turn], sampling=sampling)
 
 
 async def run_level(

@@ -91,7 +91,7 @@ class NextGPT:
             input_projector=input_projector,
             llm=cast(NextGPTLanguageModel, loaded["llm"]),
             output_projectors=output_projectors,
-            decoders={m: cast(Decoder, loaded[f"decoder.{m}"]) for m in decoders},
+            decoders={m: cast("Decoder", loaded[f"decoder.{m}"]) for m in decoders},
         )
 
     def generate(
