@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nextgpt.errors import ConfigError
+from nextgpt.types import MODALITIES
 from services.common import ports
 
 ENV_PREFIX = "NEXTGPT_GATEWAY_"
@@ -88,8 +89,5 @@ class GatewaySettings:
             raise ConfigError("model_name must not be empty")
 
     def decoder_targets(self) -> dict[str, str]:
-        return {
-            "image": self.image_decoder_target,
-            "video": self.video_decoder_target,
-            "audio": self.audio_decoder_target,
-        }
+        """Each modality's `<modality>_decoder_target` (a flag / env var per modality, like the others)."""
+        return {m: getattr(self, f"{m}_decoder_target") for m in MODALITIES}
