@@ -1,0 +1,539 @@
+"""The `shapes` profile's Stable-Diffusion-format image pipeline, trained on the shapes world (issue 12).
+
+Three separately trained parts, each with its own run of the shared loop (`loop.py`), then wired into the
+real `StableDiffusionPipeline` and saved with `save_pretrained`, so that the served `ImageDecoder` loads it
+unchanged:
+
+1. the VAE (`AutoencoderKL`, x4: 32 px images -> 8 x 8 x 4 latents): reconstruction (MSE + L1) and a small
+   KL, on shapes rendered on the fly;
+2. the CLIP-format text encoder (`CLIPTextModel`, real CLIP tokenizer): attribute heads (colour, shape,
+   background) on the mean of its 77 states, over the world's caption and paraphrases of it, so that the
+   77 x D conditioning says what to draw however it is phrased. It is then frozen: the UNet's conditioning
+   (and the output projector's stage-2 target) is a fixed function of the caption;
+3. the UNet (`UNet2DConditionModel`): epsilon prediction under SD 1.5's noise schedule (the saved PNDM
+   scheduler's `alphas_cumprod`), min-SNR weighting, and the empty caption for 10% of the examples so that
+   classifier-free guidance works.
+
+The world's held-out (colour, shape, background) combinations never appear in training (neither as
+pictures nor as captions); `train_image_pipeline` ends by drawing them through the real decoder and
+scoring the pictures with `world_eval`'s pixel classifiers.
+
+Every random draw comes from the loop's per-step generator or from generators seeded by `cfg.seed`, so a
+seed gives the same weights (with a fixed thread count). Run with OMP_NUM_THREADS=1 on a shared CPU: the
+models are small enough that a second thread mostly waits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+from diffusers import PNDMScheduler
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from PIL import Image, ImageDraw
+from torch import nn
+from torch.nn import functional as F
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from nextgpt import tiny_profile as dims
+from nextgpt.config import DecodeDefaults, DecoderConfig
+from nextgpt.tiny.diffusion import _clip_text_encoder, _sd_scheduler_kwargs, build_clip_tokenizer
+from nextgpt.training.data.synthetic import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    WorldConfig,
+    article,
+    draw_shape,
+    heldout_image_combos,
+    image_caption,
+)
+from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
+from nextgpt.training.world_eval import evaluate_world_media
+
+logger = logging.getLogger(__name__)
+
+Combo = tuple[str, str, str]
+"""(colour, shape, background)."""
+
+TEMPLATES = (
+    "{a} {c} {s} on a {b} background",  # the world's own caption (`image_caption`)
+    "{c} {s} on {b}",
+    "a picture of {a} {c} {s} on a {b} background",
+    "{a} {c} {s} against a {b} backdrop",
+    "a {s} in {c} on a {b} background",
+    "{c} {s}, {b} background",
+    "an image of {a} {c} {s} with a {b} background",
+    "{a} {c} {s} drawn on {b}",
+)
+"""Caption phrasings trained on: the world's caption first, then paraphrases (the LLM's phrasings vary)."""
+HELDOUT_TEMPLATE = "one {c} {s} placed in front of a plain {b} background"
+"""A phrasing never trained on, for the held-out evaluation."""
+
+
+@dataclass
+class ImageTrainConfig:
+    """Sizes and step counts of the image pipeline; the defaults are the `shapes` profile's."""
+
+    seed: int = 0
+    image_size: int = 32
+    """Side of the generated pictures, in pixels (a multiple of 8; the VAE downsamples x4)."""
+    radius: tuple[float, float] = (0.25, 0.4)
+    """Shape radius range as a share of the side: larger than the world's 0.15-0.35, legible at 32 px."""
+    n_heldout_images: int = 6
+    """Held-out combinations, as `WorldConfig.n_heldout_images` (the same seed gives the same ones)."""
+    vae_channels: tuple[int, ...] = (16, 32, 32)
+    """VAE block widths; len - 1 downsamplings."""
+    latent_channels: int = 4
+    vae_steps: int = 300
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    cond_dim: int = dims.IMAGE_COND_DIM
+    """Width of the CLIP text states the UNet cross-attends to (the output projector's target width)."""
+    text_steps: int = 300
+    text_batch: int = 64
+    text_lr: float = 2e-3
+    unet_channels: tuple[int, int] = (32, 64)
+    unet_steps: int = 600
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    bank_size: int = 2048
+    """Training pictures encoded once by the trained VAE and drawn from by the UNet's steps."""
+    uncond_prob: float = 0.1
+    """Share of UNet examples conditioned on the empty caption (classifier-free guidance)."""
+    snr_gamma: float | None = 5.0
+    """Min-SNR loss weighting (Hang et al. 2023); None for the plain epsilon MSE."""
+    eval_steps: int = 20
+    """Denoising steps of the held-out evaluation: the profile's default."""
+    eval_guidance: float = 4.0
+    eval_seeds: int = 4
+    progress: bool = True
+    world: WorldConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.image_size % 8 or self.image_size < 16:
+            raise ValueError(f"image_size={self.image_size} must be a multiple of 8 and >= 16")
+        if not 0 < self.radius[0] <= self.radius[1] < 0.5:
+            raise ValueError(f"radius={self.radius} must satisfy 0 < low <= high < 0.5")
+        if not 0 <= self.uncond_prob < 1:
+            raise ValueError(f"uncond_prob={self.uncond_prob} must be in [0, 1)")
+        for name in ("vae_steps", "text_steps", "unet_steps", "vae_batch", "text_batch", "unet_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        self.world = WorldConfig(seed=self.seed, n_heldout_images=self.n_heldout_images)
+
+    @classmethod
+    def reduced(cls, seed: int = 0) -> Self:
+        """For tests: each part learns visibly in seconds; the pictures are not yet right."""
+        return cls(
+            seed=seed,
+            vae_channels=(8, 16, 16),
+            vae_steps=40,
+            vae_batch=8,
+            text_steps=40,
+            text_batch=32,
+            unet_channels=(16, 32),
+            unet_steps=40,
+            unet_batch=16,
+            bank_size=64,
+            eval_steps=4,
+            eval_seeds=1,
+            progress=False,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+def train_combos(cfg: ImageTrainConfig) -> list[Combo]:
+    """Every (colour, shape, background) but the world's held-out ones."""
+    held = set(heldout_image_combos(cfg.world))
+    return [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS if (c, s, b) not in held]
+
+
+def phrase(template: str, combo: Combo, variant: int = 0) -> str:
+    """`combo` in `template`; odd variants spell gray "grey"."""
+    colour, shape, background = combo
+    if background == "gray" and variant % 2:
+        background = "grey"
+    return template.format(a=article(colour), c=colour, s=shape, b=background)
+
+
+def render(combo: Combo, size: int, radius: tuple[float, float], rng: random.Random) -> np.ndarray:
+    """(H, W, 3) uint8: one world shape at a random position and size (the world's `draw_shape`)."""
+    colour, shape, background = combo
+    canvas = Image.new("RGB", (size, size), BACKGROUNDS[background])
+    r = rng.uniform(*radius) * size
+    draw_shape(canvas, shape, colour, rng.uniform(r + 1, size - r - 1), rng.uniform(r + 1, size - r - 1), r)
+    return np.asarray(canvas)
+
+
+def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 (H, W, 3) pictures -> (B, 3, H, W) floats in [-1, 1], the VAE's range."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def render_batch(
+    combos: Sequence[Combo], n: int, cfg: ImageTrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n pictures of combos drawn by `gen`: (n, 3, H, W) in [-1, 1] and their combo indices (n,)."""
+    which = torch.randint(len(combos), (n,), generator=gen)
+    rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
+    images = [render(combos[i], cfg.image_size, cfg.radius, rng) for i in which.tolist()]
+    return to_tensor(images), which
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Components
+
+
+def build_vae(cfg: ImageTrainConfig) -> AutoencoderKL:
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=1,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=8,
+        sample_size=cfg.image_size,
+    )
+
+
+def build_unet(cfg: ImageTrainConfig) -> UNet2DConditionModel:
+    # Cross-attention first (the served decoder shares `down_blocks.0.attentions.0` across the guidance
+    # halves, see `nextgpt.decoders.image.GUIDANCE_SHARED`), then the mid block's, then the last up block's.
+    return UNet2DConditionModel(
+        sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1),
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cfg.cond_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+class AttributeHeads(nn.Module):
+    """Colour, shape and background read linearly from the mean of the text encoder's states."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.colour = nn.Linear(width, len(COLOURS))
+        self.shape = nn.Linear(width, len(SHAPES))
+        self.background = nn.Linear(width, len(BACKGROUNDS))
+
+    def forward(self, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pooled = states.mean(dim=1)  # (B, D): the padding states after EOS have seen the whole caption
+        heads = (self.colour, self.shape, self.background)
+        return sum(
+            (F.cross_entropy(head(pooled), labels[:, i]) for i, head in enumerate(heads)), torch.zeros(())
+        )
+
+
+def combo_labels(combos: Sequence[Combo]) -> torch.Tensor:
+    """(N, 3) long: colour, shape and background indices."""
+    colours, shapes, backgrounds = list(COLOURS), list(SHAPES), list(BACKGROUNDS)
+    return torch.tensor([[colours.index(c), shapes.index(s), backgrounds.index(b)] for c, s, b in combos])
+
+
+def tokenize(tokenizer: CLIPTokenizer, captions: Sequence[str]) -> torch.Tensor:
+    """(N, 77) ids, padded as the pipeline's `encode_prompt` pads."""
+    return tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The three parts
+
+
+@dataclass
+class PartResult:
+    first: float
+    last: float
+    steps: int
+    seconds: float
+
+    @classmethod
+    def of(cls, result: LoopResult) -> PartResult:
+        return cls(result.first, result.last, len(result.losses), result.seconds)
+
+
+def train_vae(
+    cfg: ImageTrainConfig, combos: Sequence[Combo], state: Path
+) -> tuple[AutoencoderKL, PartResult]:
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg)
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        x, _ = render_batch(combos, cfg.vae_batch, cfg, gen)  # (B, 3, H, W)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        return F.mse_loss(recon, x) + F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+
+    loop = LoopConfig(steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=min(20, cfg.vae_steps), seed=cfg.seed)
+    result = train(vae, loss_fn, loop, name="image-vae", state_dir=state / "vae", progress=cfg.progress)
+    return vae, PartResult.of(result)
+
+
+def train_text_encoder(
+    cfg: ImageTrainConfig, combos: Sequence[Combo], tokenizer: CLIPTokenizer, state: Path
+) -> tuple[CLIPTextModel, PartResult]:
+    torch.manual_seed(cfg.seed + 1)
+    encoder = _clip_text_encoder(cfg.cond_dim)
+    heads = AttributeHeads(cfg.cond_dim)
+    ids = tokenize(
+        tokenizer, [phrase(t, c, v) for c in combos for v, t in enumerate(TEMPLATES)]
+    )  # (N x T, 77)
+    labels = combo_labels(combos).repeat_interleave(len(TEMPLATES), dim=0)  # (N x T, 3)
+    module = nn.ModuleDict({"encoder": encoder, "heads": heads})
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        pick = torch.randint(len(ids), (cfg.text_batch,), generator=gen)
+        states = encoder(ids[pick]).last_hidden_state  # (B, 77, D)
+        return heads(states, labels[pick])
+
+    loop = LoopConfig(
+        steps=cfg.text_steps, lr=cfg.text_lr, warmup_steps=min(20, cfg.text_steps), seed=cfg.seed
+    )
+    result = train(module, loss_fn, loop, name="image-text", state_dir=state / "text", progress=cfg.progress)
+    encoder.requires_grad_(False)
+    return encoder, PartResult.of(result)
+
+
+@torch.no_grad()
+def vae_fidelity(vae: AutoencoderKL, cfg: ImageTrainConfig, per_combo: int = 4) -> dict[str, float]:
+    """`world_eval` accuracy on VAE reconstructions of held-out combinations: the UNet's ceiling."""
+    rng = random.Random(f"{cfg.seed}:image-vae-eval")
+    combos = [c for c in heldout_image_combos(cfg.world) for _ in range(per_combo)]
+    x = to_tensor([render(c, cfg.image_size, cfg.radius, rng) for c in combos])
+    recon = vae.decode(vae.encode(x).latent_dist.mean).sample  # (N, 3, H, W) in [-1, 1]
+    images = ((recon.permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1).numpy()
+    expected = [dict(zip(("colour", "shape", "background"), c, strict=True)) for c in combos]
+    return evaluate_world_media(zip(expected, images, strict=True)).accuracy()
+
+
+@torch.no_grad()
+def encode_bank(
+    vae: AutoencoderKL, combos: Sequence[Combo], cfg: ImageTrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """`bank_size` pictures, every training combination in turn: unscaled latent means (N, C, h, w), their
+    combo indices (N,), and the scaling factor that gives the latents unit variance (SD's 0.18215)."""
+    rng = random.Random(f"{cfg.seed}:image-bank")
+    which = torch.arange(cfg.bank_size) % len(combos)
+    latents = []
+    for chunk in which.split(256):
+        x = to_tensor([render(combos[i], cfg.image_size, cfg.radius, rng) for i in chunk.tolist()])
+        latents.append(vae.encode(x).latent_dist.mean)
+    bank = torch.cat(latents)
+    return bank, which, float(1.0 / bank.std())
+
+
+def alphas_cumprod(scheduler: PNDMScheduler) -> torch.Tensor:
+    """(T,) float32: the scheduler's cumulative signal share per timestep (SD 1.5's scaled-linear betas)."""
+    values: torch.Tensor = scheduler.alphas_cumprod  # type: ignore[attr-defined]  # set in __init__, untyped
+    return values.float()
+
+
+def train_unet(
+    cfg: ImageTrainConfig,
+    latents: torch.Tensor,
+    combo_of: torch.Tensor,
+    embeds: torch.Tensor,
+    empty: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    state: Path,
+) -> tuple[UNet2DConditionModel, PartResult]:
+    """`latents` (N, C, h, w), scaled; `embeds` (combos, templates, 77, D); `empty` (77, D): "" encoded."""
+    torch.manual_seed(cfg.seed + 2)
+    unet = build_unet(cfg)
+    n_templates = embeds.shape[1]
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        b = cfg.unet_batch
+        pick = torch.randint(len(latents), (b,), generator=gen)
+        x0 = latents[pick]  # (B, C, h, w)
+        t = torch.randint(len(alphas_cumprod), (b,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        ab = alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        phrasing = torch.randint(n_templates, (b,), generator=gen)
+        cond = embeds[combo_of[pick], phrasing]  # (B, 77, D)
+        drop = torch.rand(b, generator=gen) < cfg.uncond_prob
+        cond = torch.where(drop.view(-1, 1, 1), empty, cond)
+        pred = unet(xt, t, cond).sample
+        mse = (pred - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        if cfg.snr_gamma is not None:
+            snr = (ab / (1 - ab)).flatten()
+            mse = mse * snr.clamp(max=cfg.snr_gamma) / snr
+        return mse.mean()
+
+    loop = LoopConfig(
+        steps=cfg.unet_steps, lr=cfg.unet_lr, warmup_steps=min(50, cfg.unet_steps), seed=cfg.seed
+    )
+    result = train(unet, loss_fn, loop, name="image-unet", state_dir=state / "unet", progress=cfg.progress)
+    return unet, PartResult.of(result)
+
+
+@torch.no_grad()
+def encode_captions(
+    encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions: Sequence[str]
+) -> torch.Tensor:
+    """(N, 77, D) text states, as the pipeline's `encode_prompt` computes them."""
+    return torch.cat([encoder(ids).last_hidden_state for ids in tokenize(tokenizer, captions).split(256)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def save_pipeline(
+    out: Path,
+    vae: AutoencoderKL,
+    encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    unet: UNet2DConditionModel,
+    scheduler: PNDMScheduler,
+) -> Path:
+    """The real SD pipeline saved in diffusers' layout (no safety checker: `ImageDecoder` needs none)."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,  # type: ignore[arg-type]  # diffusers annotates schedulers as the KarrasDiffusionSchedulers enum
+        safety_checker=None,  # type: ignore[arg-type]  # None is diffusers' documented way to drop it
+        feature_extractor=None,  # type: ignore[arg-type]
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def decode_defaults(cfg: ImageTrainConfig) -> DecodeDefaults:
+    """The decode settings the `shapes` profile should serve this pipeline with."""
+    return DecodeDefaults(
+        steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance, height=cfg.image_size, width=cfg.image_size
+    )
+
+
+def evaluate(
+    pipeline_dir: Path, cfg: ImageTrainConfig
+) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
+    """Held-out combinations drawn through the served `ImageDecoder` (world caption and an untrained
+    phrasing, `eval_seeds` seeds each), scored by `world_eval`. Returns the report and (caption, picture)
+    pairs of the world captions."""
+    from nextgpt.decoders.image import ImageDecoder  # the serving class, loaded as a profile loads it
+
+    options = decode_defaults(cfg)
+    decoder = ImageDecoder.load(DecoderConfig(pipeline_dir=pipeline_dir, defaults=options))
+    combos = heldout_image_combos(cfg.world)
+    report: dict[str, Any] = {}
+    samples: list[tuple[str, np.ndarray]] = []
+    for name, template in (("world_caption", TEMPLATES[0]), ("unseen_phrasing", HELDOUT_TEMPLATE)):
+        captions = [phrase(template, combo) for combo in combos for _ in range(cfg.eval_seeds)]
+        seeds = [cfg.seed * 1000 + k for _ in combos for k in range(cfg.eval_seeds)]
+        images = decoder.diffuse(decoder.encode_text(captions), options, seeds=seeds)  # (N, H, W, 3)
+        expected = [dict(zip(("colour", "shape", "background"), combo, strict=True)) for combo in combos]
+        scored = evaluate_world_media(
+            (expected[i // cfg.eval_seeds], image) for i, image in enumerate(images)
+        )
+        report[name] = scored.accuracy()
+        report[name + "_found"] = [item.found for item in scored.items]
+        if name == "world_caption":
+            samples = list(zip(captions, images, strict=True))
+    return report, samples
+
+
+def sample_grid(samples: Sequence[tuple[str, np.ndarray]], per_row: int, path: Path, scale: int = 3) -> Path:
+    """A PNG of the samples, `per_row` pictures (one caption's seeds) per row, the caption under them."""
+    side = samples[0][1].shape[0] * scale
+    rows = [samples[i : i + per_row] for i in range(0, len(samples), per_row)]
+    width = max(per_row * (side + 4) + 4, 260)
+    text_h = 14
+    grid = Image.new("RGB", (width, len(rows) * (side + text_h + 8) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for r, row in enumerate(rows):
+        top = 4 + r * (side + text_h + 8)
+        for k, (_, image) in enumerate(row):
+            pixels = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+            grid.paste(pixels.resize((side, side), Image.Resampling.NEAREST), (4 + k * (side + 4), top))
+        draw.text((4, top + side + 2), row[0][0], fill=(0, 0, 0))
+    grid.save(path)
+    return path
+
+
+def train_image_pipeline(out_dir: str | Path, cfg: ImageTrainConfig | None = None) -> dict[str, Any]:
+    """Train the three parts, save the pipeline under `out_dir/pipeline`, evaluate it on the held-out
+    combinations, and write `report.json` and `samples.png` beside it. Resumable: `out_dir/state` keeps each
+    part's loop state."""
+    cfg = cfg or ImageTrainConfig()
+    out = Path(out_dir)
+    state = out / "state"
+    t0 = time.perf_counter()
+    combos = train_combos(cfg)
+    # 1. VAE.
+    vae, vae_result = train_vae(cfg, combos, state)
+    vae.requires_grad_(False)
+    reconstruction = vae_fidelity(vae, cfg)
+    logger.info("image VAE reconstructions of held-out combinations: %s", reconstruction)
+    # 2. Text encoder over the world's caption and its paraphrases.
+    tokenizer = build_clip_tokenizer(state / "tokenizer")
+    encoder, text_result = train_text_encoder(cfg, combos, tokenizer, state)
+    # 3. UNet on the VAE's latents of a fixed bank, conditioned on the frozen encoder's states.
+    raw, combo_of, scaling = encode_bank(vae, combos, cfg)
+    vae.register_to_config(scaling_factor=scaling)
+    captions = [phrase(t, c, v) for c in combos for v, t in enumerate(TEMPLATES)]
+    embeds = encode_captions(encoder, tokenizer, captions).view(len(combos), len(TEMPLATES), 77, cfg.cond_dim)
+    empty = encode_captions(encoder, tokenizer, [""])[0]  # (77, D)
+    scheduler = PNDMScheduler(skip_prk_steps=True, **_sd_scheduler_kwargs())
+    unet, unet_result = train_unet(
+        cfg, raw * scaling, combo_of, embeds, empty, alphas_cumprod(scheduler), state
+    )
+    train_seconds = time.perf_counter() - t0
+    # 4. Save in diffusers' layout, load through the served decoder, draw the held-out combinations.
+    pipeline_dir = save_pipeline(out / "pipeline", vae, encoder, tokenizer, unet, scheduler)
+    heldout, samples = evaluate(pipeline_dir, cfg)
+    grid = sample_grid(samples, cfg.eval_seeds, out / "samples.png")
+    report: dict[str, Any] = {
+        "pipeline_dir": str(pipeline_dir),
+        "samples": str(grid),
+        "parts": {
+            "vae": asdict(vae_result),
+            "text_encoder": asdict(text_result),
+            "unet": asdict(unet_result),
+        },
+        "vae_reconstruction": reconstruction,
+        "latent_scaling_factor": scaling,
+        "heldout_captions": [image_caption(*c) for c in heldout_image_combos(cfg.world)],
+        "heldout": heldout,
+        "decode_defaults": asdict(decode_defaults(cfg)),
+        "train_seconds": train_seconds,
+        "total_seconds": time.perf_counter() - t0,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "world"},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    logger.info("image pipeline: %s", json.dumps({k: report[k] for k in ("parts", "heldout")})[:2000])
+    return report
