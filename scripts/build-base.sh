@@ -53,7 +53,12 @@ EOF
 # What a slim image leaves out: package lists, caches, logs, docs, man pages (a rebuild would differ there).
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/ldconfig/* "$root"/var/log/* \
   "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/tmp/* "$root"/root/.cache
+# The standard library's bytecode, made again as unchecked-hash .pyc: valid whatever the mtimes (the tarball
+# clamps them) and byte-stable. Without it every `python` start (each healthcheck) compiles the standard
+# library from source, since the images set PYTHONDONTWRITEBYTECODE: seconds on a busy machine.
 find "$root" -name __pycache__ -prune -exec rm -rf {} +
+chroot "$root" python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash /usr/lib/python3.11 >/dev/null || true
+chroot "$root" python3 -c "import asyncio, json, ssl" # the bytecode loads
 # Machine-specific files debootstrap copies from the host: the container runtime provides its own.
 : >"$root/etc/hostname"
 : >"$root/etc/resolv.conf"
