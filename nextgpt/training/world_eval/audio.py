@@ -2,12 +2,12 @@
 
 - sound: a sweep when the spectral peak moves steadily (a line through its track in octaves per second
   spans at least MIN_SWEEP_OCTAVES and fits well); else a chord when the long-window spectrum has two or
-  more strong peaks, else a tone;
+  more notes (strong peaks 2 or more semitones apart), else a tone;
 - sweep: rising or falling, the sign of that line;
-- pitch: low or high, the strongest frequency against PITCH_SPLIT_HZ (tones; for other sounds the
-  median of the peak track, which the world does not caption);
-- chord: major or minor, from the interval between the two lowest peaks (4 or 3 semitones);
-- beeping: the share of 16 ms frames in which that frequency is far quieter than when loud (a world
+- pitch: low or high, the strongest frequency against PITCH_SPLIT_HZ (the world captions it for tones;
+  a chord's is its strongest note, a sweep's the median of its track);
+- chord: major or minor, from the interval between the two lowest notes (4 or 3 semitones);
+- beeping: the share of 16 ms frames whose strongest frequency is far quieter than when loud (a world
   beep is on half the time).
 """
 
@@ -31,8 +31,13 @@ MIN_SWEEP_FIT = 0.6
 """Share of the peak track's variance the line must explain (a chord's peak jumps between its notes)."""
 CHORD_PEAK = 0.3
 """A second spectral peak at this fraction of the strongest makes a chord (a world chord's are equal)."""
+NOTE_GAP = 2.0
+"""Semitones between spectral peaks below which they are one note (a world chord's closest: 3)."""
 BEEP_SHARE = 0.25
-"""Share of quiet 10 ms blocks above which a sound is beeping (world beeps: 0.5; steady sounds ~0)."""
+"""Share of quiet 16 ms frames above which a sound is beeping (world beeps: 0.44-0.65, also at 0 dB SNR
+or after a 32-bin mel round trip; steady sounds: 0-0.1)."""
+BEEP_MEDIAN = 7
+"""Frames (8 ms apart) of the median filter on the level: shorter than a world beep's 125 ms gap."""
 SILENCE = 1e-4
 """Peak amplitude below which a waveform is silent."""
 
@@ -81,23 +86,39 @@ def peak_frequency(spectrum: np.ndarray, bin_hz: float) -> float:
     return (k + float(np.clip(offset, -0.5, 0.5))) * bin_hz
 
 
-def spectral_peaks(spectrum: np.ndarray, bin_hz: float, share: float) -> list[float]:
-    """Frequencies (ascending) of the local maxima above 50 Hz at `share` of the strongest or more."""
+def notes(spectrum: np.ndarray, bin_hz: float, share: float) -> list[float]:
+    """Frequencies (ascending) of the notes in a magnitude spectrum: its local maxima above 50 Hz at
+    `share` of the strongest or more, where maxima less than NOTE_GAP semitones from the previous one
+    belong to the same note (the strongest counts). A world chord's notes are 3 or more apart; a tone
+    smeared by a codec or a vocoder is one note."""
     s = spectrum.copy()
     s[: int(50 / bin_hz) + 1] = 0.0  # hum and DC are no note
-    top = s.max()
-    local = (s[1:-1] > s[:-2]) & (s[1:-1] >= s[2:]) & (s[1:-1] >= share * top)
-    return [float((k + 1) * bin_hz) for k in np.nonzero(local)[0]]
+    local = (s[1:-1] > s[:-2]) & (s[1:-1] >= s[2:]) & (s[1:-1] >= share * s.max())
+    found: list[tuple[float, float]] = []  # (frequency, magnitude) per note
+    previous = 0.0
+    for k in np.nonzero(local)[0] + 1:
+        hz, level = float(k * bin_hz), float(s[k])
+        if found and 12 * math.log2(hz / previous) < NOTE_GAP:
+            if level > found[-1][1]:
+                found[-1] = (hz, level)
+        else:
+            found.append((hz, level))
+        previous = hz
+    return [hz for hz, _ in found]
 
 
-def beep_share(wave: np.ndarray, sample_rate: int, frequency: float) -> float:
-    """Share of 16 ms frames whose level near `frequency` (+-2 bins of 62 Hz at 16 kHz) is below half
-    its 90th percentile. Measuring in that band, not over the whole spectrum, keeps broadband noise in
-    the gaps about 14 dB further below a beep."""
+def beep_share(wave: np.ndarray, sample_rate: int) -> float:
+    """Share of 16 ms frames (8 ms apart) whose strongest bin above 50 Hz, median-filtered over 7 frames,
+    is below half its 90th percentile. The strongest bin follows a tone or a sweep and is ~10 dB above
+    the loudest bin of white noise at equal power, so noise in a beep's gaps stays below half its
+    level; the median keeps a world beep's 125 ms gaps and drops the short dips of a rough resynthesis
+    (Griffin-Lim's, up to 0.44 of the frames unfiltered, 0.1 filtered)."""
     n_fft = 1 << max(5, round(math.log2(sample_rate * 0.016)))
     frames = spectrogram(wave, n_fft, n_fft // 2)
-    k = round(frequency * n_fft / sample_rate)
-    level = frames[:, max(0, k - 2) : k + 3].sum(axis=1)
+    level = frames[:, int(50 * n_fft / sample_rate) + 1 :].max(axis=1)  # (frames,)
+    if len(level) >= BEEP_MEDIAN:
+        padded = np.pad(level, BEEP_MEDIAN // 2, mode="edge")
+        level = np.median(np.lib.stride_tricks.sliding_window_view(padded, BEEP_MEDIAN), axis=1)
     return float(np.mean(level < 0.5 * np.percentile(level, 90)))
 
 
@@ -124,7 +145,7 @@ def classify_audio(wave: np.ndarray, sample_rate: int) -> AudioReading:
     n_fft = 1 << max(6, round(math.log2(sample_rate * 0.064)))
     frames = spectrogram(mono, n_fft, n_fft // 4)
     energy = frames.sum(axis=1)
-    loud = energy >= 0.3 * energy.max()
+    loud = energy >= 0.3 * np.percentile(energy, 90)  # a click does not silence the rest
     bin_hz = sample_rate / n_fft
     track = np.log2([peak_frequency(f, bin_hz) for f in frames[loud]])  # (K,) octaves
     times = np.nonzero(loud)[0] * (n_fft // 4) / sample_rate
@@ -138,7 +159,7 @@ def classify_audio(wave: np.ndarray, sample_rate: int) -> AudioReading:
     n_long = min(1 << round(math.log2(sample_rate * 0.256)), 1 << int(math.log2(len(mono))))
     long = spectrogram(mono, n_long, n_long // 2).mean(axis=0)
     long_bin = sample_rate / n_long
-    peaks = spectral_peaks(long, long_bin, CHORD_PEAK)
+    peaks = notes(long, long_bin, CHORD_PEAK)
     chord = UNKNOWN
     if abs(travel) >= MIN_SWEEP_OCTAVES and fit >= MIN_SWEEP_FIT:
         sound = "sweep"
@@ -159,5 +180,5 @@ def classify_audio(wave: np.ndarray, sample_rate: int) -> AudioReading:
     octaves = math.log2(frequency / PITCH_SPLIT_HZ)
     pitch = "high" if octaves > 0 else "low"
     pitch_score = min(1.0, abs(octaves) / math.log2(HIGH_TONE_HZ[0] / PITCH_SPLIT_HZ))
-    beeping = "beeping" if beep_share(mono, sample_rate, frequency) > BEEP_SHARE else "steady"
+    beeping = "beeping" if beep_share(mono, sample_rate) > BEEP_SHARE else "steady"
     return AudioReading(sound, pitch, sweep, chord, beeping, sound_score, pitch_score, frequency)

@@ -30,7 +30,7 @@ from nextgpt.training.world_eval.image import (
 )
 
 FITTED_FRAMES = 4
-"""Frames (at most, evenly spread) in which the shape templates are fitted."""
+"""Frames (at most, evenly spread) from which the colour is taken and in which the shapes are fitted."""
 MIN_TRAVEL = 0.1
 """Fraction of the frame's side the centroid must travel over the clip to count as moving (world: >= 0.5)."""
 
@@ -69,6 +69,12 @@ def direction_of(track: list[tuple[float, float]], times: list[float], side: int
     return names[int(slope[axis] > 0)], float(travel[axis] / travel.sum())
 
 
+def _cores(pixels: list[np.ndarray], backgrounds: list[np.ndarray], frames: range) -> dict[int, np.ndarray]:
+    """Frame index -> (N, 3) pixels of the shape's core, for the `frames` in which a shape stands out."""
+    masks = {i: rough_mask(pixels[i], backgrounds[i]) for i in frames}
+    return {i: core_pixels(pixels[i], m) for i, m in masks.items() if m.sum() >= MIN_FOREGROUND}
+
+
 def classify_video(frames: np.ndarray) -> VideoReading:
     """Colour, shape and motion direction of a world video (T, H, W, 3); UNKNOWN where it cannot tell."""
     array = np.asarray(frames)
@@ -76,27 +82,25 @@ def classify_video(frames: np.ndarray) -> VideoReading:
     unknown = VideoReading(UNKNOWN, UNKNOWN, UNKNOWN, 0.0, 0.0, 0.0)
     if not pixels:
         return unknown
-    # 1. per frame: its background and the pixels of the shape's core.
+    # 1. per frame: its background; in FITTED_FRAMES frames spread over the clip (all frames when none
+    #    of those shows a shape), the pixels of the shape's core.
     backgrounds = [np.median(border_pixels(p), axis=0) for p in pixels]
-    cores, found = [], []
-    for i, (p, bg) in enumerate(zip(pixels, backgrounds, strict=True)):
-        rough = rough_mask(p, bg)
-        if rough.sum() >= MIN_FOREGROUND:
-            cores.append(core_pixels(p, rough))
-            found.append(i)
-    if not found:
+    step = max(1, math.ceil(len(pixels) / FITTED_FRAMES))
+    cores = _cores(pixels, backgrounds, range(0, len(pixels), step)) or _cores(
+        pixels, backgrounds, range(len(pixels))
+    )
+    if not cores:
         return unknown
-    # 2. one colour for the clip: the median of every frame's core.
-    rgb = np.median(np.concatenate(cores), axis=0)
+    # 2. one colour for the clip: the median of those cores, less the background's tint.
+    rgb = np.median(np.concatenate(list(cores.values())), axis=0)
     background_rgb = np.median(backgrounds, axis=0)
     colour, colour_score = shape_colour(rgb, background_rgb, nearest_colour(background_rgb, BACKGROUNDS)[0])
-    # 3. per frame: the mask cut halfway to that colour, its centroid, and in FITTED_FRAMES spread over
-    #    the clip how well each shape fits (the shape does not change; fitting costs most).
-    fitted = set(found[:: max(1, math.ceil(len(found) / FITTED_FRAMES))])
+    # 3. per frame: the mask cut halfway to that colour and its centroid; in the frames of step 1 also
+    #    how well each shape fits (the shape does not change, and fitting costs most).
     geometries: list[ShapeGeometry] = []
     times: list[float] = []
-    for i in found:
-        geometry = measure(foreground_mask(pixels[i], backgrounds[i], rgb), fit=i in fitted)
+    for i, (p, bg) in enumerate(zip(pixels, backgrounds, strict=True)):
+        geometry = measure(foreground_mask(p, bg, rgb), fit=i in cores)
         if geometry is not None:
             geometries.append(geometry)
             times.append(float(i))

@@ -49,7 +49,7 @@ from nextgpt.types import MediaItem, Modality
 
 CFG = WorldConfig()
 IMAGE_SEEDS = (0, 1, 2)
-AUDIO_SEEDS = (0, 1, 2, 3, 4, 5)
+AUDIO_SEEDS = (0, 1, 2, 3)
 HALF = CFG.image_size // 2
 """The tiny profile decodes 64 x 64 images and video frames, the world's own size; half of it is the
 harsher downscale tested here."""
@@ -192,7 +192,7 @@ def test_video_classifier_on_world_videos(case: str) -> None:
 
 @pytest.fixture(scope="module")
 def world_sounds() -> list[tuple[str, np.ndarray]]:
-    """Every sound from each of AUDIO_SEEDS: 48 two-second clips."""
+    """Every sound from each of AUDIO_SEEDS: 32 two-second clips."""
     out: list[tuple[str, np.ndarray]] = []
     for seed in AUDIO_SEEDS:
         rng = random.Random(seed)
@@ -222,6 +222,60 @@ def test_audio_classifier_on_world_sounds(case: str, world_sounds: list[tuple[st
     report = evaluate_world_media((caption, degrade(wave, rng)) for caption, wave in world_sounds)
     accuracy = check_bars(report, f"audio, {case}", {"all": bar})
     assert set(accuracy) == {"sound", "pitch", "beeping", "chord", "sweep", "all"}
+
+
+def mel_round_trip(wave: np.ndarray, n_mels: int, iterations: int = 8) -> np.ndarray:
+    """`wave` through an n_mels mel spectrogram and back (pseudo-inverse, then Griffin-Lim), the
+    information a mel vocoder gets: the tiny AudioLDM's has MEL_BINS = 32, hop 160, at 16 kHz."""
+    n_fft, hop, rate = 1024, 160, CFG.sample_rate
+    window = np.hanning(n_fft)
+    count = 1 + (len(wave) - n_fft) // hop
+    index = np.arange(n_fft)[None, :] + hop * np.arange(count)[:, None]  # (frames, n_fft)
+
+    def stft(x: np.ndarray) -> np.ndarray:
+        return np.fft.rfft(x[index] * window, axis=1)
+
+    def istft(spec: np.ndarray) -> np.ndarray:
+        out, norm = np.zeros(len(wave)), np.zeros(len(wave))
+        np.add.at(out, index, np.fft.irfft(spec, n=n_fft, axis=1) * window)
+        np.add.at(norm, index, np.broadcast_to(window**2, index.shape))
+        return out / np.maximum(norm, 0.1 * norm.max())
+
+    mel = 2595 * np.log10(1 + np.fft.rfftfreq(n_fft, 1 / rate) / 700)  # (F,) HTK mel of each bin
+    centres = np.linspace(0, mel[-1], n_mels + 2)
+    filters = np.clip(
+        np.minimum(mel[:, None] - centres[None, :-2], centres[None, 2:] - mel[:, None])
+        / (centres[1] - centres[0]),
+        0,
+        None,
+    )  # (F, n_mels) triangles
+    magnitude = np.clip((np.abs(stft(wave)) @ filters) @ np.linalg.pinv(filters), 0, None)
+    spec = magnitude.astype(np.complex128)
+    for _ in range(iterations):
+        spec = magnitude * np.exp(1j * np.angle(stft(istft(spec))))
+    return istft(spec)
+
+
+def test_tones_and_sweeps_survive_a_32_bin_mel_spectrogram() -> None:
+    """What the acceptance asks of text->audio (low vs high tone, rising vs falling sweep), and beeping,
+    are still read from what a 32-bin mel vocoder gets. Chord vs tone is not asked: a low tone smears
+    over half an octave of neighbouring bins and reads as a chord (see docs/training.md)."""
+    rng = random.Random(11)
+    pairs: list[tuple[dict[str, str], AudioClip]] = []
+    for caption in (
+        "a low tone",
+        "a high tone",
+        "a low beeping tone",
+        "a high beeping tone",
+        "a rising sweep",
+        "a falling sweep",
+    ):
+        truth = caption_attributes(caption)
+        wanted: dict[str, str] = {key: truth[key] for key in ("pitch", "beeping", "sweep") if key in truth}
+        pairs.append(
+            (wanted, AudioClip(mel_round_trip(render_audio(caption, CFG, rng), 32), CFG.sample_rate))
+        )
+    check_bars(evaluate_world_media(pairs), "audio, 32-bin mel spectrogram round trip", {"all": 1.0})
 
 
 def test_pitch_ranges_match_the_world() -> None:
