@@ -38,6 +38,8 @@ BEEP_SHARE = 0.25
 or after a 32-bin mel round trip; steady sounds: 0-0.1)."""
 BEEP_MEDIAN = 7
 """Frames (8 ms apart) of the median filter on the level: shorter than a world beep's 125 ms gap."""
+LOWEST_NOTE_HZ = 50.0
+"""Frequencies below are no note (DC offset, hum); the world's lowest is 150 Hz."""
 SILENCE = 1e-4
 """Peak amplitude below which a waveform is silent."""
 
@@ -79,8 +81,10 @@ def spectrogram(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
 
 
 def peak_frequency(spectrum: np.ndarray, bin_hz: float) -> float:
-    """The strongest bin of a magnitude spectrum, refined by a parabola through it and its neighbours."""
-    k = int(np.argmax(spectrum[1:-1])) + 1
+    """The strongest bin above LOWEST_NOTE_HZ of a magnitude spectrum, refined by a parabola through it
+    and its neighbours."""
+    first = int(LOWEST_NOTE_HZ / bin_hz) + 1
+    k = int(np.argmax(spectrum[first:-1])) + first
     a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12)
     offset = 0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c < 0 else 0.0
     return (k + float(np.clip(offset, -0.5, 0.5))) * bin_hz
@@ -92,7 +96,7 @@ def notes(spectrum: np.ndarray, bin_hz: float, share: float) -> list[float]:
     belong to the same note (the strongest counts). A world chord's notes are 3 or more apart; a tone
     smeared by a codec or a vocoder is one note."""
     s = spectrum.copy()
-    s[: int(50 / bin_hz) + 1] = 0.0  # hum and DC are no note
+    s[: int(LOWEST_NOTE_HZ / bin_hz) + 1] = 0.0
     local = (s[1:-1] > s[:-2]) & (s[1:-1] >= s[2:]) & (s[1:-1] >= share * s.max())
     found: list[tuple[float, float]] = []  # (frequency, magnitude) per note
     previous = 0.0
@@ -115,7 +119,7 @@ def beep_share(wave: np.ndarray, sample_rate: int) -> float:
     (Griffin-Lim's, up to 0.44 of the frames unfiltered, 0.1 filtered)."""
     n_fft = 1 << max(5, round(math.log2(sample_rate * 0.016)))
     frames = spectrogram(wave, n_fft, n_fft // 2)
-    level = frames[:, int(50 * n_fft / sample_rate) + 1 :].max(axis=1)  # (frames,)
+    level = frames[:, int(LOWEST_NOTE_HZ * n_fft / sample_rate) + 1 :].max(axis=1)  # (frames,)
     if len(level) >= BEEP_MEDIAN:
         padded = np.pad(level, BEEP_MEDIAN // 2, mode="edge")
         level = np.median(np.lib.stride_tricks.sliding_window_view(padded, BEEP_MEDIAN), axis=1)
@@ -130,9 +134,10 @@ def check_audio(wave: np.ndarray, sample_rate: int) -> np.ndarray | None:
         array = array.mean(axis=0 if array.shape[0] < array.shape[1] else 1)
     if array.ndim != 1 or sample_rate < 4000 or len(array) < sample_rate // 10:
         return None
-    if not np.isfinite(array).all() or np.abs(array).max() < SILENCE:
+    if not np.isfinite(array).all():
         return None
-    return array
+    array = array - array.mean()  # a DC offset is no sound
+    return array if np.abs(array).max() >= SILENCE else None
 
 
 def classify_audio(wave: np.ndarray, sample_rate: int) -> AudioReading:

@@ -3,7 +3,8 @@
 - background: the median of the outermost pixels (a world shape never touches them), nearest in
   `BACKGROUNDS`;
 - shape colour: the median of the foreground's core (pixels far from the background by Otsu's cut, then
-  eroded, so blurred edges that mix with the background do not count), nearest in `COLOURS`;
+  eroded, so blurred edges that mix with the background do not count), less the tint the background
+  shows, nearest in `COLOURS`;
 - shape: the foreground is cut again halfway between the background and the shape colour (a blurred
   edge is cut where the sharp edge was), and each world shape, drawn by the world's own `draw_shape` at
   the mask's centroid with the radius its area gives, is laid over it: the best intersection over union
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from nextgpt.media.encode import to_uint8
 from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, draw_shape
 
 UNKNOWN = "unknown"
@@ -193,8 +195,9 @@ def core_pixels(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def check_image(image: np.ndarray) -> np.ndarray | None:
-    """`image` as (H, W, 3) uint8 (float in [0, 1] is scaled, grey is repeated, alpha is dropped), or
-    None when it cannot be one (wrong rank, fewer than 8 pixels a side, not finite)."""
+    """`image` as (H, W, 3) uint8 (float is read as [0, 1] like `to_uint8`, other integers are clipped to
+    0-255, grey is repeated, alpha is dropped), or None when it cannot be one (wrong rank or dtype,
+    fewer than 8 pixels a side, not finite)."""
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
@@ -202,10 +205,10 @@ def check_image(image: np.ndarray) -> np.ndarray | None:
         return None
     array = array[..., :3]
     if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            return None
-        array = np.clip(array * 255.0, 0, 255).round()
-    return array.astype(np.uint8)
+        return to_uint8(array) if np.isfinite(array).all() else None
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        return np.clip(array, 0, 255).astype(np.uint8)
+    return None
 
 
 def classify_image(image: np.ndarray) -> ImageReading:

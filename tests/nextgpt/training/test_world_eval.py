@@ -329,6 +329,8 @@ def test_odd_input_reads_as_unknown() -> None:
         assert classify_audio(wave, rate).sound == UNKNOWN
     stereo = np.stack([render_audio("a high tone", CFG, random.Random(0))] * 2)  # (2, N)
     assert classify_audio(stereo, CFG.sample_rate).pitch == "high"
+    assert classify_audio(stereo[0] + 0.3, CFG.sample_rate).pitch == "high"  # a DC offset is no low note
+    assert classify_image(np.asarray(read_image(encode_png(still[0]))) / 255.0).shape == "circle"  # float
     report = evaluate_world_media([("a rising sweep", MediaItem("audio", b"not a wav", "audio/wav"))])
     assert report.items[0].kind == "undecodable" and report.all.accuracy == 0.0
     with pytest.raises(ValueError, match="AudioClip"):
