@@ -2,8 +2,9 @@
 sounds it names, in the world's words or common paraphrases ("moves to the left", "going up",
 "high-pitched", "ascending", "a violet disc", "against a grey backdrop").
 
-Word lists, not a grammar: a word counts wherever it stands, except after a negation ("not red") and in
-a few idioms ("all right", "right away"). A colour within two words before "background", "backdrop" or
+Word lists, not a grammar: a word counts wherever it stands, except after a negation ("not red"), in
+a few idioms ("all right", "right away"), and as the start of a motion ("from left to right" moves
+right; "from low to high" is a rising sweep). A colour within two words before "background", "backdrop" or
 "behind", or after "on"/"against" with no shape word in between, is the background's. Vertical motion
 words count both as a direction (video) and as a sweep (audio): the scorer reads the one that the
 expected attributes ask for.
@@ -32,6 +33,15 @@ COLOUR_WORDS: dict[str, str] = {
     "golden": "yellow",
     "gold": "yellow",
     "amber": "orange",
+    "reddish": "red",
+    "greenish": "green",
+    "bluish": "blue",
+    "yellowish": "yellow",
+    "purplish": "purple",
+    "orangey": "orange",
+    "orangish": "orange",
+    "greyish": "gray",
+    "grayish": "gray",
 }
 SHAPE_WORDS: dict[str, str] = {
     **{name: name for name in SHAPES},
@@ -81,6 +91,8 @@ DIRECTION_WORDS: dict[str, str] = {
     "sinks": "down",
     "dropping": "down",
     "drops": "down",
+    "top": "up",
+    "bottom": "down",
 }
 SWEEP_WORDS: dict[str, str] = {
     "up": "rising",
@@ -222,10 +234,15 @@ def mentions(text: str) -> Mentions:
         ("chord", CHORD_WORDS),
         ("beeping", BEEP_WORDS),
     )
+    moved_from: set[str] = set()  # pitches a sound goes from ("from low to high")
     for i, token in enumerate(tokens):
         if NEGATIONS.intersection(tokens[max(0, i - 2) : i]):
             continue
         if token == "right" and any(tuple(tokens[j : j + 2]) in IDIOMS for j in (i - 1, i)):
+            continue
+        if "from" in tokens[max(0, i - 2) : i] and (token in DIRECTION_WORDS or token in PITCH_WORDS):
+            # Where a motion starts is not where it goes: "from left to right" moves right.
+            moved_from.update([PITCH_WORDS[token]] if token in PITCH_WORDS else [])
             continue
         if token in COLOUR_WORDS:
             attribute = "background" if _is_background(tokens, i) else "colour"
@@ -237,8 +254,13 @@ def mentions(text: str) -> Mentions:
     # "high"/"low" only say pitch when the text is about a sound ("a high square" is no pitch).
     if not about_sound:
         found.pitch.clear()
+    # "from low to high" is a rising sweep, "from high to low" a falling one.
+    if moved_from and found.pitch and found.pitch != moved_from:
+        found.sweep.add("rising" if "high" in found.pitch else "falling")
+        found.sound = found.sound or {"sweep"}
+        found.pitch.clear()  # a sweep spans both
     # A world tone never moves: a sound that rises or falls ("a tone going up") is a sweep.
-    if about_sound and found.sound <= {"tone"} and found.sweep and not found.beeping:
+    if about_sound and found.sound <= {"tone", "sweep"} and found.sweep and not found.beeping:
         found.sound = {"sweep"}
     return found
 

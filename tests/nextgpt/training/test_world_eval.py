@@ -395,6 +395,13 @@ PARAPHRASES: list[tuple[str, dict[str, str]]] = [
     ("It sounds like an ascending siren", {"sound": "sweep", "sweep": "rising"}),
     ("Three notes at once: a major triad.", {"sound": "chord", "chord": "major"}),
     ("A sad-sounding minor harmony", {"sound": "chord", "chord": "minor"}),
+    ("A reddish dot going from left to right", {"colour": "red", "shape": "circle", "direction": "right"}),
+    (
+        "The bluish block slides from the top to the bottom.",
+        {"colour": "blue", "shape": "square", "direction": "down"},
+    ),
+    ("A tone gliding from high to low", {"sound": "sweep", "sweep": "falling"}),
+    ("It goes from a low sound to a high one.", {"sound": "sweep", "sweep": "rising"}),
 ]
 
 
