@@ -133,6 +133,8 @@ AREA_PER_R2 = {
     "star": 10 * 0.5 * 0.45 * math.sin(math.radians(36)),
 }
 """Area of each world shape over the square of its outer radius r (see `synthetic.draw_shape`)."""
+MAX_STRETCH = 1.15
+"""Ratio of a mask's spread in x and y above which it is taken to be stretched (see `isotropic`)."""
 SCALES = (0.93, 1.0, 1.07)
 """Radii tried around the one the area gives: rasterisation, blur and codecs move the area a little."""
 
@@ -166,13 +168,30 @@ def measure(mask: np.ndarray, fit: bool = True) -> ShapeGeometry | None:
         return None
     ys, xs = np.nonzero(mask)
     # Pixel (x, y) covers [x, x + 1): PIL places a shape's coordinates on that same grid.
-    cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
+    centroid = (float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)
+    if not fit:
+        return ShapeGeometry(area=area, centroid=centroid, overlap={})
+    square = isotropic(mask, float(xs.std()), float(ys.std()))
+    ys, xs = np.nonzero(square)
+    n, cx, cy = len(xs), float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
     fits = {
-        shape: max(overlap(mask, shape, cx, cy, math.sqrt(area / per_r2) * scale) for scale in SCALES)
+        shape: max(overlap(square, shape, cx, cy, math.sqrt(n / per_r2) * scale) for scale in SCALES)
         for shape, per_r2 in AREA_PER_R2.items()
-        if fit
     }
-    return ShapeGeometry(area=area, centroid=(cx, cy), overlap=fits)
+    return ShapeGeometry(area=area, centroid=centroid, overlap=fits)
+
+
+def isotropic(mask: np.ndarray, std_x: float, std_y: float) -> np.ndarray:
+    """`mask` stretched along its narrower axis until its spread is the same in x and y (when it differs
+    by more than MAX_STRETCH). Every world shape has the same second moment in every direction (a
+    circle, a square, an equilateral triangle, a regular star), so this undoes a picture's stretch, as
+    when a square frame is decoded at 576 x 320, without changing an unstretched shape."""
+    if min(std_x, std_y) <= 0 or abs(math.log(std_y / std_x)) < math.log(MAX_STRETCH):
+        return mask
+    h, w = mask.shape
+    size = (round(w * std_y / std_x), h) if std_y > std_x else (w, round(h * std_x / std_y))
+    image = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(image) >= 128
 
 
 def classify_geometry(geometry: ShapeGeometry | None) -> tuple[str, float]:

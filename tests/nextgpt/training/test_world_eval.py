@@ -73,6 +73,11 @@ def downscale(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((HALF, HALF), Image.Resampling.BILINEAR))
 
 
+def widen(pixels: np.ndarray) -> np.ndarray:
+    """A square picture stretched to Zeroscope's 576 x 320 aspect (1.8), at the world's height."""
+    return np.asarray(Image.fromarray(pixels).resize((115, 64), Image.Resampling.BICUBIC))
+
+
 def diffusion_like(pixels: np.ndarray, rng: np.random.Generator, field: float, cast: float) -> np.ndarray:
     """What an undertrained decoder leaves: soft edges, a smooth uneven wash over the picture (an 8 x 8
     field of `field` levels, upsampled), a tint of the whole picture (`cast` levels) and fine noise."""
@@ -133,6 +138,7 @@ IMAGE_CASES: dict[str, tuple[Callable[[np.ndarray, np.random.Generator], np.ndar
     "noise 10 + blur + JPEG 50": (lambda p, r: jpeg(gaussian_noise(blur(p), r, 10.0), 50), {"all": 0.97}),
     "JPEG quality 30": (lambda p, r: jpeg(p), {"all": 0.99, "shape": 0.95}),
     "downscale to 32": (lambda p, r: downscale(p), {"all": 0.99, "shape": 0.9}),
+    "stretched to 576 x 320's aspect": (lambda p, r: widen(p), {"all": 0.99}),
     "diffusion-like, wash 15 + tint 12": (lambda p, r: diffusion_like(p, r, 15.0, 12.0), {"all": 0.99}),
     "diffusion-like, wash 25 + tint 20": (lambda p, r: diffusion_like(p, r, 25.0, 20.0), {"all": 0.95}),
 }
@@ -172,6 +178,7 @@ VIDEO_CASES: dict[str, tuple[int, tuple[str, ...], Callable[[np.ndarray], np.nda
         {"all": 0.95},
     ),
     "blur radius 1": (3, ("circle", "triangle"), per_frame(blur), {"all": 0.95}),
+    "stretched to 576 x 320's aspect": (5, ("square", "star"), per_frame(widen), {"all": 0.95}),
     "downscale to 32": (4, SHAPES, per_frame(downscale), {"all": 0.95, "shape": 0.6}),
 }
 """Condition -> (seed, shapes, degradation, lowest accuracies as for images); every colour x direction."""
