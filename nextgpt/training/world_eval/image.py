@@ -25,6 +25,8 @@ from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, draw_shape
 UNKNOWN = "unknown"
 MIN_FOREGROUND = 12
 """Pixels below which nothing is read as a shape (the world's smallest, a star of radius 7.7 px, has ~80)."""
+DENSE_WINDOW = 7
+"""Side of the square in which a mask is densest, where its main part is grown from (see `main_part`)."""
 MIN_OVERLAP = 0.5
 """Intersection over union with the best template below which the shape is UNKNOWN."""
 MIN_LEAD = 0.1
@@ -97,11 +99,11 @@ def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
 
 def _neighbours(mask: np.ndarray) -> np.ndarray:
     """For each pixel, how many of its 3x3 neighbourhood (itself included) are set; outside counts unset."""
-    padded = np.pad(mask.astype(np.int16), 1)
     h, w = mask.shape
-    return sum(
-        (padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)), np.zeros((h, w), np.int16)
-    )
+    padded = np.zeros((h + 2, w + 2), dtype=np.int16)
+    padded[1:-1, 1:-1] = mask
+    across = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]  # (H+2, W)
+    return across[:-2] + across[1:-1] + across[2:]
 
 
 def rough_mask(image: np.ndarray, background_rgb: np.ndarray) -> np.ndarray:
@@ -123,7 +125,31 @@ def foreground_mask(image: np.ndarray, background_rgb: np.ndarray, shape_rgb: np
     if length < 1e-6:
         return np.zeros(image.shape[:2], dtype=bool)
     along = (image.astype(np.float64) - background_rgb) @ axis / length  # (H, W), 0 = bg, 1 = shape
-    return _neighbours(along > 0.5) >= 5
+    return main_part(_neighbours(along > 0.5) >= 5)
+
+
+def main_part(mask: np.ndarray) -> np.ndarray:
+    """The part of `mask` connected (8-neighbours) to its densest DENSE_WINDOW square: a world picture
+    has one shape, so specks and smudges elsewhere (common in generated pictures) are dropped. Grown
+    from that window one ring of pixels at a time (as many steps as the shape is wide)."""
+    if not mask.any():
+        return mask
+    k = min(DENSE_WINDOW, *mask.shape)
+    integral = np.pad(mask.astype(np.int32), ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)  # (H+1, W+1)
+    density = integral[k:, k:] - integral[:-k, k:] - integral[k:, :-k] + integral[:-k, :-k]  # (H-k+1, W-k+1)
+    y, x = np.unravel_index(int(np.argmax(density)), density.shape)
+    part = np.zeros_like(mask)
+    part[y : y + k, x : x + k] = mask[y : y + k, x : x + k]
+    h, w = mask.shape
+    padded = np.zeros((h + 2, w + 2), dtype=bool)
+    count = int(part.sum())
+    while True:
+        padded[1:-1, 1:-1] = part
+        across = padded[:, :-2] | padded[:, 1:-1] | padded[:, 2:]  # (H+2, W): grown along x
+        part = (across[:-2] | across[1:-1] | across[2:]) & mask  # (H, W): and along y
+        if int(part.sum()) == count:
+            return part
+        count = int(part.sum())
 
 
 AREA_PER_R2 = {
