@@ -129,7 +129,10 @@ def beep_share(wave: np.ndarray, sample_rate: int) -> float:
 def check_audio(wave: np.ndarray, sample_rate: int) -> np.ndarray | None:
     """A mono float64 waveform (channels first (C, N) or last (N, C) are averaged), or None when it is
     not one: not 1-D/2-D, not finite, silent, or shorter than 0.1 s, or a rate below 4 kHz."""
-    array = np.asarray(wave, dtype=np.float64)
+    try:
+        array = np.asarray(wave, dtype=np.float64)
+    except (TypeError, ValueError):  # ragged or not numbers
+        return None
     if array.ndim == 2:
         array = array.mean(axis=0 if array.shape[0] < array.shape[1] else 1)
     if array.ndim != 1 or sample_rate < 4000 or len(array) < sample_rate // 10:

@@ -243,7 +243,10 @@ def check_image(image: np.ndarray) -> np.ndarray | None:
     """`image` as (H, W, 3) uint8 (float is read as [0, 1] like `to_uint8`, other integers are clipped to
     0-255, grey is repeated, alpha is dropped), or None when it cannot be one (wrong rank or dtype,
     fewer than 8 pixels a side, not finite)."""
-    array = np.asarray(image)
+    try:
+        array = np.asarray(image)
+    except ValueError:  # ragged
+        return None
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] not in (3, 4) or min(array.shape[:2]) < 8:

@@ -77,9 +77,12 @@ def _cores(pixels: list[np.ndarray], backgrounds: list[np.ndarray], frames: rang
 
 def classify_video(frames: np.ndarray) -> VideoReading:
     """Colour, shape and motion direction of a world video (T, H, W, 3); UNKNOWN where it cannot tell."""
-    array = np.asarray(frames)
-    pixels = [p for p in (check_image(f) for f in array) if p is not None] if array.ndim == 4 else []
     unknown = VideoReading(UNKNOWN, UNKNOWN, UNKNOWN, 0.0, 0.0, 0.0)
+    try:
+        array = np.asarray(frames)
+    except ValueError:  # frames of different sizes
+        return unknown
+    pixels = [p for p in (check_image(f) for f in array) if p is not None] if array.ndim == 4 else []
     if not pixels:
         return unknown
     # 1. per frame: its background; in FITTED_FRAMES frames spread over the clip (all frames when none

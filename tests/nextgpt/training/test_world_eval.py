@@ -346,8 +346,8 @@ def test_odd_input_reads_as_unknown() -> None:
     assert classify_image(np.ones((64, 64))).shape == UNKNOWN  # grey-scale: read, no shape
     still = np.stack([render_image("red", "circle", "white", 64, random.Random(0))] * 4)
     assert classify_video(still).direction == UNKNOWN and classify_video(still).colour == "red"
-    for frames in (np.zeros((0, 64, 64, 3), np.uint8), white, np.stack([white] * 3)):
-        assert classify_video(frames).direction == UNKNOWN
+    for frames in (np.zeros((0, 64, 64, 3), np.uint8), white, np.stack([white] * 3), [white, white[:32]]):
+        assert classify_video(frames).direction == UNKNOWN  # type: ignore[arg-type]
     for wave, rate in (
         (np.zeros(16000), 16000),
         (np.ones(10), 16000),
@@ -357,6 +357,7 @@ def test_odd_input_reads_as_unknown() -> None:
         assert classify_audio(wave, rate).sound == UNKNOWN
     stereo = np.stack([render_audio("a high tone", CFG, random.Random(0))] * 2)  # (2, N)
     assert classify_audio(stereo, CFG.sample_rate).pitch == "high"
+    assert classify_audio([[0.1, 0.2], [0.3]], CFG.sample_rate).sound == UNKNOWN  # type: ignore[arg-type]
     assert classify_audio(stereo[0] + 0.3, CFG.sample_rate).pitch == "high"  # a DC offset is no low note
     assert classify_image(np.asarray(read_image(encode_png(still[0]))) / 255.0).shape == "circle"  # float
     report = evaluate_world_media([("a rising sweep", MediaItem("audio", b"not a wav", "audio/wav"))])
