@@ -75,6 +75,36 @@ ARCHS: dict[str, dict[str, Any]] = {
         "imu_num_heads": 2,
         "imu_drop_path": 0.7,
     },
+    # The `shapes` profile's encoder, trained on the shapes world (nextgpt/training/foundation/encoder.py).
+    # Same input sizes as the real model; coarser patches (28 px vision, 16 x 16 non-overlapping audio)
+    # cut the tokens 4x / 2.4x, which buys the width and the second vision block that shapes and motion
+    # directions need, within the CPU budget. `out_embed_dim` is the width the input projector reads.
+    "shapes": {
+        "out_embed_dim": 64,
+        "kernel_size": (2, 28, 28),
+        "vision_embed_dim": 64,
+        "vision_num_blocks": 2,
+        "vision_num_heads": 4,
+        "audio_kernel_size": 16,
+        "audio_stride": 16,
+        "audio_embed_dim": 64,
+        "audio_num_blocks": 1,
+        "audio_num_heads": 4,
+        "audio_drop_path": 0.0,
+        "text_embed_dim": 64,
+        "text_num_blocks": 1,
+        "text_num_heads": 4,
+        "depth_embed_dim": 16,
+        "depth_num_blocks": 1,
+        "depth_num_heads": 2,
+        "thermal_embed_dim": 16,
+        "thermal_num_blocks": 1,
+        "thermal_num_heads": 2,
+        "imu_embed_dim": 16,
+        "imu_num_blocks": 1,
+        "imu_num_heads": 2,
+        "imu_drop_path": 0.0,
+    },
 }
 
 

@@ -1,0 +1,485 @@
+"""Trains the ImageBind encoder of the `shapes` profile on the shapes world (issue 12).
+
+Meta's `ImageBindModel` (built by `nextgpt.encoders.imagebind.build_model` at a small arch) learns a joint
+space contrastively: image <-> caption, video <-> caption, audio <-> caption, each with a symmetric InfoNCE
+loss as in ImageBind and CLIP (logits = the medium's unit vector . the text tower's output, whose learned
+logit scale is the temperature). The media reach the model through `nextgpt.encoders.preprocess` on the
+world's real file bytes, exactly as the served encoder reads them, so what it learns is what it will see.
+
+- Inputs are preprocessed once per world item and kept in memory. Clips that are bit-identical (the
+  world's 2 s videos give 15 equal clips; square frames give 3 equal crops) are stored once with a
+  weight, and a medium's embedding is the weighted mean of its clips' unit vectors: the same number as
+  `ImageBindModel.forward`'s mean over all clips, at a fraction of the cost.
+- A batch draws items from the training split; captions repeat within a batch (several pictures of "a red
+  circle on a white background"), so the loss has one column per distinct caption, and the caption ->
+  medium direction counts every medium of that caption as a positive (multi-positive InfoNCE), so no
+  twin is ever pushed away as a negative.
+- Held out: a seeded fraction of every modality's items, never trained on, plus pictures rendered for the
+  world's held-out captions (`world.json`), whose colour-shape-background combinations no training
+  picture or caption has. The report scores them with retrieval (caption -> medium top-1) and with the
+  nearest caption among all the world's captions of that modality, per attribute.
+- The result is a plain state dict with `build_model(arch).state_dict()`'s keys, read back by
+  `ImageBindEncoder.load`; the untouched towers (depth, thermal, IMU) keep their seeded random weights.
+
+The loop is `nextgpt.training.foundation.loop.train` (resumable, deterministic for a seed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nextgpt.encoders import preprocess as pp
+from nextgpt.encoders.imagebind import ARCHS, build_model, tokenize
+from nextgpt.media.encode import encode_png
+from nextgpt.training.data.synthetic import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    SOUNDS,
+    image_caption,
+    render_image,
+    video_caption,
+)
+from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
+from nextgpt.training.world_eval.text import caption_attributes
+from nextgpt.types import MediaItem, Modality
+
+logger = logging.getLogger(__name__)
+
+MEDIA: dict[str, tuple[str, str, str, str]] = {
+    # modality: (pairs file, name field, media folder, MIME type)
+    "image": ("cc3m.json", "image_name", "images", "image/png"),
+    "video": ("webvid.json", "video_name", "videos", "video/mp4"),
+    "audio": ("audiocaps.json", "audio_name", "audios", "audio/wav"),
+}
+_TOWER = {"image": "vision", "video": "vision", "audio": "audio"}
+
+
+@dataclass
+class EncoderTrainConfig:
+    """How the shapes encoder is trained and evaluated."""
+
+    arch: str = "shapes"
+    """ImageBind size in `nextgpt.encoders.imagebind.ARCHS`; its `out_embed_dim` is the embedding width."""
+    steps: int = 400
+    """Optimiser steps; each sees one batch of every modality."""
+    batch_size: int = 32
+    """Pictures per step; videos and sounds take half as many (a video is the dearest medium, the eight
+    sounds are the easiest to tell apart)."""
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    seed: int = 0
+    """Seeds the initial weights, the split and the batches."""
+    heldout_fraction: float = 0.2
+    """Share of every modality's items kept out of training, for the held-out scores."""
+    novel_per_caption: int = 4
+    """Pictures rendered per held-out caption of the world (unseen combinations); 0: none."""
+    modalities: tuple[str, ...] = ("image", "video", "audio")
+    augment: bool = True
+    """Mirror pictures and videos and play videos backwards (captions fixed to match); see `augment`."""
+    checkpoint_every: int = 0
+    """Steps between resumable states in `state_dir` (0: only at the end)."""
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch={self.arch!r} is not an ImageBind arch; choose one of {sorted(ARCHS)}")
+        if self.steps < 1 or self.batch_size < 2:
+            raise ValueError(f"steps={self.steps} must be >= 1 and batch_size={self.batch_size} >= 2")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction={self.heldout_fraction} must be in (0, 1)")
+        if self.novel_per_caption < 0:
+            raise ValueError(f"novel_per_caption={self.novel_per_caption} must be >= 0")
+        unknown = sorted(set(self.modalities) - set(MEDIA))
+        if unknown or not self.modalities:
+            raise ValueError(f"modalities={self.modalities} must be a non-empty subset of {sorted(MEDIA)}")
+
+    @property
+    def embed_dim(self) -> int:
+        return int(ARCHS[self.arch]["out_embed_dim"])
+
+
+# --- the world's items, preprocessed once ---------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One medium ready for the model: its distinct clips and how much each counts in the mean."""
+
+    caption: str
+    inputs: torch.Tensor
+    """image (1, 3, 224, 224); video (k, 3, 2, 224, 224); audio (k, 1, 128, 204): the distinct clips."""
+    weights: torch.Tensor
+    """(k,) float32 summing to 1: each distinct clip's share of the medium's clips."""
+    index: torch.Tensor
+    """(clips,) int64: the distinct clip of every clip position, to rebuild the full preprocessed input."""
+
+    def full(self) -> torch.Tensor:
+        """The input exactly as `preprocess` returned it (image (3, 224, 224), audio/video all clips)."""
+        return self.inputs[0] if self.index.numel() == 0 else self.inputs[self.index]
+
+
+def prepare(modality: str, item: MediaItem, caption: str) -> Item:
+    """Preprocess one medium as the served encoder does and fold its identical clips together."""
+    x = pp.load_and_preprocess(item)
+    if modality == "image":  # (3, 224, 224): one "clip", no clip axis
+        return Item(caption, x.unsqueeze(0), torch.ones(1), torch.zeros(0, dtype=torch.long))
+    distinct: list[torch.Tensor] = []
+    index = []
+    for clip in x:  # x: (clips, ...)
+        found = next((i for i, d in enumerate(distinct) if torch.equal(d, clip)), None)
+        if found is None:
+            distinct.append(clip.clone())
+            found = len(distinct) - 1
+        index.append(found)
+    idx = torch.tensor(index)
+    weights = torch.bincount(idx, minlength=len(distinct)).float() / len(index)
+    return Item(caption, torch.stack(distinct), weights, idx)
+
+
+def load_items(world_dir: Path, modality: str) -> list[Item]:
+    """Every pair of one modality in the world, preprocessed from its file's bytes."""
+    pairs_file, field_name, folder, mime = MEDIA[modality]
+    records = json.loads((world_dir / pairs_file).read_text())
+    out = []
+    for rec in records:
+        data = (world_dir / folder / rec[field_name]).read_bytes()
+        media = MediaItem(modality=_modality(modality), data=data, mime_type=mime)
+        out.append(prepare(modality, media, rec["caption"]))
+    return out
+
+
+def _modality(name: str) -> Modality:
+    for m in ("image", "video", "audio"):
+        if m == name:
+            return m
+    raise ValueError(f"{name!r} is no media modality")
+
+
+def novel_items(world_dir: Path, per_caption: int, seed: int) -> list[Item]:
+    """Pictures of the world's held-out captions (combinations no training picture has), rendered by the
+    world's own `render_image`, written as PNG and read back like any other picture."""
+    world = json.loads((world_dir / "world.json").read_text())
+    size = int(world["config"]["image_size"])
+    rng = random.Random(f"{seed}:encoder-novel")
+    out = []
+    for caption in world.get("heldout_image_captions", []):
+        truth = caption_attributes(caption)
+        for _ in range(per_caption):
+            pixels = render_image(truth["colour"], truth["shape"], truth["background"], size, rng)
+            media = MediaItem(modality="image", data=encode_png(pixels), mime_type="image/png")
+            out.append(prepare("image", media, caption))
+    return out
+
+
+def split(n: int, fraction: float, seed: int, modality: str) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices: a seeded `fraction` of the items (at least one) is held out."""
+    order = list(range(n))
+    random.Random(f"{seed}:encoder-split:{modality}").shuffle(order)
+    k = max(1, round(n * fraction)) if n > 1 else 0
+    return sorted(order[k:]), sorted(order[:k])
+
+
+# --- the model's embeddings -------------------------------------------------------------------------------
+
+
+def embed_media(model: nn.Module, modality: str, items: Sequence[Item]) -> torch.Tensor:
+    """(B, E) unit vectors: per item, the weighted mean of its distinct clips' embeddings, normalised.
+
+    Equals `F.normalize(ImageBindModel.forward(full input))` (its clip mean, then unit length)."""
+    tower = _TOWER[modality]
+    clips = torch.cat([it.inputs for it in items])  # (N, *clip)
+    if modality == "image":
+        out = model({tower: clips})[tower]  # (N, E), unit
+    else:  # one clip per "medium": the model's clip axis of length 1 keeps its own reshape out of the way
+        out = model({tower: clips.unsqueeze(1)})[tower]  # (N, E), audio x20
+    weights = torch.cat([it.weights for it in items])  # (N,)
+    owner = torch.cat([torch.full((len(it.weights),), i) for i, it in enumerate(items)])  # (N,)
+    pooled = torch.zeros(len(items), out.shape[1]).index_add(0, owner, out * weights[:, None])
+    return F.normalize(pooled, dim=-1)
+
+
+def embed_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(U, E) text embeddings as `ImageBindModel.forward` gives them: unit vectors x the learned scale."""
+    return model({"text": tokens})["text"]
+
+
+def contrastive_loss(media: torch.Tensor, text: torch.Tensor, caption_of: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with repeated captions.
+
+    media: (B, E) unit vectors; text: (U, E) scaled text embeddings of the distinct captions;
+    caption_of: (B,) the caption column of every medium. Medium -> caption is a plain cross-entropy over the
+    U captions; caption -> medium averages the log-probabilities of all the caption's media.
+    """
+    logits = media @ text.T  # (B, U), the text tower's logit scale is the temperature
+    to_text = F.cross_entropy(logits, caption_of)
+    positive = caption_of[:, None] == torch.arange(text.shape[0])[None, :]  # (B, U)
+    log_p = logits.log_softmax(dim=0)  # over media, per caption
+    to_media = -(log_p * positive).sum(0) / positive.sum(0).clamp(min=1)  # (U,)
+    return 0.5 * (to_text + to_media.mean())
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+
+def _batch_sizes(cfg: EncoderTrainConfig) -> dict[str, int]:
+    return {m: cfg.batch_size if m == "image" else max(2, cfg.batch_size // 2) for m in MEDIA}
+
+
+MIRROR = {"left": "right", "right": "left", "up": "up", "down": "down"}
+REVERSE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def augment(modality: str, item: Item, gen: torch.Generator) -> Item:
+    """A mirrored and, for a video, maybe time-reversed copy of a training item, with its caption fixed.
+
+    The world's shapes are symmetric about the vertical axis, so a mirrored picture keeps its caption and
+    a mirrored video moving left moves right; a video played backwards moves the other way. Both act on
+    the preprocessed clips (a mirror image's resize and crops are the mirror of the original's), so no
+    medium is decoded again. Sounds are never changed (a reversed sweep is a sweep in the other direction,
+    but a reversed beep is not a beep)."""
+    if modality == "audio":
+        return item
+    mirror, reverse = (torch.rand(2, generator=gen) < 0.5).tolist()
+    reverse = reverse and modality == "video"
+    if not (mirror or reverse):
+        return item
+    x = item.inputs.flip(-1) if mirror else item.inputs  # (k, 3, [2,] 224, 224): width is the last axis
+    caption = item.caption
+    if modality == "video":
+        x = x.flip(2) if reverse else x  # (k, 3, 2, 224, 224): the two frames of every clip swap
+        truth = caption_attributes(caption)
+        direction = truth["direction"]
+        direction = MIRROR[direction] if mirror else direction
+        direction = REVERSE[direction] if reverse else direction
+        caption = video_caption(truth["colour"], truth["shape"], direction)
+    return Item(caption, x, item.weights, item.index)
+
+
+def make_loss_fn(
+    model: nn.Module, train_items: dict[str, list[Item]], cfg: EncoderTrainConfig
+) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """The loop's loss: every modality's contrastive loss on one batch drawn with the step's generator."""
+    captions = sorted({c for m in cfg.modalities for c in world_captions(m)})
+    column = {c: i for i, c in enumerate(captions)}
+    all_tokens = tokenize(captions)  # (C, 77), once: any caption an augmented item may get
+    sizes = _batch_sizes(cfg)
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        batches = {}
+        for modality in cfg.modalities:
+            items = train_items[modality]
+            pick = torch.randperm(len(items), generator=gen)[: sizes[modality]].tolist()
+            batch = [items[i] for i in pick]
+            batches[modality] = [augment(modality, it, gen) for it in batch] if cfg.augment else batch
+        # one text pass for the distinct captions of all modalities
+        used = sorted({column[it.caption] for batch in batches.values() for it in batch})
+        local = {c: i for i, c in enumerate(used)}
+        text = embed_text(model, all_tokens[used])  # (U, E)
+        losses = []
+        for modality, batch in batches.items():
+            media = embed_media(model, modality, batch)  # (B, E)
+            cols = sorted({local[column[it.caption]] for it in batch})
+            caption_of = torch.tensor([cols.index(local[column[it.caption]]) for it in batch])
+            losses.append(contrastive_loss(media, text[cols], caption_of))
+        return torch.stack(losses).mean()
+
+    return loss_fn
+
+
+def build_initial(cfg: EncoderTrainConfig) -> nn.Module:
+    """The untrained model of `cfg.arch`, seeded without touching the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.arch)
+
+
+def save_state_dict(model: nn.Module, out_path: Path) -> None:
+    """The weights as `ImageBindEncoder.load` reads them: a plain state dict, like imagebind_huge.pth."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out_path)
+
+
+@dataclass
+class WorldData:
+    """The world's media, preprocessed, split into what is trained on and what is held out."""
+
+    train: dict[str, list[Item]]
+    heldout: dict[str, list[Item]]
+    novel: list[Item]
+    """Pictures of the world's held-out captions (no training picture or caption has their combination)."""
+    seconds: float
+    """Wall time of the preprocessing."""
+
+
+def load_world(world_dir: str | Path, cfg: EncoderTrainConfig) -> WorldData:
+    """Read and preprocess every medium of `cfg.modalities` once, and split them (`split`)."""
+    world = Path(world_dir)
+    t0 = time.perf_counter()
+    train_items, held_items = {}, {}
+    for modality in cfg.modalities:
+        all_items = load_items(world, modality)
+        train_idx, held_idx = split(len(all_items), cfg.heldout_fraction, cfg.seed, modality)
+        if len(train_idx) < 2:
+            raise ValueError(f"the world has {len(all_items)} {modality} items; training needs at least 3")
+        train_items[modality] = [all_items[i] for i in train_idx]
+        held_items[modality] = [all_items[i] for i in held_idx]
+    novel = novel_items(world, cfg.novel_per_caption, cfg.seed) if "image" in cfg.modalities else []
+    seconds = time.perf_counter() - t0
+    counts = {m: (len(train_items[m]), len(held_items[m])) for m in cfg.modalities}
+    logger.info(
+        "encoder: preprocessed (train, held-out) %s + %d novel in %.1f s", counts, len(novel), seconds
+    )
+    return WorldData(train_items, held_items, novel, seconds)
+
+
+def fit(
+    data: WorldData,
+    cfg: EncoderTrainConfig,
+    *,
+    state_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, LoopResult]:
+    """Build `cfg.arch` from `cfg.seed` and train it on `data.train` with the shared loop."""
+    model = build_initial(cfg)
+    loop = LoopConfig(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=min(cfg.warmup_steps, cfg.steps),
+        seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every,
+    )
+    loss_fn = make_loss_fn(model, data.train, cfg)
+    result = train(model, loss_fn, loop, name="encoder", state_dir=state_dir, progress=progress)
+    return model, result
+
+
+def train_encoder(
+    world_dir: str | Path,
+    out_path: str | Path,
+    cfg: EncoderTrainConfig | None = None,
+    *,
+    state_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the encoder on the world in `world_dir`, save it to `out_path`, return the report.
+
+    Report: config, item counts, losses (mean of the first / last tenth, and every step), seconds (wall:
+    preprocessing, training, evaluation, total; `cpu_total`: CPU time of all threads, which other load on
+    the machine does not inflate), and the `heldout`, `novel` and `train` scores of `evaluate`."""
+    cfg = cfg or EncoderTrainConfig()
+    t0, c0 = time.perf_counter(), time.process_time()
+    data = load_world(world_dir, cfg)
+    model, result = fit(data, cfg, state_dir=state_dir, progress=progress)
+    out = Path(out_path)
+    save_state_dict(model, out)
+    t1 = time.perf_counter()
+    groups: dict[str, dict[str, list[Item]]] = {"heldout": data.heldout, "train": data.train}
+    if data.novel:
+        groups["novel"] = {"image": data.novel}
+    scores = {name: evaluate(model, items) for name, items in groups.items()}
+    items: dict[str, Any] = {
+        m: {"train": len(data.train[m]), "heldout": len(data.heldout[m])} for m in data.train
+    }
+    if data.novel:
+        items["novel_image"] = len(data.novel)
+    report = {
+        "config": asdict(cfg),
+        "embed_dim": cfg.embed_dim,
+        "checkpoint": str(out),
+        "items": items,
+        "loss_first": result.first,
+        "loss_last": result.last,
+        "losses": result.losses,
+        "seconds": {
+            "preprocess": round(data.seconds, 1),
+            "train": round(result.seconds, 1),
+            "evaluate": round(time.perf_counter() - t1, 1),
+            "total": round(time.perf_counter() - t0, 1),
+            "cpu_total": round(time.process_time() - c0, 1),
+        },
+        **scores,
+    }
+    logger.info(
+        "encoder: loss %.3f -> %.3f in %.0f s; held-out caption accuracy %s",
+        result.first,
+        result.last,
+        result.seconds,
+        {m: s["caption_accuracy"] for m, s in scores["heldout"].items()},
+    )
+    return report
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+
+def world_captions(modality: str) -> list[str]:
+    """Every caption the world can give a medium of `modality` (the candidates of nearest-caption)."""
+    if modality == "image":
+        return [image_caption(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
+    if modality == "video":
+        return [video_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+    return list(SOUNDS)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, groups: dict[str, list[Item]], chunk: int = 32) -> dict[str, Any]:
+    """Per modality, on the given items:
+
+    - `retrieval_top1`: for every distinct caption among the items, is the medium nearest to its text one
+      with that caption (chance ~ 1 / distinct captions);
+    - `caption_accuracy`: is the caption nearest to the medium, among all the world's captions of that
+      modality, its own; `attributes`: the same per attribute (colour, shape, background, direction,
+      sound, pitch, sweep, chord, beeping), read from the nearest caption.
+    """
+    was_training = model.training
+    model.eval()
+    out: dict[str, Any] = {}
+    for modality, items in groups.items():
+        if not items:
+            continue
+        media = torch.cat(
+            [embed_media(model, modality, items[i : i + chunk]) for i in range(0, len(items), chunk)]
+        )  # (N, E)
+        candidates = world_captions(modality)
+        text = F.normalize(embed_text(model, tokenize(candidates)), dim=-1)  # (C, E)
+        truth = [it.caption for it in items]
+        nearest = [candidates[j] for j in (media @ text.T).argmax(dim=1).tolist()]
+        attrs: dict[str, list[bool]] = {}
+        for want, got in zip(truth, nearest, strict=True):
+            want_a, got_a = caption_attributes(want), caption_attributes(got)
+            for key, value in want_a.items():
+                attrs.setdefault(key, []).append(got_a.get(key) == value)
+        queries = sorted(set(truth))
+        q_text = text[[candidates.index(q) for q in queries]]  # (Q, E)
+        best = (q_text @ media.T).argmax(dim=1).tolist()
+        out[modality] = {
+            "n": len(items),
+            "retrieval_top1": _mean([truth[j] == q for q, j in zip(queries, best, strict=True)]),
+            "retrieval_queries": len(queries),
+            "caption_accuracy": _mean([w == g for w, g in zip(truth, nearest, strict=True)]),
+            "attributes": {key: _mean(hits) for key, hits in sorted(attrs.items())},
+        }
+    model.train(was_training)
+    return out
+
+
+def _mean(flags: Sequence[bool]) -> float:
+    return round(sum(flags) / len(flags), 4) if flags else float("nan")
