@@ -44,6 +44,11 @@ def imports(path: Path, *, top_level_only: bool) -> set[str]:
     return {name for name in found if name.split(".")[0] in PACKAGES}
 
 
+BUILDERS = ("nextgpt.tiny", "nextgpt.training.foundation")
+"""Builders of profiles (random tiny weights; the shapes world's trained ones): they may use each other,
+the rest of the core never imports them."""
+
+
 def test_lower_layers_never_import_higher_ones() -> None:
     broken = []
     for module, path in sources().items():
@@ -53,10 +58,25 @@ def test_lower_layers_never_import_higher_ones() -> None:
                 broken.append(f"{module} imports {imported}")
             if (
                 package == "nextgpt"
-                and not module.startswith("nextgpt.tiny")
+                and not module.startswith(BUILDERS)
                 and imported.startswith("nextgpt.tiny.")
             ):
                 broken.append(f"{module} imports the tiny builder {imported}")
+    assert not broken, "\n".join(broken)
+
+
+def test_no_private_name_crosses_packages() -> None:
+    """`from a.b import _c` only inside `a`'s own top-level package part (e.g. nextgpt.llm for
+    nextgpt.llm.x): a private name is free to change, its users must be its neighbours."""
+    broken = []
+    modules = sources()
+    for module, path in modules.items():
+        for imported in imports(path, top_level_only=False):
+            owner, _, name = imported.rpartition(".")
+            private = name.startswith("_") and not name.startswith("__")
+            a_module = (ROOT / imported.replace(".", "/")).is_dir() or imported in modules
+            if private and not a_module and owner.split(".")[:2] != module.split(".")[:2]:
+                broken.append(f"{module} imports {imported}")
     assert not broken, "\n".join(broken)
 
 

@@ -170,7 +170,7 @@ def _x8_vae(channels: int, latent_channels: int, scaling_factor: float, sample_s
     )
 
 
-def _clip_text_encoder(hidden: int) -> CLIPTextModel:
+def clip_text_encoder(hidden: int) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE,
         hidden_size=hidden,
@@ -187,7 +187,7 @@ def _clip_text_encoder(hidden: int) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def _sd_scheduler_kwargs() -> dict[str, object]:
+def sd_scheduler_kwargs() -> dict[str, object]:
     """SD 1.5's noise schedule (also Zeroscope's)."""
     return {
         "num_train_timesteps": 1000,
@@ -230,8 +230,8 @@ def build_tiny_stable_diffusion(out_dir: str | Path, seed: int = dims.SEED) -> P
     with _seeded(seed):
         vae = _x8_vae(3, latent_channels=4, scaling_factor=0.18215, sample_size=dims.IMAGE_SIZE)
     with _seeded(seed):
-        text_encoder = _clip_text_encoder(dims.IMAGE_COND_DIM)
-    scheduler = PNDMScheduler(skip_prk_steps=True, **_sd_scheduler_kwargs())
+        text_encoder = clip_text_encoder(dims.IMAGE_COND_DIM)
+    scheduler = PNDMScheduler(skip_prk_steps=True, **sd_scheduler_kwargs())
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -266,8 +266,8 @@ def build_tiny_zeroscope(out_dir: str | Path, seed: int = dims.SEED) -> Path:
     with _seeded(seed):
         vae = _x8_vae(3, latent_channels=4, scaling_factor=0.18215, sample_size=dims.VIDEO_SIZE)
     with _seeded(seed):
-        text_encoder = _clip_text_encoder(dims.VIDEO_COND_DIM)
-    scheduler = DDIMScheduler(clip_sample=False, **_sd_scheduler_kwargs())
+        text_encoder = clip_text_encoder(dims.VIDEO_COND_DIM)
+    scheduler = DDIMScheduler(clip_sample=False, **sd_scheduler_kwargs())
     pipe = TextToVideoSDPipeline(
         vae=vae,
         text_encoder=text_encoder,

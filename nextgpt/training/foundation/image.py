@@ -47,7 +47,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from nextgpt import tiny_profile as dims
 from nextgpt.config import DecodeDefaults, DecoderConfig
-from nextgpt.tiny.diffusion import _clip_text_encoder, _sd_scheduler_kwargs, build_clip_tokenizer
+from nextgpt.tiny.diffusion import build_clip_tokenizer, clip_text_encoder, sd_scheduler_kwargs
 from nextgpt.training.data.synthetic import (
     BACKGROUNDS,
     COLOURS,
@@ -302,7 +302,7 @@ def train_text_encoder(
     cfg: ImageTrainConfig, combos: Sequence[Combo], tokenizer: CLIPTokenizer, state: Path
 ) -> tuple[CLIPTextModel, PartResult]:
     torch.manual_seed(cfg.seed + 1)
-    encoder = _clip_text_encoder(cfg.cond_dim)
+    encoder = clip_text_encoder(cfg.cond_dim)
     heads = AttributeHeads(cfg.cond_dim)
     ids = tokenize(
         tokenizer, [phrase(t, c, v) for c in combos for v, t in enumerate(TEMPLATES)]
@@ -508,7 +508,7 @@ def train_image_pipeline(out_dir: str | Path, cfg: ImageTrainConfig | None = Non
     captions = [phrase(t, c, v) for c in combos for v, t in enumerate(TEMPLATES)]
     embeds = encode_captions(encoder, tokenizer, captions).view(len(combos), len(TEMPLATES), 77, cfg.cond_dim)
     empty = encode_captions(encoder, tokenizer, [""])[0]  # (77, D)
-    scheduler = PNDMScheduler(skip_prk_steps=True, **_sd_scheduler_kwargs())
+    scheduler = PNDMScheduler(skip_prk_steps=True, **sd_scheduler_kwargs())
     unet, unet_result = train_unet(
         cfg, raw * scaling, combo_of, embeds, empty, alphas_cumprod(scheduler), state
     )
