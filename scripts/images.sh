@@ -111,9 +111,9 @@ build_one() { # name dockerfile tag [build args...]
   shift 3
   start=$(date +%s)
   step "building $tag"
-  "${build[@]}" -f "$file" -t "$tag" "${secret_args[@]}" "$@" . 2>&1 | tee "$out/build-$name.log" |
-    grep -E '^#[0-9]+ (\[|DONE|ERROR|CACHED)|^ERROR|error:|\[install\]|vLLM' || true
-  if [ "${PIPESTATUS[0]}" != 0 ]; then
+  # the full log to a file, the step lines to the terminal; pipefail makes a failed build fail the pipeline
+  if ! "${build[@]}" -f "$file" -t "$tag" "${secret_args[@]}" "$@" . 2>&1 | tee "$out/build-$name.log" |
+    { grep -E '^#[0-9]+ (\[|DONE|ERROR|CACHED)|^ERROR|error:|\[install\]|vLLM' || true; }; then
     echo "[images] $tag failed: the end of $out/build-$name.log"
     tail -40 "$out/build-$name.log"
     exit 1
