@@ -5,8 +5,9 @@ it runs with any python3 beside docker.
 Steps, each logged: up (docker-compose.yml + docker-compose.tiny.yml, no build, no pull) -> every service
 healthy (models-init completed) -> text->image, image->text (examples/cat.png) and a streaming request
 through the gateway's published REST port -> the encoder's embeddings in the Redis container (a restarted
-encoder, whose in-process LRU is empty, gets the same image from Redis) -> a stopped decoder: a partial
-answer (text, the other media, an error entry) -> down -v, also on failure.
+encoder, whose in-process LRU is empty, gets the same image from Redis) -> the llm container recreated on
+the image's vLLM CPU build, a request through it -> a stopped decoder: a partial answer (text, the other
+media, an error entry) -> down -v, also on failure.
 """
 
 from __future__ import annotations
@@ -213,17 +214,17 @@ def check(condition: bool, what: str, detail: Any = "") -> None:
     log(f"  ok: {what}")
 
 
-def scenario(cluster: Cluster, gateway: Gateway, timeout_s: float) -> None:
-    log(f"step 1/6: up ({' + '.join(FILES)}, project {PROJECT}, gateway REST {gateway.url})")
+def scenario(cluster: Cluster, gateway: Gateway, timeout_s: float, vllm: bool) -> None:
+    log(f"step 1/7: up ({' + '.join(FILES)}, project {PROJECT}, gateway REST {gateway.url})")
     # `up -d` itself waits for the depends_on conditions: run it beside the wait loop, which logs progress
     up = cluster.up()
-    log("step 2/6: waiting for every healthcheck")
+    log("step 2/7: waiting for every healthcheck")
     cluster.wait_healthy(timeout_s, up=up)
     status, ready = gateway.get("/readyz")
     check(status == 200, "gateway /readyz 200 (every backend SERVING)", ready)
     log(f"  encoder cache as the gateway sees it: {json.dumps(ready)[:400]}")
 
-    log("step 3/6: requests through the gateway container")
+    log("step 3/7: requests through the gateway container")
     t0 = time.monotonic()
     reply = gateway.chat("Draw a red fox in the snow.", ["text", "image"])
     images = media(reply["choices"][0]["message"]).get("image", [])
@@ -257,7 +258,7 @@ def scenario(cluster: Cluster, gateway: Gateway, timeout_s: float) -> None:
         chunks[-1] if chunks else None,
     )
 
-    log("step 4/6: the Redis cache across containers")
+    log("step 4/7: the Redis cache across containers")
     keys = int(cluster.exec("redis", "redis-cli", "dbsize").strip() or 0)
     check(keys >= 1, f"the Redis container holds {keys} key(s) written by the encoder container")
     log("  restarting the encoder (its in-process LRU is lost; Redis keeps the embeddings)")
@@ -269,7 +270,24 @@ def scenario(cluster: Cluster, gateway: Gateway, timeout_s: float) -> None:
     check(after >= before + 1, f"the same image again: a cache hit from Redis ({before:g} -> {after:g})")
     check(text_of(again["choices"][0]["message"]) == answer, "the same answer from the cached embedding")
 
-    log("step 5/6: a stopped decoder gives a partial answer")
+    if vllm:
+        log("step 5/7: the llm container again, on the image's vLLM CPU build (NEXTGPT_LLM_ENGINE=vllm)")
+        cluster.env["NEXTGPT_LLM_ENGINE"] = "vllm"
+        cluster.run("up", "-d", "--no-deps", "--no-build", "--pull", "never", "llm", timeout=300)
+        cluster.wait_healthy(timeout_s, {"llm"})
+        engine = [line for line in cluster.run("logs", "llm").splitlines() if "LLM engine:" in line]
+        check(bool(engine) and "LLM engine: vllm" in engine[-1], "the llm service runs vLLM", engine[-1:])
+        t0 = time.monotonic()
+        reply = gateway.chat("A fox, please.", ["text", "image"])
+        check(
+            bool(text_of(reply["choices"][0]["message"])) and reply["nextgpt"]["errors"] == [],
+            f"text + image through vLLM ({time.monotonic() - t0:.1f} s)",
+            reply.get("nextgpt"),
+        )
+    else:
+        log("step 5/7: skipped (--skip-vllm)")
+
+    log("step 6/7: a stopped decoder gives a partial answer")
     cluster.run("stop", "decoder-video", timeout=120)
     reply = gateway.chat("A picture and a video.", ["text", "image", "video"], max_tokens=60)
     got = media(reply["choices"][0]["message"])
@@ -289,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "build/compose-test")
     parser.add_argument("--timeout-s", type=float, default=900, help="for every service to turn healthy")
     parser.add_argument("--keep", action="store_true", help="leave the cluster up (debugging)")
+    parser.add_argument("--skip-vllm", action="store_true", help="leave out step 5 (the llm on vLLM)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     http_port, grpc_port = free_port(), free_port()
@@ -297,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     gateway = Gateway(http_port)
     ok = False
     try:
-        scenario(cluster, gateway, args.timeout_s)
+        scenario(cluster, gateway, args.timeout_s, vllm=not args.skip_vllm)
         ok = True
     except Exception as exc:  # noqa: BLE001 - logged with the containers' logs, then torn down
         log(f"FAILED: {type(exc).__name__}: {exc}")
@@ -310,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             log("--keep: the cluster stays up")
         else:
-            log("step 6/6: down -v (containers, network, volumes)")
+            log("step 7/7: down -v (containers, network, volumes)")
             cluster.run("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=300)
     log("PASSED: compose cluster end to end" if ok else "compose-test FAILED")
     return 0 if ok else 1
