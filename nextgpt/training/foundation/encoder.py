@@ -73,12 +73,12 @@ class EncoderTrainConfig:
 
     arch: str = "shapes"
     """ImageBind size in `nextgpt.encoders.imagebind.ARCHS`; its `out_embed_dim` is the embedding width."""
-    steps: int = 400
+    steps: int = 600
     """Optimiser steps; each sees one batch of every modality."""
     batch_size: int = 32
     """Pictures per step; videos and sounds take half as many (a video is the dearest medium, the eight
     sounds are the easiest to tell apart)."""
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup_steps: int = 20
     weight_decay: float = 0.01
     seed: int = 0
@@ -90,6 +90,10 @@ class EncoderTrainConfig:
     modalities: tuple[str, ...] = ("image", "video", "audio")
     augment: bool = True
     """Mirror pictures and videos and play videos backwards (captions fixed to match); see `augment`."""
+    shift: bool = True
+    """With `augment`: also move pictures' and videos' content within their background."""
+    all_captions: bool = True
+    """Contrast every medium with all its modality's training captions, not only its batch's."""
     checkpoint_every: int = 0
     """Steps between resumable states in `state_dir` (0: only at the end)."""
 
@@ -126,6 +130,9 @@ class Item:
     """(k,) float32 summing to 1: each distinct clip's share of the medium's clips."""
     index: torch.Tensor
     """(clips,) int64: the distinct clip of every clip position, to rebuild the full preprocessed input."""
+    margins: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """Pictures and videos: rows above / below and columns left / right of everything that differs from
+    the background (the corner pixel), in the 224 px input; how far `augment` may shift the content."""
 
     def full(self) -> torch.Tensor:
         """The input exactly as `preprocess` returned it (image (3, 224, 224), audio/video all clips)."""
@@ -136,7 +143,8 @@ def prepare(modality: str, item: MediaItem, caption: str) -> Item:
     """Preprocess one medium as the served encoder does and fold its identical clips together."""
     x = pp.load_and_preprocess(item)
     if modality == "image":  # (3, 224, 224): one "clip", no clip axis
-        return Item(caption, x.unsqueeze(0), torch.ones(1), torch.zeros(0, dtype=torch.long))
+        x = x.unsqueeze(0)
+        return Item(caption, x, torch.ones(1), torch.zeros(0, dtype=torch.long), background_margins(x))
     distinct: list[torch.Tensor] = []
     index = []
     for clip in x:  # x: (clips, ...)
@@ -147,7 +155,23 @@ def prepare(modality: str, item: MediaItem, caption: str) -> Item:
         index.append(found)
     idx = torch.tensor(index)
     weights = torch.bincount(idx, minlength=len(distinct)).float() / len(index)
-    return Item(caption, torch.stack(distinct), weights, idx)
+    clips = torch.stack(distinct)
+    margins = background_margins(clips) if modality == "video" else (0, 0, 0, 0)
+    return Item(caption, clips, weights, idx, margins)
+
+
+def background_margins(x: torch.Tensor, tolerance: float = 0.3) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) rows / columns of `x` (..., H, W) that hold only the background colour
+    (its top-left pixel, per channel, frame and clip) within `tolerance` (normalised units: about 20
+    grey levels, above the MP4 noise)."""
+    corner = x[..., :1, :1]  # (..., 1, 1)
+    foreground = ((x - corner).abs() > tolerance).flatten(0, -3).any(dim=0)  # (H, W)
+    rows = torch.nonzero(foreground.any(dim=1)).flatten()
+    cols = torch.nonzero(foreground.any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return (0, 0, 0, 0)
+    h, w = foreground.shape
+    return int(rows[0]), int(h - 1 - rows[-1]), int(cols[0]), int(w - 1 - cols[-1])
 
 
 def load_items(world_dir: Path, modality: str) -> list[Item]:
@@ -218,17 +242,20 @@ def embed_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def contrastive_loss(media: torch.Tensor, text: torch.Tensor, caption_of: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with repeated captions.
+    """Symmetric InfoNCE with repeated captions and captions without a medium in the batch.
 
-    media: (B, E) unit vectors; text: (U, E) scaled text embeddings of the distinct captions;
-    caption_of: (B,) the caption column of every medium. Medium -> caption is a plain cross-entropy over the
-    U captions; caption -> medium averages the log-probabilities of all the caption's media.
+    media: (B, E) unit vectors; text: (U, E) scaled text embeddings of distinct captions; caption_of: (B,)
+    the caption column of every medium. Medium -> caption is a plain cross-entropy over all U captions
+    (the more captions, the harder the negatives); caption -> medium, for every caption with media in the
+    batch, averages the log-probabilities of all its media, so no twin is pushed away as a negative.
     """
     logits = media @ text.T  # (B, U), the text tower's logit scale is the temperature
     to_text = F.cross_entropy(logits, caption_of)
     positive = caption_of[:, None] == torch.arange(text.shape[0])[None, :]  # (B, U)
-    log_p = logits.log_softmax(dim=0)  # over media, per caption
-    to_media = -(log_p * positive).sum(0) / positive.sum(0).clamp(min=1)  # (U,)
+    present = positive.any(dim=0)  # (U,)
+    log_p = logits[:, present].log_softmax(dim=0)  # over media, per caption in the batch
+    pos = positive[:, present]
+    to_media = -(log_p * pos).sum(0) / pos.sum(0)  # (U',)
     return 0.5 * (to_text + to_media.mean())
 
 
@@ -243,8 +270,12 @@ MIRROR = {"left": "right", "right": "left", "up": "up", "down": "down"}
 REVERSE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
-def augment(modality: str, item: Item, gen: torch.Generator) -> Item:
-    """A mirrored and, for a video, maybe time-reversed copy of a training item, with its caption fixed.
+def augment(modality: str, item: Item, gen: torch.Generator, shift: bool = True) -> Item:
+    """A shifted, mirrored and, for a video, time-reversed copy of a training item, with its caption fixed.
+
+    Shifts move the content by whole pixels of the 224 px input, no further than the background around
+    it (`Item.margins`), so the shape stays whole: a picture of the world at another place, which keeps
+    the model from learning where each training picture's shape sits instead of what it is.
 
     The world's shapes are symmetric about the vertical axis, so a mirrored picture keeps its caption and
     a mirrored video moving left moves right; a video played backwards moves the other way. Both act on
@@ -255,9 +286,13 @@ def augment(modality: str, item: Item, gen: torch.Generator) -> Item:
         return item
     mirror, reverse = (torch.rand(2, generator=gen) < 0.5).tolist()
     reverse = reverse and modality == "video"
-    if not (mirror or reverse):
-        return item
-    x = item.inputs.flip(-1) if mirror else item.inputs  # (k, 3, [2,] 224, 224): width is the last axis
+    x = item.inputs  # (k, 3, [2,] 224, 224): width is the last axis
+    if shift:  # move the content within the background: its rolled-over rows / columns are background
+        top, bottom, left, right = item.margins
+        dy = int(torch.randint(-top, bottom + 1, (1,), generator=gen))
+        dx = int(torch.randint(-left, right + 1, (1,), generator=gen))
+        x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+    x = x.flip(-1) if mirror else x
     caption = item.caption
     if modality == "video":
         x = x.flip(2) if reverse else x  # (k, 3, 2, 224, 224): the two frames of every clip swap
@@ -269,13 +304,29 @@ def augment(modality: str, item: Item, gen: torch.Generator) -> Item:
     return Item(caption, x, item.weights, item.index)
 
 
+def candidate_captions(modality: str, items: Sequence[Item], augmented: bool) -> list[str]:
+    """The captions a training medium of `modality` is told apart from: every caption a training item
+    has, or gets from `augment` (a video's other directions). Held-out combinations stay out."""
+    captions = {it.caption for it in items}
+    if augmented and modality == "video":
+        pairs = {(a["colour"], a["shape"]) for a in map(caption_attributes, captions)}
+        captions = {video_caption(c, s, d) for c, s in pairs for d in DIRECTIONS}
+    return sorted(captions)
+
+
 def make_loss_fn(
     model: nn.Module, train_items: dict[str, list[Item]], cfg: EncoderTrainConfig
 ) -> Callable[[int, torch.Generator], torch.Tensor]:
-    """The loop's loss: every modality's contrastive loss on one batch drawn with the step's generator."""
-    captions = sorted({c for m in cfg.modalities for c in world_captions(m)})
+    """The loop's loss: every modality's contrastive loss on one batch drawn with the step's generator.
+
+    With `cfg.all_captions` a medium is contrasted with every candidate caption of its modality (the
+    world's caption set is small), not only with the captions of its batch: a red circle on white then
+    always meets "a red square/triangle/star on a white background" as negatives, which is what teaches
+    the shapes (in-batch negatives mostly differ in colour, and shapes stayed near chance)."""
+    cands = {m: candidate_captions(m, train_items[m], cfg.augment) for m in cfg.modalities}
+    captions = sorted({c for m in cfg.modalities for c in cands[m]})
     column = {c: i for i, c in enumerate(captions)}
-    all_tokens = tokenize(captions)  # (C, 77), once: any caption an augmented item may get
+    all_tokens = tokenize(captions)  # (C, 77), once
     sizes = _batch_sizes(cfg)
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
@@ -284,17 +335,23 @@ def make_loss_fn(
             items = train_items[modality]
             pick = torch.randperm(len(items), generator=gen)[: sizes[modality]].tolist()
             batch = [items[i] for i in pick]
-            batches[modality] = [augment(modality, it, gen) for it in batch] if cfg.augment else batch
-        # one text pass for the distinct captions of all modalities
-        used = sorted({column[it.caption] for batch in batches.values() for it in batch})
+            if cfg.augment:
+                batch = [augment(modality, it, gen, shift=cfg.shift) for it in batch]
+            batches[modality] = batch
+        if cfg.all_captions:
+            per_modality = {m: [column[c] for c in cands[m]] for m in cfg.modalities}
+        else:
+            per_modality = {m: sorted({column[it.caption] for it in b}) for m, b in batches.items()}
+        used = sorted({c for cols in per_modality.values() for c in cols})
         local = {c: i for i, c in enumerate(used)}
-        text = embed_text(model, all_tokens[used])  # (U, E)
+        text = embed_text(model, all_tokens[used])  # (U, E): one text pass for all modalities
         losses = []
         for modality, batch in batches.items():
             media = embed_media(model, modality, batch)  # (B, E)
-            cols = sorted({local[column[it.caption]] for it in batch})
-            caption_of = torch.tensor([cols.index(local[column[it.caption]]) for it in batch])
-            losses.append(contrastive_loss(media, text[cols], caption_of))
+            cols = per_modality[modality]
+            where = {c: i for i, c in enumerate(cols)}
+            caption_of = torch.tensor([where[column[it.caption]] for it in batch])
+            losses.append(contrastive_loss(media, text[[local[c] for c in cols]], caption_of))
         return torch.stack(losses).mean()
 
     return loss_fn
