@@ -4,6 +4,7 @@ log-mel front end, and builders of the AudioLDM-format components at the `shapes
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,9 +96,12 @@ class AudioTrainConfig:
     """Mel frames per VAE training crop (0.64 s; the VAE is convolutional, its mid attention sees a crop)."""
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
-    vocoder_channels: int = 32
-    """HiFi-GAN's `upsample_initial_channel` (halved at each of its 3 upsamplings: x5, x4, x8 = HOP)."""
-    vocoder_steps: int = 600
+    vocoder_harmonics: int = 20
+    """100 Hz harmonics the vocoder synthesises (up to 2 kHz; the world's sounds reach 1.5 kHz)."""
+    vocoder_steps: int = 0
+    """Fine-tuning steps of the synthesiser (`synthesis_init`) with the mel + STFT loss. 0: none. Measured:
+    the loss first climbs (5.9 -> 14 in 25 steps at lr 5e-4) and the clean harmonics smear, so the
+    `shapes` profile keeps the synthesiser as built (its loss is still reported, on fresh sounds)."""
     vocoder_batch: int = 8
     vocoder_frames: int = 32
     """Mel frames per vocoder training crop (0.32 s)."""
@@ -108,7 +112,8 @@ class AudioTrainConfig:
     text_steps: int = 200
     text_batch: int = 64
     text_lr: float = 2e-3
-    unet_channels: tuple[int, int] = (32, 64)
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    """UNet block widths, one level each (x2 downsampling between)."""
     unet_steps: int = 600
     unet_batch: int = 16
     unet_lr: float = 1e-3
@@ -136,7 +141,9 @@ class AudioTrainConfig:
             )
         if not 0 <= self.uncond_prob < 1:
             raise ValueError(f"uncond_prob={self.uncond_prob} must be in [0, 1)")
-        for name in ("vae_steps", "vocoder_steps", "text_steps", "unet_steps", "bank_size", "eval_seeds"):
+        if self.vocoder_steps < 0:
+            raise ValueError(f"vocoder_steps={self.vocoder_steps} must be >= 0 (0: the synthesiser as built)")
+        for name in ("vae_steps", "text_steps", "unet_steps", "bank_size", "eval_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
@@ -157,12 +164,9 @@ class AudioTrainConfig:
             vae_steps=30,
             vae_batch=4,
             vae_frames=32,
-            vocoder_channels=16,
-            vocoder_steps=30,
-            vocoder_batch=4,
             text_steps=40,
             text_batch=32,
-            unet_channels=(16, 32),
+            unet_channels=(16, 16, 32),
             unet_steps=40,
             unet_batch=16,
             bank_size=32,
@@ -291,18 +295,89 @@ def build_vae(cfg: AudioTrainConfig) -> AutoencoderKL:
 
 
 def build_vocoder(cfg: AudioTrainConfig) -> SpeechT5HifiGan:
+    """A one-stage HiFi-GAN: mel frames -> `conv_pre` -> one x160 transposed convolution (kernel 320) ->
+    one 1x1 residual block -> `conv_post` -> tanh. `synthesis_init` gives it its weights.
+
+    Why not a trained multi-stage HiFi-GAN: every HiFi-GAN is shift-equivariant by one frame (HOP
+    samples), so a constant mel (a steady tone's) gives a HOP-periodic waveform, whose spectrum holds
+    only multiples of 100 Hz; a small one trained for minutes on a CPU finds no better and leaves
+    buzzing combs (measured: tones read as chords, high beeps as low). This one makes those multiples
+    cleanly: an overlap-add synthesiser of the 100 Hz harmonics."""
+    harmonics = cfg.vocoder_harmonics
     return SpeechT5HifiGan(
         SpeechT5HifiGanConfig(
             model_in_dim=cfg.n_mels,
             sampling_rate=SAMPLE_RATE,
-            upsample_initial_channel=cfg.vocoder_channels,
-            upsample_rates=[5, 4, 8],  # product = HOP
-            upsample_kernel_sizes=[9, 8, 16],  # (kernel - rate) even: exactly x160
-            resblock_kernel_sizes=[3, 7],
-            resblock_dilation_sizes=[[1, 3], [1, 3]],
+            # conv_pre: mel -> 4K channels (the first n_mels used), upsampler: 4K -> 2K (K harmonics, each
+            # as + and - so that the leaky ReLU after it passes the carrier undistorted).
+            upsample_initial_channel=4 * harmonics,
+            upsample_rates=[HOP],
+            upsample_kernel_sizes=[2 * HOP],  # Hann windows at 50% overlap sum to one
+            resblock_kernel_sizes=[1],
+            resblock_dilation_sizes=[[1]],
             normalize_before=False,  # AudioLDM's vocoder reads the raw log-mel
         )
     )
+
+
+def mel_centres(n_mels: int) -> np.ndarray:
+    """(M,) Hz: the peak of each filter of the Slaney mel bank (`LogMel`'s)."""
+    bank = mel_filter_bank(
+        num_frequency_bins=N_FFT // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=SAMPLE_RATE / 2,
+        sampling_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return np.argmax(bank, axis=0) * SAMPLE_RATE / N_FFT
+
+
+@torch.no_grad()
+def synthesis_init(vocoder: SpeechT5HifiGan, gain: float = 0.1, threshold: float = 1.0) -> SpeechT5HifiGan:
+    """Weights that make `build_vocoder`'s HiFi-GAN an overlap-add synthesiser:
+
+    1. `conv_pre` (centre tap): each mel bin's log level minus the mean of its neighbours', a local
+       contrast that is 0 on the -11.5 floor and strongest in the bin nearest a note (so a tone drives one
+       harmonic more than the next), less `threshold` (nats), rectified (the leaky ReLU, undone exactly by
+       a second, negated channel), so that a generated mel's ripple on the floor stays silent;
+    2. the upsampler: bin m adds its level x a Hann-windowed sine at the 100 Hz harmonic nearest its
+       centre, to a + and a - channel. Sines at multiples of 100 Hz are in phase from one 160-sample frame
+       to the next, so the windows add up to a steady tone;
+    3. the residual block is zero (identity); `conv_post` (centre tap) sums + minus - x `gain`.
+    """
+    config = vocoder.config
+    n_mels, harmonics = config.model_in_dim, config.upsample_initial_channel // 4
+    for param in vocoder.parameters():
+        param.zero_()
+    pre = vocoder.conv_pre.weight  # (4K, M, 7)
+    centre = pre.shape[-1] // 2
+    for m in range(n_mels):
+        # Channels m and M + m: the contrast minus `threshold`, and its negative.
+        pre[m, m, centre], pre[n_mels + m, m, centre] = 1.0, -1.0
+        for n in (m - 1, m + 1):
+            if 0 <= n < n_mels:
+                pre[m, n, centre], pre[n_mels + m, n, centre] = -0.5, 0.5
+    bias = vocoder.get_parameter("conv_pre.bias")
+    bias[:n_mels], bias[n_mels : 2 * n_mels] = -threshold, threshold
+    up = vocoder.get_parameter("upsampler.0.weight")  # (4K, 2K, 2 x HOP): in, out, taps
+    taps = torch.arange(up.shape[-1], dtype=torch.float64)
+    window = torch.hann_window(up.shape[-1], periodic=True, dtype=torch.float64)
+    pad = (up.shape[-1] - HOP) // 2  # the transposed convolution's padding: tap `pad` is the frame's start
+    for m, hz in enumerate(mel_centres(n_mels)):
+        k = round(hz / 100.0)
+        if 1 <= k <= harmonics:
+            carrier = (window * torch.sin(2 * math.pi * 100.0 * k * (taps - pad) / SAMPLE_RATE)).float()
+            # leaky_relu(z, 0.1) + 0.1 x leaky_relu(-z, 0.1) = 0.99 x relu(z): the amplitude is exactly
+            # 0 below the threshold (a leak would hum every harmonic at once).
+            for channel, share in ((m, 1 / 0.99), (n_mels + m, 0.1 / 0.99)):
+                up[channel, 2 * (k - 1)] += share * carrier
+                up[channel, 2 * k - 1] -= share * carrier
+    post = vocoder.conv_post.weight  # (1, 2K, 7)
+    post[0, 0::2, post.shape[-1] // 2] = gain
+    post[0, 1::2, post.shape[-1] // 2] = -gain
+    return vocoder
 
 
 def build_text_encoder(cfg: AudioTrainConfig, vocab_size: int) -> ClapTextModelWithProjection:
@@ -326,18 +401,19 @@ def build_text_encoder(cfg: AudioTrainConfig, vocab_size: int) -> ClapTextModelW
 def build_unet(cfg: AudioTrainConfig) -> UNet2DConditionModel:
     # AudioLDM has no text cross-attention: the CLAP vector enters as a class embedding concatenated to the
     # time embedding, and the attention blocks self-attend (cross_attention_dim == block width). Attention
-    # only at the coarser level, where 25 x 4 latent positions make it cheap; it lets the whole clip agree
-    # on a sweep's direction.
-    c0, c1 = cfg.unet_channels
+    # only at the coarsest level (13 x 2 latent positions at 3 levels: cheap). A sweep needs the depth:
+    # where in the clip a frame is shows only through the padding at the clip's ends, and at 2 levels the
+    # middle frames' receptive field reaches neither end (measured: wavering sweeps read as chords).
+    levels = len(cfg.unet_channels)
     return UNet2DConditionModel(
         sample_size=cfg.frames // 2 ** (len(cfg.vae_channels) - 1),
         in_channels=cfg.latent_channels,
         out_channels=cfg.latent_channels,
         block_out_channels=cfg.unet_channels,
         layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=(c0, c1),
+        down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        cross_attention_dim=cfg.unet_channels,
         attention_head_dim=2,  # diffusers' name for the number of heads
         norm_num_groups=8,
         class_embed_type="simple_projection",
