@@ -151,7 +151,7 @@ class ImageTrainConfig:
             vae_steps=40,
             vae_batch=8,
             text_steps=40,
-            text_batch=32,
+            text_batch=16,
             unet_channels=(16, 32),
             unet_steps=40,
             unet_batch=16,
