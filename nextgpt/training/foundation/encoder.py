@@ -10,10 +10,14 @@ world's real file bytes, exactly as the served encoder reads them, so what it le
   world's 2 s videos give 15 equal clips; square frames give 3 equal crops) are stored once with a
   weight, and a medium's embedding is the weighted mean of its clips' unit vectors: the same number as
   `ImageBindModel.forward`'s mean over all clips, at a fraction of the cost.
-- A batch draws items from the training split; captions repeat within a batch (several pictures of "a red
-  circle on a white background"), so the loss has one column per distinct caption, and the caption ->
-  medium direction counts every medium of that caption as a positive (multi-positive InfoNCE), so no
-  twin is ever pushed away as a negative.
+- A batch draws items from the training split (32 pictures, 16 videos, 16 sounds). A medium is told apart
+  from every training caption of its modality (the world has at most 96), not only from its batch's:
+  with in-batch negatives, which mostly differ in colour, shapes stayed at chance. Captions repeat (many
+  pictures of "a red circle on a white background"), so caption -> medium counts every medium of that
+  caption as a positive (multi-positive InfoNCE) and no twin is pushed away as a negative.
+- Augmentation on the preprocessed tensors (`augment`): content shifted within its background, mirror
+  images, videos played backwards, captions fixed to match. Without shifts the model learnt where each
+  training picture's shape sat (train shape accuracy up, held-out at chance).
 - Held out: a seeded fraction of every modality's items, never trained on, plus pictures rendered for the
   world's held-out captions (`world.json`), whose colour-shape-background combinations no training
   picture or caption has. The report scores them with retrieval (caption -> medium top-1) and with the
@@ -22,6 +26,15 @@ world's real file bytes, exactly as the served encoder reads them, so what it le
   `ImageBindEncoder.load`; the untouched towers (depth, thermal, IMU) keep their seeded random weights.
 
 The loop is `nextgpt.training.foundation.loop.train` (resumable, deterministic for a seed).
+
+Measured (default `WorldConfig(seed=0)`, default `EncoderTrainConfig`: arch "shapes", 600 steps, one thread
+on the shared, heavily loaded 2-core machine): 266 s of CPU in all (preprocessing 16 s wall), so about 4.5
+minutes alone on one core. Loss 1.86 -> 0.78. Held out (48 pictures, 13 videos, 13 sounds): colour and
+background 100 %, every sound attribute 100 % (retrieval 100 %), but shape only 33 % (pictures) / 46 %
+(videos), motion direction 38 %; on the 24 novel-combination pictures colour and background 100 %, shape
+13 %. Training items are hardly better (shape 48 %, direction 37 %): shapes and motion are under-learnt,
+not over-fitted, at this size and budget; a world of 960 pictures and 256 videos gave the same (shape 41 %,
+direction 20 %). Colours, backgrounds and sounds are ready; shapes and directions are not yet.
 """
 
 from __future__ import annotations
