@@ -1,16 +1,21 @@
 """The `shapes` profile's AudioLDM-format audio pipeline, trained on the shapes world's sounds (issue 12).
 
-Four separately trained parts, each with its own run of the shared loop (`loop.py`), then wired into the
-real `AudioLDMPipeline` and saved with `save_pretrained`, so that the served `AudioDecoder` loads it
+Four parts, three trained with their own run of the shared loop (`loop.py`) and one constructed, wired into
+the real `AudioLDMPipeline` and saved with `save_pretrained`, so that the served `AudioDecoder` loads it
 unchanged. The pipeline turns latents into sound as `decode_latents` + `mel_spectrogram_to_waveform` do:
 latents / scaling_factor -> VAE decoder -> (B, 1, frames, mel bins) log-mel -> HiFi-GAN -> waveform.
 
 1. the mel VAE (`AutoencoderKL`, x4): reconstruction of AudioLDM's log-mel spectrograms (|STFT| 1024 /
    hop 160 at 16 kHz, Slaney mel over 0-8 kHz, log of the magnitude clamped at 1e-5) of sounds rendered
    on the fly;
-2. the vocoder (`SpeechT5HifiGan`, small): log-mel -> waveform, trained without a discriminator on
-   random 0.32 s crops with a mel L1 and a multi-resolution STFT loss (pure tones, chords and sweeps need
-   no adversarial loss to read right);
+2. the vocoder (`SpeechT5HifiGan`, one x160 stage): log-mel -> waveform, *constructed* as an overlap-add
+   synthesiser of the 100 Hz harmonics (`audio_parts.synthesis_init`), not trained. Any HiFi-GAN is
+   shift-equivariant by one 160-sample frame, so a steady tone's constant mel can only give a 160-periodic
+   waveform (harmonics of 100 Hz); a small 3-stage HiFi-GAN trained here for 600 steps (mel L1 +
+   multi-resolution STFT, no discriminator, 3.5 min) reached only buzzing combs (world_eval on its
+   reconstructions: pitch 75%, tone/chord/sweep 62%), the synthesiser reads 100% pitch, sweep direction
+   and beeping, 77% tone/chord/sweep. `vocoder_steps` > 0 fine-tunes it with those losses (off: measured
+   worse);
 3. the CLAP-format text encoder (`ClapTextModelWithProjection`, with a RoBERTa byte-level BPE trained
    here on the phrasings): a cosine classifier over the world's sounds on its L2-normalised `text_embeds`
    (what the pipeline, the decoder and the output projector's stage-2 target use), over the world caption
