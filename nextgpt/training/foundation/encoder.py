@@ -34,7 +34,11 @@ background 100 %, every sound attribute 100 % (retrieval 100 %), but shape only 
 (videos), motion direction 38 %; on the 24 novel-combination pictures colour and background 100 %, shape
 13 %. Training items are hardly better (shape 48 %, direction 37 %): shapes and motion are under-learnt,
 not over-fitted, at this size and budget; a world of 960 pictures and 256 videos gave the same (shape 41 %,
-direction 20 %). Colours, backgrounds and sounds are ready; shapes and directions are not yet.
+direction 20 %). Colours, backgrounds and sounds are ready; shapes and directions are not yet. The
+vision tower is the bottleneck: a linear probe on its features finds the shape in 56 % of training and
+31 % of held-out pictures, while the text tower keeps the four shape words apart. 14 px patches (2.6x
+the cost) did no better (pictures only, 400 steps: held-out shape 30 %, 28 % at 28 px), and 4 vision
+blocks only fitted the training pictures (81 %, held-out 21 %; a run before shifts were added).
 """
 
 from __future__ import annotations
