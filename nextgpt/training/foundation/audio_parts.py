@@ -74,6 +74,8 @@ PHRASES: dict[str, tuple[str, ...]] = {
 TEMPLATES = ("{}", "play {}", "the sound of {}", "generate {}", "{} please", "make {}")
 """Frames around a phrase, trained on (first letters are also upper-cased, and a full stop added, at
 random: the LLM writes sentences)."""
+FILLERS = tuple("now some the nice clear short simple just again quick loud soft here this one".split())
+"""Words inserted at random into training captions; none is in HELDOUT_TEMPLATES or names a sound."""
 HELDOUT_TEMPLATES = ("let me hear {}", "could you produce {} for me")
 """Frames never trained on, around the world captions, for the held-out evaluation."""
 
@@ -110,12 +112,12 @@ class AudioTrainConfig:
     cond_dim: int = dims.AUDIO_COND_DIM
     """Width of the CLAP text projection the UNet is conditioned on (the output projector's target)."""
     text_hidden: int = 32
-    text_steps: int = 200
+    text_steps: int = 300
     text_batch: int = 64
     text_lr: float = 2e-3
     unet_channels: tuple[int, ...] = (32, 64, 64)
     """UNet block widths, one level each (x2 downsampling between)."""
-    unet_steps: int = 600
+    unet_steps: int = 1200
     unet_batch: int = 16
     unet_lr: float = 1e-3
     bank_size: int = 512
@@ -229,15 +231,31 @@ def draw_sounds(n: int, cfg: AudioTrainConfig, gen: torch.Generator) -> tuple[to
     return render_sounds(which.tolist(), cfg, rng), which
 
 
+def with_fillers(text: str, rng: random.Random) -> str:
+    """`text` with 1-2 words inserted at random places, each from FILLERS or a random 3-7 letter string
+    (which the tokenizer splits into unfamiliar pieces, as it splits a phrasing's unseen words)."""
+    words = text.split()
+    for _ in range(rng.randint(1, 2)):
+        if rng.random() < 0.5:
+            word = rng.choice(FILLERS)
+        else:
+            word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 7)))
+        words.insert(rng.randrange(len(words) + 1), word)
+    return " ".join(words)
+
+
 def training_captions(rng: random.Random, copies: int = 3) -> tuple[list[str], list[int]]:
-    """Every (sound, phrase, frame), `copies` times with random casing and a full stop: captions and their
-    SOUNDS indices."""
+    """Every (sound, phrase, frame), `copies` times: as is, then with random casing, a full stop and
+    `with_fillers` words (measured: without them, unseen frame words such as "could you produce ... for
+    me" pull a sweep's embedding to a chord's). Captions and their SOUNDS indices."""
     captions, labels = [], []
     for label, sound in enumerate(SOUNDS):
         for phrase in PHRASES[sound]:
             for template in TEMPLATES:
                 for k in range(copies):
                     text = template.format(phrase)
+                    if k:
+                        text = with_fillers(text, rng)
                     if k and rng.random() < 0.5:
                         text = text[0].upper() + text[1:]
                     if k and rng.random() < 0.5:
