@@ -127,7 +127,7 @@ class AudioTrainConfig:
     snr_gamma: float | None = 5.0
     """Min-SNR loss weighting (Hang et al. 2023); None for the plain epsilon MSE."""
     eval_steps: int = 20
-    eval_guidance: float = 3.0
+    eval_guidance: float = 5.0
     eval_seeds: int = 3
     progress: bool = True
 
