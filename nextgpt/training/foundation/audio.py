@@ -83,6 +83,7 @@ from nextgpt.training.foundation.audio_parts import (
     tokenize,
     training_captions,
 )
+from nextgpt.training.foundation.diffusion import alphas_cumprod, denoising_loss
 from nextgpt.training.foundation.image import PartResult
 from nextgpt.training.foundation.loop import LoopConfig, train
 from nextgpt.training.world_eval import AudioClip, caption_attributes, evaluate_world_media
@@ -241,26 +242,20 @@ def train_unet(
     """`latents` (N, C, h, w), scaled; `embeds` (sounds, phrasings, D) normalised; `empty` (D,): ""."""
     torch.manual_seed(cfg.seed + 2)
     unet = build_unet(cfg)
-    n_phrasings = embeds.shape[1]
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
-        b = cfg.unet_batch
-        pick = torch.randint(len(latents), (b,), generator=gen)
-        x0 = latents[pick]  # (B, C, h, w)
-        t = torch.randint(len(alphas_cumprod), (b,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        ab = alphas_cumprod[t].view(-1, 1, 1, 1)
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        phrasing = torch.randint(n_phrasings, (b,), generator=gen)
-        cond = embeds[sound_of[pick], phrasing]  # (B, D)
-        drop = torch.rand(b, generator=gen) < cfg.uncond_prob
-        cond = torch.where(drop.view(-1, 1), empty, cond)
-        pred = unet(xt, t, encoder_hidden_states=None, class_labels=cond).sample
-        mse = (pred - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
-        if cfg.snr_gamma is not None:
-            snr = (ab / (1 - ab)).flatten()
-            mse = mse * snr.clamp(max=cfg.snr_gamma) / snr
-        return mse.mean()
+        return denoising_loss(
+            lambda xt, t, cond: unet(xt, t, encoder_hidden_states=None, class_labels=cond).sample,
+            latents,
+            sound_of,
+            embeds,
+            empty,
+            alphas_cumprod,
+            gen,
+            batch=cfg.unet_batch,
+            uncond_prob=cfg.uncond_prob,
+            snr_gamma=cfg.snr_gamma,
+        )
 
     loop = LoopConfig(
         steps=cfg.unet_steps, lr=cfg.unet_lr, warmup_steps=min(50, cfg.unet_steps), seed=cfg.seed
@@ -405,8 +400,8 @@ def train_audio_pipeline(out_dir: str | Path, cfg: AudioTrainConfig | None = Non
     embeds = embeds.view(len(SOUNDS), width, cfg.cond_dim)
     empty = encode_captions(encoder, tokenizer, [""])[0]  # (D,)
     scheduler = build_scheduler()
-    alphas: torch.Tensor = scheduler.alphas_cumprod  # type: ignore[attr-defined]  # set in __init__, untyped
-    unet, unet_result = train_unet(cfg, raw * scaling, sound_of, embeds, empty, alphas.float(), state)
+    alphas = alphas_cumprod(scheduler)
+    unet, unet_result = train_unet(cfg, raw * scaling, sound_of, embeds, empty, alphas, state)
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     # 5. Save in diffusers' layout, load through the served decoder, ask for every sound.
     pipeline_dir = save_pipeline(out / "pipeline", vae, encoder, tokenizer, unet, scheduler, vocoder)

@@ -59,6 +59,7 @@ from nextgpt.training.data.synthetic import (
     heldout_image_combos,
     image_caption,
 )
+from nextgpt.training.foundation.diffusion import alphas_cumprod, denoising_loss
 from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
 from nextgpt.training.world_eval import evaluate_world_media
 
@@ -384,12 +385,6 @@ def encode_bank(
     return bank, which, float(1.0 / bank.std())
 
 
-def alphas_cumprod(scheduler: PNDMScheduler) -> torch.Tensor:
-    """(T,) float32: the scheduler's cumulative signal share per timestep (SD 1.5's scaled-linear betas)."""
-    values: torch.Tensor = scheduler.alphas_cumprod  # type: ignore[attr-defined]  # set in __init__, untyped
-    return values.float()
-
-
 def train_unet(
     cfg: ImageTrainConfig,
     latents: torch.Tensor,
@@ -402,26 +397,20 @@ def train_unet(
     """`latents` (N, C, h, w), scaled; `embeds` (combos, templates, 77, D); `empty` (77, D): "" encoded."""
     torch.manual_seed(cfg.seed + 2)
     unet = build_unet(cfg)
-    n_templates = embeds.shape[1]
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
-        b = cfg.unet_batch
-        pick = torch.randint(len(latents), (b,), generator=gen)
-        x0 = latents[pick]  # (B, C, h, w)
-        t = torch.randint(len(alphas_cumprod), (b,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        ab = alphas_cumprod[t].view(-1, 1, 1, 1)
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        phrasing = torch.randint(n_templates, (b,), generator=gen)
-        cond = embeds[combo_of[pick], phrasing]  # (B, 77, D)
-        drop = torch.rand(b, generator=gen) < cfg.uncond_prob
-        cond = torch.where(drop.view(-1, 1, 1), empty, cond)
-        pred = unet(xt, t, cond).sample
-        mse = (pred - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
-        if cfg.snr_gamma is not None:
-            snr = (ab / (1 - ab)).flatten()
-            mse = mse * snr.clamp(max=cfg.snr_gamma) / snr
-        return mse.mean()
+        return denoising_loss(
+            lambda xt, t, cond: unet(xt, t, cond).sample,
+            latents,
+            combo_of,
+            embeds,
+            empty,
+            alphas_cumprod,
+            gen,
+            batch=cfg.unet_batch,
+            uncond_prob=cfg.uncond_prob,
+            snr_gamma=cfg.snr_gamma,
+        )
 
     loop = LoopConfig(
         steps=cfg.unet_steps, lr=cfg.unet_lr, warmup_steps=min(50, cfg.unet_steps), seed=cfg.seed
