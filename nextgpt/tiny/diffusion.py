@@ -187,6 +187,25 @@ def clip_text_encoder(hidden: int) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
+def clap_text_encoder(vocab_size: int, hidden: int, projection_dim: int) -> ClapTextModelWithProjection:
+    """A small CLAP text tower (RoBERTa, 2 layers) with its projection, AudioLDM's conditioning."""
+    return ClapTextModelWithProjection(
+        ClapTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=CLIP_MAX_LENGTH + 3,  # RoBERTa positions start at pad_id + 1
+            type_vocab_size=1,
+            projection_dim=projection_dim,
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,
+        )
+    )
+
+
 def sd_scheduler_kwargs() -> dict[str, object]:
     """SD 1.5's noise schedule (also Zeroscope's)."""
     return {
@@ -305,21 +324,7 @@ def build_tiny_audioldm(out_dir: str | Path, seed: int = dims.SEED) -> Path:
     with _seeded(seed):
         vae = _x8_vae(1, latent_channels=8, scaling_factor=0.9227914, sample_size=MEL_BINS)
     with _seeded(seed):
-        text_encoder = ClapTextModelWithProjection(
-            ClapTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=CLIP_MAX_LENGTH + 3,  # RoBERTa positions start at pad_id + 1
-                type_vocab_size=1,
-                projection_dim=dims.AUDIO_COND_DIM,
-                bos_token_id=0,
-                pad_token_id=1,
-                eos_token_id=2,
-            )
-        )
+        text_encoder = clap_text_encoder(len(tokenizer), 32, dims.AUDIO_COND_DIM)
     with _seeded(seed):
         vocoder = SpeechT5HifiGan(
             SpeechT5HifiGanConfig(

@@ -20,7 +20,6 @@ from tokenizers import ByteLevelBPETokenizer
 from torch import nn
 from torch.nn import functional as F
 from transformers import (
-    ClapTextConfig,
     ClapTextModelWithProjection,
     RobertaTokenizer,
     SpeechT5HifiGan,
@@ -29,7 +28,7 @@ from transformers import (
 from transformers.audio_utils import mel_filter_bank
 
 from nextgpt import tiny_profile as dims
-from nextgpt.tiny.diffusion import CLIP_MAX_LENGTH, HOP, SAMPLE_RATE
+from nextgpt.tiny.diffusion import CLIP_MAX_LENGTH, HOP, SAMPLE_RATE, clap_text_encoder
 from nextgpt.training.data.synthetic import SOUNDS, WorldConfig, render_audio
 
 logger = logging.getLogger(__name__)
@@ -198,16 +197,9 @@ class LogMel(nn.Module):
 
     def __init__(self, n_mels: int) -> None:
         super().__init__()
-        bank = mel_filter_bank(
-            num_frequency_bins=N_FFT // 2 + 1,
-            num_mel_filters=n_mels,
-            min_frequency=0.0,
-            max_frequency=SAMPLE_RATE / 2,
-            sampling_rate=SAMPLE_RATE,
-            norm="slaney",
-            mel_scale="slaney",
-        )
-        self.register_buffer("bank", torch.from_numpy(bank).float(), persistent=False)  # (F, M)
+        self.register_buffer(
+            "bank", torch.from_numpy(slaney_bank(n_mels)).float(), persistent=False
+        )  # (F, M)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -344,9 +336,9 @@ def build_vocoder(cfg: AudioTrainConfig) -> SpeechT5HifiGan:
     )
 
 
-def mel_centres(n_mels: int) -> np.ndarray:
-    """(M,) Hz: the peak of each filter of the Slaney mel bank (`LogMel`'s)."""
-    bank = mel_filter_bank(
+def slaney_bank(n_mels: int) -> np.ndarray:
+    """(F, M) the Slaney mel filter bank over 0..8 kHz that `LogMel` applies."""
+    return mel_filter_bank(
         num_frequency_bins=N_FFT // 2 + 1,
         num_mel_filters=n_mels,
         min_frequency=0.0,
@@ -355,7 +347,11 @@ def mel_centres(n_mels: int) -> np.ndarray:
         norm="slaney",
         mel_scale="slaney",
     )
-    return np.argmax(bank, axis=0) * SAMPLE_RATE / N_FFT
+
+
+def mel_centres(n_mels: int) -> np.ndarray:
+    """(M,) Hz: the peak of each filter of the Slaney mel bank (`LogMel`'s)."""
+    return np.argmax(slaney_bank(n_mels), axis=0) * SAMPLE_RATE / N_FFT
 
 
 @torch.no_grad()
@@ -405,21 +401,7 @@ def synthesis_init(vocoder: SpeechT5HifiGan, gain: float = 0.1, threshold: float
 
 
 def build_text_encoder(cfg: AudioTrainConfig, vocab_size: int) -> ClapTextModelWithProjection:
-    return ClapTextModelWithProjection(
-        ClapTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=cfg.text_hidden,
-            intermediate_size=2 * cfg.text_hidden,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=CLIP_MAX_LENGTH + 3,  # RoBERTa positions start at pad_id + 1
-            type_vocab_size=1,
-            projection_dim=cfg.cond_dim,
-            bos_token_id=0,
-            pad_token_id=1,
-            eos_token_id=2,
-        )
-    )
+    return clap_text_encoder(vocab_size, cfg.text_hidden, cfg.cond_dim)
 
 
 def build_unet(cfg: AudioTrainConfig) -> UNet2DConditionModel:
