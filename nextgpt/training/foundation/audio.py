@@ -83,7 +83,7 @@ from nextgpt.training.foundation.audio_parts import (
     tokenize,
     training_captions,
 )
-from nextgpt.training.foundation.diffusion import alphas_cumprod, denoising_loss
+from nextgpt.training.foundation.diffusion import alphas_cumprod, train_denoiser
 from nextgpt.training.foundation.image import PartResult
 from nextgpt.training.foundation.loop import LoopConfig, train
 from nextgpt.training.world_eval import AudioClip, caption_attributes, evaluate_world_media
@@ -242,25 +242,18 @@ def train_unet(
     """`latents` (N, C, h, w), scaled; `embeds` (sounds, phrasings, D) normalised; `empty` (D,): ""."""
     torch.manual_seed(cfg.seed + 2)
     unet = build_unet(cfg)
-
-    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
-        return denoising_loss(
-            lambda xt, t, cond: unet(xt, t, encoder_hidden_states=None, class_labels=cond).sample,
-            latents,
-            sound_of,
-            embeds,
-            empty,
-            alphas_cumprod,
-            gen,
-            batch=cfg.unet_batch,
-            uncond_prob=cfg.uncond_prob,
-            snr_gamma=cfg.snr_gamma,
-        )
-
-    loop = LoopConfig(
-        steps=cfg.unet_steps, lr=cfg.unet_lr, warmup_steps=min(50, cfg.unet_steps), seed=cfg.seed
+    result = train_denoiser(
+        unet,
+        lambda xt, t, cond: unet(xt, t, encoder_hidden_states=None, class_labels=cond).sample,
+        latents,
+        sound_of,
+        embeds,
+        empty,
+        alphas_cumprod,
+        cfg,
+        name="audio-unet",
+        state_dir=state / "unet",
     )
-    result = train(unet, loss_fn, loop, name="audio-unet", state_dir=state / "unet", progress=cfg.progress)
     return unet, PartResult.of(result)
 
 

@@ -6,9 +6,28 @@ their own `denoise`; so will the video trainer."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+from torch import nn
+
+from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
+
+Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(x_t, t, cond) -> predicted noise: how a trainer calls its UNet."""
+
+
+class DenoiserSettings(Protocol):
+    """The UNet fields every trainer's config has (`ImageTrainConfig`, `AudioTrainConfig`)."""
+
+    unet_steps: int
+    unet_lr: float
+    unet_batch: int
+    uncond_prob: float
+    snr_gamma: float | None
+    seed: int
+    progress: bool
 
 
 def alphas_cumprod(scheduler: Any) -> torch.Tensor:
@@ -18,7 +37,7 @@ def alphas_cumprod(scheduler: Any) -> torch.Tensor:
 
 
 def denoising_loss(
-    denoise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    denoise: Denoise,
     latents: torch.Tensor,
     cond_of: torch.Tensor,
     cond_bank: torch.Tensor,
@@ -50,3 +69,38 @@ def denoising_loss(
         snr = (ab / (1 - ab)).flatten()
         mse = mse * snr.clamp(max=snr_gamma) / snr
     return mse.mean()
+
+
+def train_denoiser(
+    unet: nn.Module,
+    denoise: Denoise,
+    latents: torch.Tensor,
+    cond_of: torch.Tensor,
+    cond_bank: torch.Tensor,
+    empty: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    cfg: DenoiserSettings,
+    *,
+    name: str,
+    state_dir: Path,
+) -> LoopResult:
+    """`cfg.unet_steps` steps of `denoising_loss` on the shared loop (50 warm-up steps, resumable)."""
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        return denoising_loss(
+            denoise,
+            latents,
+            cond_of,
+            cond_bank,
+            empty,
+            alphas_cumprod,
+            gen,
+            batch=cfg.unet_batch,
+            uncond_prob=cfg.uncond_prob,
+            snr_gamma=cfg.snr_gamma,
+        )
+
+    loop = LoopConfig(
+        steps=cfg.unet_steps, lr=cfg.unet_lr, warmup_steps=min(50, cfg.unet_steps), seed=cfg.seed
+    )
+    return train(unet, loss_fn, loop, name=name, state_dir=state_dir, progress=cfg.progress)

@@ -59,7 +59,7 @@ from nextgpt.training.data.synthetic import (
     heldout_image_combos,
     image_caption,
 )
-from nextgpt.training.foundation.diffusion import alphas_cumprod, denoising_loss
+from nextgpt.training.foundation.diffusion import alphas_cumprod, train_denoiser
 from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
 from nextgpt.training.world_eval import evaluate_world_media
 
@@ -397,25 +397,18 @@ def train_unet(
     """`latents` (N, C, h, w), scaled; `embeds` (combos, templates, 77, D); `empty` (77, D): "" encoded."""
     torch.manual_seed(cfg.seed + 2)
     unet = build_unet(cfg)
-
-    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
-        return denoising_loss(
-            lambda xt, t, cond: unet(xt, t, cond).sample,
-            latents,
-            combo_of,
-            embeds,
-            empty,
-            alphas_cumprod,
-            gen,
-            batch=cfg.unet_batch,
-            uncond_prob=cfg.uncond_prob,
-            snr_gamma=cfg.snr_gamma,
-        )
-
-    loop = LoopConfig(
-        steps=cfg.unet_steps, lr=cfg.unet_lr, warmup_steps=min(50, cfg.unet_steps), seed=cfg.seed
+    result = train_denoiser(
+        unet,
+        lambda xt, t, cond: unet(xt, t, cond).sample,
+        latents,
+        combo_of,
+        embeds,
+        empty,
+        alphas_cumprod,
+        cfg,
+        name="image-unet",
+        state_dir=state / "unet",
     )
-    result = train(unet, loss_fn, loop, name="image-unet", state_dir=state / "unet", progress=cfg.progress)
     return unet, PartResult.of(result)
 
 
