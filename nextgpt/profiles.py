@@ -1,7 +1,7 @@
 """Built-in profiles and how a profile is chosen and overridden.
 
 A profile is resolved in three layers, later ones winning:
-1. a built-in profile by name (`tiny`, `nextgpt-7b-tiva-v0`), its paths under the models directory
+1. a built-in profile by name (`tiny`, `shapes`, `nextgpt-7b-tiva-v0`), its paths under the models directory
    (`--models-dir`, env `NEXTGPT_MODELS_DIR`, default `./models`);
 2. a YAML or TOML file (`--config FILE`, env `NEXTGPT_CONFIG`) holding `profile: NAME` plus any nested
    fields to change, e.g. `llm: {placement: {device: cuda, dtype: float16}}`;
@@ -111,6 +111,33 @@ def _tiny(root: Path) -> dict[str, Any]:
     }
 
 
+SHAPES_MANIFEST = "manifest.json"
+"""Written by `make train-world` into models/shapes/: what the trained components settled (decode
+defaults, conditioning widths, the encoder's identity, the LoRA shape); merged over `_shapes`."""
+
+
+def _shapes(root: Path) -> dict[str, Any]:
+    """Every component trained on the shapes world by `make train-world` (`nextgpt.training.world_build`),
+    the tiny LLM chat-tuned. The paths are fixed; the rest comes from the build's manifest when present."""
+    base = root / "shapes"
+    raw = _tiny(root)
+    raw.update(
+        name="shapes",
+        description="every component trained on the synthetic shapes world (`make train-world`); CPU",
+        delta_checkpoint=base / "nextgpt" / "pytorch_model.pt",
+    )
+    raw["encoder"].update(checkpoint=base / "imagebind" / "imagebind_shapes.pth", arch="shapes", embed_dim=64)
+    raw["encoder"]["model_id"] = "imagebind-shapes"
+    raw["input_projector"]["in_dim"] = 64
+    raw["llm"]["base_dir"] = base / "vicuna"
+    for modality, folder in (("image", "stable-diffusion"), ("video", "zeroscope"), ("audio", "audioldm")):
+        raw["decoders"][modality]["pipeline_dir"] = base / folder
+    manifest = base / SHAPES_MANIFEST
+    if manifest.is_file():
+        _deep_merge(raw, json.loads(manifest.read_text()))
+    return raw
+
+
 def _tiva_v0(root: Path) -> dict[str, Any]:
     base = root / "nextgpt-7b-tiva-v0"
     return {
@@ -136,7 +163,7 @@ def _tiva_v0(root: Path) -> dict[str, Any]:
     }
 
 
-BUILTIN_PROFILES = {"tiny": _tiny, "nextgpt-7b-tiva-v0": _tiva_v0}
+BUILTIN_PROFILES = {"tiny": _tiny, "shapes": _shapes, "nextgpt-7b-tiva-v0": _tiva_v0}
 
 
 def profile_names() -> list[str]:

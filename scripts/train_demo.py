@@ -6,15 +6,9 @@ pytorch_model.pt), out/train-demo/profile.yaml (the tiny profile pointed at the 
 figures and the held-out generation rates (complete image span for "show me a picture of ..." prompts,
 no span for plain text questions; no forcing).
 
-Stage 0 first chat-tunes the tiny LLM base (`nextgpt.training.base_chat`): the tiny profile's Llama is
-random, and NExT-GPT's recipe starts from a trained chat model (Vicuna) that it keeps frozen; a frozen
-random base never gets confident enough about ordinary tokens to reach the `###` stop. The whole tiny
-Llama is fine-tuned as a causal LM on the world's dialogues (legacy prompt format, no signal tokens, no
-media) and saved to out/train-demo/base/; the three stages and profile.yaml use it as `llm.base_dir`.
-
-The base is frozen in stages 1-3, so stage 3 uses a LoRA on every projection (attention and MLP,
-r=32) instead of the profile's attention-only r=8: with only attention LoRA the frozen random MLPs and
-LM head leave too little room to learn the replies.
+Stage 0 first chat-tunes the tiny LLM base and saves it to out/train-demo/base/; the three stages and
+profile.yaml use it as `llm.base_dir` (`nextgpt.training.world_stages`, shared with `make train-world`,
+says why and with which LoRA).
 """
 
 from __future__ import annotations
@@ -27,9 +21,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import yaml  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
 _parser = argparse.ArgumentParser(
     description="The three training stages on the shapes world, then the check."
 )
@@ -38,68 +29,6 @@ _parser.add_argument("--world-seed", type=int, default=0, help="seed of the gene
 ARGS = _parser.parse_args()
 OUT = Path(ARGS.out)
 WORLD = OUT / "world"
-DEMO_LORA = {
-    "r": 32,
-    "alpha": 32,
-    "dropout": 0.05,
-    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
-N_INSTRUCTIONS = 832
-"""Dialogues in the world: 2.6 times the generator's default, for more varied plain text requests."""
-STAGES: dict[str, dict] = {
-    "encoder": {
-        "data": [
-            {"kind": "pairs", "path": str(WORLD / "cc3m.json"), "modality": "image"},
-            {"kind": "pairs", "path": str(WORLD / "webvid.json"), "modality": "video"},
-            {"kind": "pairs", "path": str(WORLD / "audiocaps.json"), "modality": "audio"},
-        ],
-        "lr": 2e-2,
-        "epochs": 6,
-        "init": "base",
-    },
-    "decoder": {
-        "data": [
-            {"kind": "pairs", "path": str(WORLD / "cc3m.json"), "modality": "image"},
-            {"kind": "instructions", "path": str(WORLD / "instructions.json")},
-        ],
-        "lr": 1e-2,
-        "epochs": 8,
-        "init": str(OUT / "encoder"),
-    },
-    "instruct": {
-        "data": [{"kind": "instructions", "path": str(WORLD / "instructions.json")}],
-        "lr": 5e-3,
-        "epochs": 31,
-        "init": str(OUT / "decoder"),
-        "lora": DEMO_LORA,
-    },
-}
-
-
-def plot(records: list[dict], path: Path, title: str) -> None:
-    """Loss curves drawn with PIL (no plotting dependency): one polyline per loss part."""
-    width, height, pad = 640, 360, 40
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    keys = [k for k in ("loss", "ce", "align") if any(k in r for r in records)]
-    values = [r[k] for r in records for k in keys if k in r]
-    top = max(values) if values else 1.0
-    steps = max(len(records), 2)
-    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
-    colours = {"loss": (0, 0, 0), "ce": (30, 90, 220), "align": (220, 60, 30)}
-    for n, key in enumerate(keys):
-        points = [
-            (pad + i * (width - 2 * pad) / (steps - 1), height - pad - r[key] / top * (height - 2 * pad))
-            for i, r in enumerate(records)
-            if key in r
-        ]
-        if len(points) > 1:
-            draw.line(points, fill=colours[key], width=1)
-        draw.text((width - pad - 60, pad + 5 + 12 * n), key, fill=colours[key])
-    draw.text((pad, 12), f"{title}: steps 1..{len(records)}, y 0..{top:.2f}", fill="black")
-    image.save(path)
-
-
 EVAL_SEEDS = (0, 1, 2, 3, 4)
 """Sampling seeds of the held-out check (on the random base one seed's figures swung by 20-40 points)."""
 
@@ -161,56 +90,13 @@ def evaluate(profile_yaml: Path) -> dict:
 
 
 def main() -> None:
-    from nextgpt.profiles import load_profile
-    from nextgpt.training.base_chat import BaseChatConfig, chat_tune_base, dialogue_texts
-    from nextgpt.training.config import TrainConfig
     from nextgpt.training.data.synthetic import WorldConfig, make_world
-    from nextgpt.training.runner import read_metrics, run_stage
+    from nextgpt.training.world_stages import N_INSTRUCTIONS, train_llm_stages
 
     started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
     make_world(WORLD, WorldConfig(seed=ARGS.world_seed, n_instructions=N_INSTRUCTIONS))
-    summary: dict = {"stages": {}}
-    base_dir = (OUT / "base").resolve()
-    t0 = time.perf_counter()
-    profile = load_profile("tiny")
-    texts = dialogue_texts(WORLD / "instructions.json")
-    stage0 = chat_tune_base(profile.llm.base_dir, texts, base_dir, BaseChatConfig())
-    summary["stages"]["base_chat"] = {**stage0, "seconds": round(time.perf_counter() - t0, 1)}
-    base_yaml = OUT / "base-profile.yaml"
-    base_yaml.write_text(yaml.safe_dump({"profile": "tiny", "llm": {"base_dir": str(base_dir)}}))
-    for stage, settings in STAGES.items():
-        cfg = TrainConfig(
-            stage=stage,  # type: ignore[arg-type]
-            output_dir=OUT / stage,
-            batch_size=8,
-            save_every=500,
-            warmup_ratio=0.03,
-            targets_dir=OUT / "targets",
-            profile_config=base_yaml,
-            **settings,
-        )
-        (OUT / f"{stage}.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        t0 = time.perf_counter()
-        result = run_stage(cfg)
-        records = read_metrics(cfg.output_dir / "metrics.jsonl")
-        plot(records, cfg.output_dir / "loss.png", f"stage {stage}")
-        summary["stages"][stage] = {
-            "steps": result["steps"],
-            "seconds": round(time.perf_counter() - t0, 1),
-            "first": result["first"],
-            "last": result["last"],
-        }
-    profile_yaml = OUT / "profile.yaml"
-    profile_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "profile": "tiny",
-                "delta_checkpoint": str((OUT / "instruct" / "pytorch_model.pt").resolve()),
-                "llm": {"base_dir": str(base_dir), "lora": DEMO_LORA},
-            }
-        )
-    )
+    summary, profile_yaml = train_llm_stages(OUT, WORLD, {"profile": "tiny"})
     summary["generation"] = evaluate(profile_yaml)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -12,7 +12,7 @@ from nextgpt.profiles import load_profile, profile_names
 
 
 def test_builtin_profiles_have_the_designed_shapes():
-    assert profile_names() == ["tiny", "nextgpt-7b-tiva-v0"]
+    assert profile_names() == ["tiny", "shapes", "nextgpt-7b-tiva-v0"]
     real = load_profile("nextgpt-7b-tiva-v0", models_dir="/m", env={})
     assert (real.input_projector.in_dim, real.input_projector.out_dim) == (1024, 4096)
     shapes = {m: (p.num_signal_tokens, p.num_queries, p.out_dim) for m, p in real.output_projectors.items()}
@@ -23,6 +23,24 @@ def test_builtin_profiles_have_the_designed_shapes():
     tiny = load_profile(env={})
     assert tiny.name == "tiny"
     assert tiny.output_projectors["audio"].normalize and not tiny.output_projectors["image"].normalize
+
+
+def test_shapes_profile_reads_the_manifest_of_its_build(tmp_path):
+    """Fixed paths under models/shapes/; what the build settled (decode defaults, widths) from its
+    manifest, when there is one."""
+    before = load_profile("shapes", models_dir=tmp_path, env={})
+    assert before.encoder.arch == "shapes" and before.input_projector.in_dim == before.encoder.embed_dim
+    assert before.decoders["image"].pipeline_dir == tmp_path / "shapes" / "stable-diffusion"
+    assert before.llm.base_dir == tmp_path / "shapes" / "vicuna"
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "manifest.json").write_text(
+        '{"decoders": {"image": {"defaults": {"steps": 20, "height": 32, "width": 32}}},'
+        ' "output_projectors": {"audio": {"out_dim": 40}}}'
+    )
+    after = load_profile("shapes", models_dir=tmp_path, env={})
+    assert after.decoders["image"].defaults.steps == 20 and after.decoders["image"].defaults.height == 32
+    assert after.output_projectors["audio"].out_dim == 40
+    assert after.decoders["video"].defaults == before.decoders["video"].defaults
 
 
 def test_yaml_file_then_env_override(tmp_path):
