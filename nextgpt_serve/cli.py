@@ -1,5 +1,5 @@
 """The `nextgpt` command line: serving (up, demo, generate), models (init-tiny, profiles,
-prepare-vicuna) and training (make-synthetic, precompute-targets, train, export-checkpoint)."""
+prepare-vicuna) and training (make-synthetic, precompute-targets, train, export-checkpoint, eval-world)."""
 
 from __future__ import annotations
 
@@ -402,6 +402,56 @@ def export_checkpoint_cmd(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"wrote {out}")
+
+
+@app.command("eval-world")
+def eval_world_cmd(
+    out: Annotated[Path, typer.Option(help="where to write eval-world.json and eval-world.md")] = Path(
+        "out/eval-world"
+    ),
+    seeds: Annotated[str, typer.Option(help="comma-separated sampling / diffusion seeds")] = "0,1",
+    items: Annotated[int, typer.Option(help="prompts per task and seed")] = 12,
+    tasks: Annotated[str, typer.Option(help="comma-separated tasks, e.g. text->image,image->text")] = "all",
+    profile: Annotated[str | None, typer.Option("--profile", help="profile name (default: shapes)")] = None,
+    config: ConfigOpt = None,
+    models_dir: ModelsOpt = None,
+) -> None:
+    """Ask the shapes-world model held-out prompts of every task; score its media and replies with
+    independent classifiers (colour, shape, motion, pitch); print and save the table."""
+    from nextgpt.pipeline import NextGPT
+    from nextgpt.profiles import load_profile
+    from nextgpt.training.world_eval.end_to_end import TASKS, EvalWorldConfig, evaluate_world, markdown_table
+
+    wanted = TASKS if tasks == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip())
+    unknown = set(wanted) - set(TASKS)
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(","))
+    except ValueError:
+        seed_list = ()
+    if unknown or not wanted or not seed_list or items < 1:
+        console.print(f"[red]error:[/red] --tasks from {', '.join(TASKS)}; --seeds integers; --items >= 1")
+        raise typer.Exit(2)
+    try:
+        prof = load_profile(
+            profile or (None if config else "shapes"), config_file=config, models_dir=models_dir
+        )
+        missing = prof.missing_paths()
+        if missing:
+            raise NextGPTError(
+                f"profile {prof.name} lacks {', '.join(f'{k} ({v})' for k, v in missing.items())}; "
+                "build the shapes profile with `make train-world`"
+            )
+        model = NextGPT.from_profile(prof, progress=True)
+    except NextGPTError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    result = evaluate_world(model, EvalWorldConfig(seeds=seed_list, items=items, tasks=wanted))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval-world.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown_table(result)
+    (out / "eval-world.md").write_text(table + "\n")
+    Console().print(table)
+    console.print(f"items and replies in [bold]{out / 'eval-world.json'}[/bold]")
 
 
 def _local_gateway() -> str | None:
