@@ -18,6 +18,7 @@ help:
 	@echo "make test-vllm - install vLLM's CPU build (setup-vllm) and run the vLLM engine + cluster tests"
 	@echo "make test-gpu - the gpu tests (tests/gpu) on a CUDA machine (venv set up with TORCH_VARIANT=cuda)"
 	@echo "make train-demo - stage 0 + the three training stages on the shapes world, report in out/train-demo/"
+	@echo "make train-world - train the whole shapes profile (every component), report in out/train-world/"
 	@echo "make up     - run the local cluster (Redis, services, gateway) until Ctrl-C"
 	@echo "make load   - locust load test (mixed REST + gRPC traffic) against a local cluster, report in out/load/"
 	@echo "make bench-serve - serving benchmark: serial loop vs the cluster (hf, vllm) at 1..32 clients, bench/results/"
@@ -98,6 +99,13 @@ clean:
 .PHONY: train-demo
 train-demo: models
 	$(BIN)/python scripts/train_demo.py out/train-demo
+
+# Every component of the `shapes` profile trained on the shapes world from one seed (two trainers at a time,
+# one core each), installed under $(MODELS_DIR)/shapes/, evaluated with `nextgpt eval-world`; report.md,
+# report.json, samples.png and each part's report under out/train-world/. Resumable: run it again after a stop.
+.PHONY: train-world
+train-world: models
+	$(BIN)/python scripts/train_world.py --out out/train-world --models-dir $(MODELS_DIR)
 
 # Containers: scripts/images.sh starts dockerd where none runs and builds nextgpt/<target>:$(VARIANT) (with a
 # local Debian base and Redis image where no registry is reachable); scripts/compose_test.sh then runs

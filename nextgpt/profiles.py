@@ -112,8 +112,9 @@ def _tiny(root: Path) -> dict[str, Any]:
 
 
 SHAPES_MANIFEST = "manifest.json"
-"""Written by `make train-world` into models/shapes/: what the trained components settled (decode
-defaults, conditioning widths, the encoder's identity, the LoRA shape); merged over `_shapes`."""
+"""Written by `make train-world` into models/shapes/: under "profile", what the trained components settled
+(decode defaults, conditioning widths, the encoder's identity, the LoRA shape), merged over `_shapes`;
+under "built", how they were built (seed, sizes)."""
 
 
 def _shapes(root: Path) -> dict[str, Any]:
@@ -134,7 +135,7 @@ def _shapes(root: Path) -> dict[str, Any]:
         raw["decoders"][modality]["pipeline_dir"] = base / folder
     manifest = base / SHAPES_MANIFEST
     if manifest.is_file():
-        _deep_merge(raw, json.loads(manifest.read_text()))
+        merge_into(raw, json.loads(manifest.read_text()).get("profile", {}))
     return raw
 
 
@@ -187,8 +188,8 @@ def load_profile(
         raise ConfigError(f"unknown profile {name!r}; choose one of {profile_names()}")
     root = Path(models_dir or env.get("NEXTGPT_MODELS_DIR") or default_models_dir())
     raw = BUILTIN_PROFILES[name](root)
-    _deep_merge(raw, overrides)
-    _deep_merge(raw, _env_overrides(env))
+    merge_into(raw, overrides)
+    merge_into(raw, _env_overrides(env))
     return build_profile(raw)
 
 
@@ -232,10 +233,12 @@ def _parse_scalar(value: str) -> Any:
         return value
 
 
-def _deep_merge(target: dict[str, Any], updates: dict[str, Any]) -> None:
+def merge_into(target: dict[str, Any], updates: dict[str, Any]) -> None:
+    """Nested dicts merged key by key, anything else replaced (a copy): how every layer of a profile
+    applies."""
     for key, value in updates.items():
         if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _deep_merge(target[key], value)
+            merge_into(target[key], value)
         else:
             target[key] = copy.deepcopy(value)
 

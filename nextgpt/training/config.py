@@ -64,8 +64,9 @@ class TrainConfig:
     data: list[DataSource] = field(default_factory=list)
     """Stage 1 reads `pairs`; stage 2 the captions of `pairs` and the output captions of `instructions`;
     stage 3 `instructions`."""
-    profile: str = "tiny"
-    """Profile naming the frozen components (nextgpt.profiles)."""
+    profile: str | None = None
+    """Profile naming the frozen components (nextgpt.profiles); None: the `profile:` of profile_config,
+    else NEXTGPT_PROFILE, else tiny (the rule of `load_profile`)."""
     profile_config: Path | None = None
     """Optional YAML/TOML overriding the profile (as `nextgpt generate --config`)."""
     models_dir: Path | None = None

@@ -34,8 +34,8 @@ def test_shapes_profile_reads_the_manifest_of_its_build(tmp_path):
     assert before.llm.base_dir == tmp_path / "shapes" / "vicuna"
     (tmp_path / "shapes").mkdir()
     (tmp_path / "shapes" / "manifest.json").write_text(
-        '{"decoders": {"image": {"defaults": {"steps": 20, "height": 32, "width": 32}}},'
-        ' "output_projectors": {"audio": {"out_dim": 40}}}'
+        '{"profile": {"decoders": {"image": {"defaults": {"steps": 20, "height": 32, "width": 32}}},'
+        ' "output_projectors": {"audio": {"out_dim": 40}}}, "built": {"seed": 3}}'
     )
     after = load_profile("shapes", models_dir=tmp_path, env={})
     assert after.decoders["image"].defaults.steps == 20 and after.decoders["image"].defaults.height == 32

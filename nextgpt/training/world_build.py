@@ -1,0 +1,328 @@
+"""`make train-world`: the whole `shapes` profile from one seed, then its evaluation (issue 12).
+
+1. the world (`synthetic.make_world`, the train-demo's size) under OUT/world/;
+2. the foundation components, each by its trainer in `nextgpt.training.foundation`, two at a time in
+   worker processes (one thread each; every trainer is deterministic for its seed at one thread):
+   ImageBind encoder, Stable-Diffusion image, Zeroscope video and AudioLDM audio pipelines, each into
+   OUT/<part>/ with its own report.json and samples;
+3. installed where the `shapes` profile looks (MODELS/shapes/, `nextgpt.profiles._shapes`), with a
+   manifest.json of what the trainers settled (decode defaults, conditioning widths);
+4. stage 0 and the three NExT-GPT stages on that profile (`world_stages.train_llm_stages`), whose stage-2
+   targets are these decoders' own text encoders; the chat-tuned base and the delta join the profile;
+5. `nextgpt eval-world`'s evaluation and a grid of samples; OUT/report.json and OUT/report.md.
+
+Resumable: a part whose OUT/<part>/report.json holds the same config is not trained again, and each
+trainer keeps its loop state under OUT/<part>/state, so a killed build continues where it stopped.
+`smoke=True` runs every step with the trainers' reduced settings (seconds each): `make test` uses it to
+check the wiring, not the quality.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import shutil
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from nextgpt.training.world_eval.end_to_end import EvalWorldConfig
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("encoder", "image", "video", "audio")
+"""Foundation parts, longest first within each worker's likely share (image ~14 CPU-min, video ~12,
+audio ~6, encoder ~5)."""
+FOLDERS = {"image": "stable-diffusion", "video": "zeroscope", "audio": "audioldm"}
+"""Where the `shapes` profile reads each pipeline, under MODELS/shapes/."""
+ENCODER_FILE = Path("imagebind") / "imagebind_shapes.pth"
+
+
+@dataclass
+class WorldBuildConfig:
+    seed: int = 0
+    """Seed of the world and of every trainer."""
+    out: Path = Path("out/train-world")
+    models_dir: Path = Path("models")
+    workers: int = 2
+    """Parts trained at once (processes of one thread each); 1 trains them here, one after another."""
+    smoke: bool = False
+    """Reduced settings everywhere: checks the wiring in about two minutes, learns nothing useful."""
+    evaluation: EvalWorldConfig = field(default_factory=EvalWorldConfig)
+    parts: tuple[str, ...] = PARTS
+
+
+def world_config(cfg: WorldBuildConfig) -> Any:
+    from nextgpt.training.data.synthetic import WorldConfig
+    from nextgpt.training.world_stages import N_INSTRUCTIONS
+
+    if cfg.smoke:
+        return WorldConfig(seed=cfg.seed, n_images=48, n_videos=16, n_audios=16, n_instructions=64)
+    return WorldConfig(seed=cfg.seed, n_instructions=N_INSTRUCTIONS)
+
+
+def part_config(part: str, seed: int, smoke: bool) -> Any:
+    """The trainer config of `part`: its defaults (the profile's), or its reduced test settings."""
+    if part == "encoder":
+        from nextgpt.training.foundation.encoder import EncoderTrainConfig
+
+        if smoke:  # tests/nextgpt/training/foundation/test_encoder.py's settings
+            return EncoderTrainConfig(
+                seed=seed, steps=8, batch_size=8, lr=3e-3, warmup_steps=2, novel_per_caption=1
+            )
+        return EncoderTrainConfig(seed=seed)
+    if part == "image":
+        from nextgpt.training.foundation.image import ImageTrainConfig
+
+        return ImageTrainConfig.reduced(seed) if smoke else ImageTrainConfig(seed=seed)
+    if part == "video":
+        from nextgpt.training.foundation.video import VideoTrainConfig
+
+        return VideoTrainConfig.reduced(seed) if smoke else VideoTrainConfig(seed=seed)
+    from nextgpt.training.foundation.audio_parts import AudioTrainConfig
+
+    return AudioTrainConfig.reduced(seed) if smoke else AudioTrainConfig(seed=seed)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _done(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The part's report when it was trained already with this config (a resumed build skips it)."""
+    path = out / "report.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get("build_config") == config else None
+
+
+def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) -> dict[str, Any]:
+    """Train one foundation part into `out` (run in a worker process); returns its report."""
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    cfg = part_config(part, seed, smoke)
+    config = _jsonable(asdict(cfg))
+    if (report := _done(out, config)) is not None:
+        logger.info("%s: trained already (%s), skipped", part, out / "report.json")
+        return report
+    out.mkdir(parents=True, exist_ok=True)
+    if part == "encoder":
+        from nextgpt.training.foundation.encoder import train_encoder
+
+        report = train_encoder(world_dir, out / "imagebind_shapes.pth", cfg, state_dir=out / "state")
+    elif part == "image":
+        from nextgpt.training.foundation.image import train_image_pipeline
+
+        report = train_image_pipeline(out, cfg)
+    elif part == "video":
+        from nextgpt.training.foundation.video import train_video_pipeline
+
+        report = train_video_pipeline(out, cfg)
+    else:
+        from nextgpt.training.foundation.audio import train_audio_pipeline
+
+        report = train_audio_pipeline(out, cfg)
+    report = {**_jsonable(report), "build_config": config}
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def train_parts(cfg: WorldBuildConfig, world_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every foundation part, `cfg.workers` at a time."""
+    args = {p: (p, world_dir, cfg.out / p, cfg.seed, cfg.smoke) for p in cfg.parts}
+    if cfg.workers <= 1:
+        return {p: train_part(*a) for p, a in args.items()}
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=context) as pool:
+        futures: dict[str, Future[dict[str, Any]]] = {p: pool.submit(train_part, *a) for p, a in args.items()}
+        return {p: f.result() for p, f in futures.items()}
+
+
+def install(cfg: WorldBuildConfig, reports: dict[str, dict[str, Any]]) -> Path:
+    """Copy the trained parts where the `shapes` profile reads them; write its manifest. Returns
+    MODELS/shapes."""
+    from nextgpt.profiles import SHAPES_MANIFEST
+
+    root = cfg.models_dir / "shapes"
+    root.mkdir(parents=True, exist_ok=True)
+    profile: dict[str, Any] = {"decoders": {}, "output_projectors": {}}
+    if "encoder" in reports:
+        target = root / ENCODER_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(reports["encoder"]["checkpoint"], target)
+        dim = int(reports["encoder"]["embed_dim"])
+        profile["encoder"] = {"embed_dim": dim, "model_id": f"imagebind-shapes-seed{cfg.seed}"}
+        profile["input_projector"] = {"in_dim": dim}
+    for modality, folder in FOLDERS.items():
+        if modality not in reports:
+            continue
+        report = reports[modality]
+        target = root / folder
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(report["pipeline_dir"], target)
+        profile["decoders"][modality] = {"defaults": report["decode_defaults"]}
+        profile["output_projectors"][modality] = {"out_dim": int(report["config"]["cond_dim"])}
+    built = {"seed": cfg.seed, "smoke": cfg.smoke, "parts": sorted(reports)}
+    write_manifest(root / SHAPES_MANIFEST, {"profile": profile, "built": built})
+    return root
+
+
+def write_manifest(path: Path, updates: dict[str, Any]) -> None:
+    """Merge `updates` into the manifest at `path` (steps of a build add to it)."""
+    from nextgpt.profiles import merge_into
+
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    merge_into(current, updates)
+    path.write_text(json.dumps(current, indent=1) + "\n")
+
+
+def train_llm(cfg: WorldBuildConfig, world_dir: Path, root: Path) -> dict[str, Any]:
+    """Stage 0 on the tiny Llama, the three stages on the `shapes` profile; the base and the delta are
+    installed under `root`."""
+    from nextgpt.profiles import SHAPES_MANIFEST, load_profile
+    from nextgpt.training.world_stages import StagePlan, train_llm_stages
+
+    tiny_base = load_profile("tiny", models_dir=cfg.models_dir, env={}).llm.base_dir
+    plan = (
+        StagePlan(base_steps=4, encoder_epochs=1, decoder_epochs=1, instruct_epochs=1)
+        if cfg.smoke
+        else StagePlan()
+    )
+    start = {"profile": "shapes", "llm": {"base_dir": str(tiny_base.resolve())}}
+    summary, _ = train_llm_stages(cfg.out / "llm", world_dir, start, plan, models_dir=cfg.models_dir)
+    base = root / "vicuna"
+    if base.exists():
+        shutil.rmtree(base)
+    shutil.copytree(cfg.out / "llm" / "base", base)
+    (root / "nextgpt").mkdir(exist_ok=True)
+    shutil.copy2(cfg.out / "llm" / "instruct" / "pytorch_model.pt", root / "nextgpt" / "pytorch_model.pt")
+    write_manifest(root / SHAPES_MANIFEST, {"profile": {"llm": {"lora": plan.lora}}})
+    return summary
+
+
+def draw_samples(model: Any, path: Path, seed: int) -> Path:
+    """A PNG grid: per prompt, what the served model drew (pictures; a video's frames; a sound's log
+    spectrogram), the prompt written beside it."""
+    from nextgpt.config import GenerationOptions
+    from nextgpt.media.decode import read_audio, read_image, read_video
+    from nextgpt.types import Message
+
+    prompts = [
+        "Show me a green triangle on a black background.",
+        "Show me a picture of a red circle on a white background.",
+        "Can you draw a yellow star on a gray background?",
+        "Show me a video of a blue square moving left.",
+        "Show me a video of a purple circle moving up.",
+        "Play me a high tone.",
+        "Play me a falling sweep.",
+    ]
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    for prompt in prompts:
+        result = model.generate([Message("user", prompt)], GenerationOptions(seed=seed, max_new_tokens=48))
+        tiles: list[np.ndarray] = []
+        for item in result.media[:1]:
+            if item.modality == "image":
+                tiles = [np.asarray(read_image(item.data))]
+            elif item.modality == "video":
+                tiles = list(read_video(item.data).frames)
+            else:
+                wave, _ = read_audio(item.data, sample_rate=16000)  # (channels, samples)
+                tiles = [_spectrogram_tile(wave.mean(axis=0))]
+        rows.append((f"{prompt} -> {result.text[:60]}", tiles))
+    side, pad, label = 64, 4, 300
+    width = label + 8 * (side + pad) + pad
+    grid = Image.new("RGB", (width, len(rows) * (side + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (text, tiles) in enumerate(rows):
+        top = pad + r * (side + pad)
+        draw.text((pad, top + side // 2 - 6), text[:48], fill="black")
+        for k, tile in enumerate(tiles[:8]):
+            picture = Image.fromarray(np.asarray(tile, dtype=np.uint8)).resize(
+                (side, side), Image.Resampling.NEAREST
+            )
+            grid.paste(picture, (label + k * (side + pad), top))
+    grid.save(path)
+    return path
+
+
+def _spectrogram_tile(wave: np.ndarray) -> np.ndarray:
+    """(64, 64, 3) uint8 log spectrogram, low frequencies at the bottom."""
+    from nextgpt.training.world_eval.audio import spectrogram
+
+    spec = np.log1p(spectrogram(np.asarray(wave, dtype=np.float64), 512, 256))  # (frames, bins)
+    spec = spec[:, : spec.shape[1] // 2]  # up to 4 kHz
+    spec = (255 * spec / max(float(spec.max()), 1e-9)).T[::-1]  # (bins, frames)
+    tile = np.asarray(Image.fromarray(spec.astype(np.uint8)).resize((64, 64)))
+    return np.repeat(tile[..., None], 3, axis=2)
+
+
+def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
+    """Steps 1-5 of the module docstring; returns the report (also OUT/report.json)."""
+    from nextgpt.pipeline import NextGPT
+    from nextgpt.profiles import load_profile
+    from nextgpt.training.data.synthetic import make_world
+    from nextgpt.training.world_eval.end_to_end import evaluate_world, markdown_table
+
+    cfg = cfg or WorldBuildConfig()
+    t0 = time.perf_counter()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    world_dir = cfg.out / "world"
+    world = world_config(cfg)
+    make_world(world_dir, world)
+    seconds: dict[str, float] = {}
+    reports = train_parts(cfg, world_dir)
+    seconds["foundation"] = time.perf_counter() - t0
+    root = install(cfg, reports)
+    t1 = time.perf_counter()
+    stages = train_llm(cfg, world_dir, root)
+    seconds["llm"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    model = NextGPT.from_profile(load_profile("shapes", models_dir=cfg.models_dir, env={}))
+    evaluation = cfg.evaluation if not cfg.smoke else EvalWorldConfig(seeds=(0,), items=1)
+    evaluation.world = world
+    result = evaluate_world(model, evaluation)
+    grid = draw_samples(model, cfg.out / "samples.png", cfg.seed)
+    seconds["evaluate"] = time.perf_counter() - t1
+    seconds["total"] = time.perf_counter() - t0
+    report = {
+        "seed": cfg.seed,
+        "smoke": cfg.smoke,
+        "profile_dir": str(root),
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "foundation": {p: _summary(r) for p, r in reports.items()},
+        "stages": stages["stages"],
+        "evaluation": {t: {k: v for k, v in r.items() if k != "items"} for t, r in result["tasks"].items()},
+        "samples": str(grid),
+    }
+    (cfg.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (cfg.out / "eval-world.json").write_text(json.dumps(result, indent=1) + "\n")
+    (cfg.out / "report.md").write_text(
+        f"shapes profile, seed {cfg.seed}, built in {seconds['total'] / 60:.1f} min\n\n"
+        + markdown_table(result)
+        + "\n"
+    )
+    return report
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """A part's report without its long lists (every step's loss, every item)."""
+    keep = ("heldout", "novel", "parts", "loss_first", "loss_last", "seconds", "train_cpu_seconds", "samples")
+    return {k: _trim(report[k]) for k in keep if k in report}
+
+
+def _trim(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _trim(v) for k, v in value.items() if not (isinstance(v, list) and len(v) > 16)}
+    return value
