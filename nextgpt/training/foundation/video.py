@@ -1,0 +1,581 @@
+"""The `shapes` profile's Zeroscope-format text-to-video pipeline, trained on the shapes world (issue 12).
+
+Three separately trained parts, each with its own run of the shared loop (`loop.py`), then wired into the
+real `TextToVideoSDPipeline` and saved with `save_pretrained`, so that the served `VideoDecoder` loads it
+unchanged. As in Zeroscope, the VAE is an image VAE applied to every frame (`decode_latents` folds the
+frames into the batch) and the 3D UNet denoises the (C, frames, h, w) latents of a whole clip at once.
+
+1. the VAE (`AutoencoderKL`, x4: 32 px frames -> 8 x 8 x 4 latents): reconstruction (MSE + L1) and a
+   small KL on single frames of clips rendered on the fly;
+2. the CLIP-format text encoder (`CLIPTextModel`, real CLIP tokenizer): attribute heads (colour, shape,
+   direction) on the mean of its 77 states, over the world's caption and paraphrases of it, as the image
+   trainer's; then frozen, so that the UNet's conditioning (and the video output projector's stage-2
+   target) is a fixed function of the caption;
+3. the UNet (`UNet3DConditionModel`): `train_denoiser`'s epsilon prediction under Zeroscope's schedule
+   (the saved DDIM scheduler's `alphas_cumprod`), min-SNR weighting, and the empty caption for 10% of the
+   clips so that classifier-free guidance works. Its temporal convolutions, zero-padded over the frames,
+   tell each frame where it sits in the clip (the temporal attention has no positions), which is what
+   turns "left" into a track.
+
+The trainer's held-out (colour, shape, direction) combinations never appear in training (neither as clips
+nor as captions), nor do the HELDOUT_TEMPLATES phrasings; `train_video_pipeline` ends by asking for the
+held-out combinations through the real decoder, in the world's caption and in those phrasings, and
+scoring the clips with `world_eval`'s video classifiers (colour, shape, direction of the centroid track).
+
+Measured (see `VideoTrainConfig`): about ... s of CPU for a full run at one thread.
+
+Every random draw comes from the loop's per-step generator or from generators seeded by `cfg.seed`, so a
+seed gives the same weights (with a fixed thread count; run with OMP_NUM_THREADS=1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_3d_condition import UNet3DConditionModel
+from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_synth import (
+    TextToVideoSDPipeline,
+)
+from PIL import Image, ImageDraw
+from torch import nn
+from torch.nn import functional as F
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from nextgpt import tiny_profile as dims
+from nextgpt.config import DecodeDefaults, DecoderConfig
+from nextgpt.tiny.diffusion import build_clip_tokenizer, clip_text_encoder, sd_scheduler_kwargs
+from nextgpt.training.data.synthetic import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    article,
+    draw_shape,
+    video_caption,
+)
+from nextgpt.training.foundation.diffusion import alphas_cumprod, train_denoiser
+from nextgpt.training.foundation.image import PartResult, encode_captions, tokenize, with_fillers
+from nextgpt.training.foundation.loop import LoopConfig, train
+from nextgpt.training.world_eval import evaluate_world_media
+
+logger = logging.getLogger(__name__)
+
+Combo = tuple[str, str, str]
+"""(colour, shape, direction)."""
+ATTRIBUTES = ("colour", "shape", "direction")
+
+ALONG = {"left": "to the left", "right": "to the right", "up": "upwards", "down": "downwards"}
+"""Each direction as an adverb, for the phrasings that say "drifting to the left"."""
+TEMPLATES = (
+    "{a} {c} {s} moving {d}",  # the world's own caption (`video_caption`)
+    "{c} {s} moving {d}",
+    "a video of {a} {c} {s} moving {d}",
+    "{a} {c} {s} that moves {d}",
+    "{a} {c} {s} going {d}",
+    "a {s} in {c} moving {along}",
+    "{c} {s} sliding {along}",
+    "a clip of {a} {c} {s} travelling {d}",
+    "{a} {c} {s} drifting {along}",
+)
+"""Caption phrasings trained on: the world's caption first, then paraphrases (the LLM's phrasings vary)."""
+HELDOUT_TEMPLATES = (
+    "one {c} {s} heading {d} across a blank frame",
+    "watch {a} {c} {s} as it glides {along}",
+)
+"""Phrasings never trained on, for the held-out evaluation; none of their other words is in TEMPLATES or
+FILLERS but "a", "to" and "the"."""
+
+
+@dataclass
+class VideoTrainConfig:
+    """Sizes and step counts of the video pipeline; the defaults are the `shapes` profile's.
+
+    Measured at the defaults: ..."""
+
+    seed: int = 0
+    frame_size: int = 32
+    """Side of the generated frames, in pixels (a multiple of 8; the VAE downsamples x4)."""
+    num_frames: int = 8
+    """Frames of a clip, in training and as served (the world's `video_frames`)."""
+    fps: int = 4
+    """Frames per second of the served MP4 (the world's `video_fps`)."""
+    radius: tuple[float, float] = (0.16, 0.24)
+    """Shape radius range as a share of the side: larger than the world's 0.12-0.2, legible at 32 px, and
+    still leaving the shape half the frame to cross."""
+    n_heldout: int = 8
+    """(colour, shape, direction) combinations kept out of training (of 96), drawn from `seed`."""
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    """VAE block widths; len - 1 downsamplings."""
+    latent_channels: int = 4
+    vae_steps: int = 300
+    vae_batch: int = 16
+    """Frames per VAE step, each from a fresh clip."""
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    foreground_weight: float = 4.0
+    """Extra weight of the shape's pixels in the VAE's reconstruction loss. The shape covers a tenth of a
+    white frame; unweighted, 300 steps reconstructed every shape in place but in one brownish grey
+    (held-out colour 0%)."""
+    cond_dim: int = dims.VIDEO_COND_DIM
+    """Width of the CLIP text states the UNet cross-attends to (the video output projector's target width)."""
+    text_steps: int = 200
+    filled_copies: int = 2
+    """Copies of each training caption with 1-2 random FILLERS words, for the text stage."""
+    text_batch: int = 64
+    text_lr: float = 2e-3
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    """UNet block widths; len - 1 downsamplings of the latent."""
+    unet_steps: int = 600
+    unet_batch: int = 8
+    """Clips per UNet step (each num_frames frames)."""
+    unet_lr: float = 2e-3
+    bank_size: int = 1536
+    """Training clips encoded once by the trained VAE and drawn from by the UNet's steps."""
+    uncond_prob: float = 0.1
+    """Share of UNet examples conditioned on the empty caption (classifier-free guidance)."""
+    snr_gamma: float | None = 5.0
+    """Min-SNR loss weighting (Hang et al. 2023); None for the plain epsilon MSE."""
+    eval_steps: int = 20
+    """DDIM steps of the held-out evaluation, and the served default."""
+    eval_guidance: float = 5.0
+    eval_seeds: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.frame_size % 8 or self.frame_size < 16:
+            raise ValueError(f"frame_size={self.frame_size} must be a multiple of 8 and >= 16")
+        if self.num_frames < 2:
+            raise ValueError(f"num_frames={self.num_frames} must be >= 2 (a direction needs two frames)")
+        if not 0 < self.radius[0] <= self.radius[1] < 0.3:
+            raise ValueError(f"radius={self.radius} must satisfy 0 < low <= high < 0.3 (room to move)")
+        if not 0 <= self.n_heldout < len(COLOURS) * len(SHAPES) * len(DIRECTIONS):
+            raise ValueError(f"n_heldout={self.n_heldout} must be in [0, 96)")
+        if not 0 <= self.uncond_prob < 1:
+            raise ValueError(f"uncond_prob={self.uncond_prob} must be in [0, 1)")
+        for name in ("vae_steps", "text_steps", "unet_steps", "vae_batch", "text_batch", "unet_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+    @classmethod
+    def reduced(cls, seed: int = 0) -> Self:
+        """For tests: each part learns visibly in seconds; the clips are not yet right."""
+        return cls(
+            seed=seed,
+            vae_channels=(8, 16, 16),
+            vae_steps=30,
+            vae_batch=8,
+            text_steps=30,
+            text_batch=16,
+            unet_channels=(16, 32),
+            unet_steps=30,
+            unet_batch=4,
+            bank_size=32,
+            eval_steps=2,
+            eval_seeds=1,
+            progress=False,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+def all_combos() -> list[Combo]:
+    return [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+
+
+def heldout_combos(cfg: VideoTrainConfig) -> list[Combo]:
+    """`cfg.n_heldout` combinations drawn by `cfg.seed`, kept out of training."""
+    return sorted(random.Random(f"{cfg.seed}:video-heldout").sample(all_combos(), cfg.n_heldout))
+
+
+def train_combos(cfg: VideoTrainConfig) -> list[Combo]:
+    """Every (colour, shape, direction) but the held-out ones."""
+    held = set(heldout_combos(cfg))
+    return [combo for combo in all_combos() if combo not in held]
+
+
+def phrase(template: str, combo: Combo) -> str:
+    """`combo` in `template`."""
+    colour, shape, direction = combo
+    return template.format(a=article(colour), c=colour, s=shape, d=direction, along=ALONG[direction])
+
+
+def render_clip(combo: Combo, cfg: VideoTrainConfig, rng: random.Random) -> np.ndarray:
+    """(T, H, W, 3) uint8: the shape crosses a white frame in its direction at constant speed, as the
+    world's `render_video` draws it, at this trainer's size, frame count and radius."""
+    colour, shape, direction = combo
+    size = cfg.frame_size
+    r = rng.uniform(*cfg.radius) * size
+    lo, hi = r + 1, size - r - 1
+    across = rng.uniform(lo, hi)  # the fixed coordinate
+    frames = []
+    for t in range(cfg.num_frames):
+        f = t / (cfg.num_frames - 1)
+        along = lo + f * (hi - lo) if direction in ("right", "down") else hi - f * (hi - lo)
+        cx, cy = (along, across) if direction in ("left", "right") else (across, along)  # y grows down
+        canvas = Image.new("RGB", (size, size), BACKGROUNDS["white"])
+        draw_shape(canvas, shape, colour, cx, cy, r)
+        frames.append(np.asarray(canvas))
+    return np.stack(frames)
+
+
+def to_tensor(clips: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 (..., H, W, 3) arrays -> (N, 3, H, W) floats in [-1, 1], the VAE's range; a clip's frames
+    become consecutive rows."""
+    pixels = torch.from_numpy(np.stack(clips)).flatten(0, -4)  # (N, H, W, 3)
+    return pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_frames(x: torch.Tensor, n: int) -> np.ndarray:
+    """(n x T, 3, H, W) in [-1, 1] -> (n, T, H, W, 3) floats in [0, 1], as the pipeline returns videos."""
+    frames = ((x.permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1).numpy()
+    return frames.reshape(n, -1, *frames.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Components
+
+
+def build_vae(cfg: VideoTrainConfig) -> AutoencoderKL:
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=1,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=8,
+        sample_size=cfg.frame_size,
+    )
+
+
+def build_unet(cfg: VideoTrainConfig) -> UNet3DConditionModel:
+    # As the image UNet: cross-attention at the finest level (the served decoder shares
+    # `down_blocks.0.attentions.0`'s self-attention across the guidance halves, see
+    # `nextgpt.decoders.video.GUIDANCE_SHARED`), in the mid block and in the last up block.
+    levels = len(cfg.unet_channels)
+    return UNet3DConditionModel(
+        sample_size=cfg.frame_size // 2 ** (len(cfg.vae_channels) - 1),
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D",) + ("DownBlock3D",) * (levels - 1),
+        up_block_types=("UpBlock3D",) * (levels - 1) + ("CrossAttnUpBlock3D",),
+        cross_attention_dim=cfg.cond_dim,
+        # diffusers' name for the number of heads of the spatial and temporal transformers (2 heads of
+        # 16 / 32); `transformer_in` gets 8 heads of this size
+        attention_head_dim=2,
+        norm_num_groups=8,
+    )
+
+
+class AttributeHeads(nn.Module):
+    """Colour, shape and direction read linearly from the mean of the text encoder's states."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.colour = nn.Linear(width, len(COLOURS))
+        self.shape = nn.Linear(width, len(SHAPES))
+        self.direction = nn.Linear(width, len(DIRECTIONS))
+
+    def forward(self, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pooled = states.mean(dim=1)  # (B, D): the padding states after EOS have seen the whole caption
+        heads = (self.colour, self.shape, self.direction)
+        return sum(
+            (F.cross_entropy(head(pooled), labels[:, i]) for i, head in enumerate(heads)), torch.zeros(())
+        )
+
+
+def combo_labels(combos: Sequence[Combo]) -> torch.Tensor:
+    """(N, 3) long: colour, shape and direction indices."""
+    colours = list(COLOURS)
+    return torch.tensor([[colours.index(c), SHAPES.index(s), DIRECTIONS.index(d)] for c, s, d in combos])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The three parts
+
+
+def train_vae(
+    cfg: VideoTrainConfig, combos: Sequence[Combo], state: Path
+) -> tuple[AutoencoderKL, PartResult]:
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg)
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        which = torch.randint(len(combos), (cfg.vae_batch,), generator=gen).tolist()
+        frame = torch.randint(cfg.num_frames, (cfg.vae_batch,), generator=gen).tolist()
+        rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
+        x = to_tensor([render_clip(combos[i], cfg, rng)[f] for i, f in zip(which, frame, strict=True)])
+        posterior = vae.encode(x).latent_dist  # (B, 3, H, W) -> (B, C, h, w)
+        # The mean, not a sample, as the image VAE: the UNet trains on means too.
+        recon = vae.decode(posterior.mean).sample
+        shape = (x < 1).any(dim=1, keepdim=True)  # (B, 1, H, W): not white
+        weight = 1 + cfg.foreground_weight * shape.float()
+        error = (recon - x).pow(2) + (recon - x).abs()  # MSE + L1, per pixel
+        return (weight * error).mean() / weight.mean() + cfg.kl_weight * posterior.kl().mean()
+
+    loop = LoopConfig(steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=min(20, cfg.vae_steps), seed=cfg.seed)
+    result = train(vae, loss_fn, loop, name="video-vae", state_dir=state / "vae", progress=cfg.progress)
+    vae.requires_grad_(False)
+    return vae, PartResult.of(result)
+
+
+def train_text_encoder(
+    cfg: VideoTrainConfig, combos: Sequence[Combo], tokenizer: CLIPTokenizer, state: Path
+) -> tuple[CLIPTextModel, PartResult]:
+    torch.manual_seed(cfg.seed + 1)
+    encoder = clip_text_encoder(cfg.cond_dim)
+    heads = AttributeHeads(cfg.cond_dim)
+    # Each (combo, phrasing) as is and with 1 or 2 filler words: (N x T x (1 + FILLED), 77) ids.
+    rng = random.Random(f"{cfg.seed}:video-text")
+    captions = [
+        with_fillers(phrase(t, c), rng, k % 3)
+        for c in combos
+        for t in TEMPLATES
+        for k in range(1 + cfg.filled_copies)
+    ]
+    ids = tokenize(tokenizer, captions)
+    labels = combo_labels(combos).repeat_interleave(len(captions) // len(combos), dim=0)  # (N x ..., 3)
+    module = nn.ModuleDict({"encoder": encoder, "heads": heads})
+
+    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        pick = torch.randint(len(ids), (cfg.text_batch,), generator=gen)
+        states = encoder(ids[pick]).last_hidden_state  # (B, 77, D)
+        return heads(states, labels[pick])
+
+    loop = LoopConfig(
+        steps=cfg.text_steps, lr=cfg.text_lr, warmup_steps=min(20, cfg.text_steps), seed=cfg.seed
+    )
+    result = train(module, loss_fn, loop, name="video-text", state_dir=state / "text", progress=cfg.progress)
+    encoder.requires_grad_(False)
+    return encoder, PartResult.of(result)
+
+
+def score(combos: Sequence[Combo], videos: np.ndarray) -> dict[str, Any]:
+    """`world_eval` accuracy of (N, T, H, W, 3) videos against their combos: per attribute, "all" three,
+    and "colour_direction" (both right, the issue's target), with what the classifiers read."""
+    expected = [dict(zip(ATTRIBUTES, combo, strict=True)) for combo in combos]
+    report = evaluate_world_media(zip(expected, videos, strict=True))
+    both = [item.correct["colour"] and item.correct["direction"] for item in report.items]
+    return {
+        "accuracy": {**report.accuracy(), "colour_direction": sum(both) / max(1, len(both))},
+        "found": [item.found for item in report.items],
+    }
+
+
+@torch.no_grad()
+def vae_fidelity(vae: AutoencoderKL, cfg: VideoTrainConfig, per_combo: int = 2) -> dict[str, float]:
+    """`world_eval` accuracy on frame-by-frame VAE reconstructions of held-out clips: the UNet's ceiling."""
+    rng = random.Random(f"{cfg.seed}:video-vae-eval")
+    combos = [c for c in heldout_combos(cfg) or all_combos()[:8] for _ in range(per_combo)]
+    x = to_tensor([render_clip(c, cfg, rng) for c in combos])  # (N x T, 3, H, W)
+    recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+    return dict(score(combos, to_frames(recon, len(combos)))["accuracy"])
+
+
+@torch.no_grad()
+def encode_bank(
+    vae: AutoencoderKL, combos: Sequence[Combo], cfg: VideoTrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """`bank_size` clips, every training combination in turn: unscaled latent means (N, C, T, h, w) (the
+    UNet3D's layout), their combo indices (N,), and the scaling factor that gives the latents unit
+    variance (Zeroscope's 0.18215)."""
+    rng = random.Random(f"{cfg.seed}:video-bank")
+    which = torch.arange(cfg.bank_size) % len(combos)
+    latents = []
+    for chunk in which.split(32):
+        x = to_tensor([render_clip(combos[i], cfg, rng) for i in chunk.tolist()])  # (n x T, 3, H, W)
+        z = vae.encode(x).latent_dist.mean  # (n x T, C, h, w)
+        latents.append(z.view(len(chunk), cfg.num_frames, *z.shape[1:]).transpose(1, 2))
+    bank = torch.cat(latents)
+    return bank, which, float(1.0 / bank.std())
+
+
+def train_unet(
+    cfg: VideoTrainConfig,
+    latents: torch.Tensor,
+    combo_of: torch.Tensor,
+    embeds: torch.Tensor,
+    empty: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    state: Path,
+) -> tuple[UNet3DConditionModel, PartResult]:
+    """`latents` (N, C, T, h, w), scaled; `embeds` (combos, templates, 77, D); `empty` (77, D): ""."""
+    torch.manual_seed(cfg.seed + 2)
+    unet = build_unet(cfg)
+    result = train_denoiser(
+        unet,
+        lambda xt, t, cond: unet(xt, t, cond).sample,
+        latents,
+        combo_of,
+        embeds,
+        empty,
+        alphas_cumprod,
+        cfg,
+        name="video-unet",
+        state_dir=state / "unet",
+    )
+    return unet, PartResult.of(result)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pipeline and its evaluation
+
+
+def build_scheduler() -> DDIMScheduler:
+    """Zeroscope's: DDIM under SD 1.5's noise schedule, as the tiny profile's."""
+    return DDIMScheduler(clip_sample=False, **sd_scheduler_kwargs())
+
+
+def save_pipeline(
+    out: Path,
+    vae: AutoencoderKL,
+    encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    unet: UNet3DConditionModel,
+    scheduler: DDIMScheduler,
+) -> Path:
+    """The real TextToVideoSD pipeline saved in diffusers' layout."""
+    pipe = TextToVideoSDPipeline(
+        vae=vae,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,  # type: ignore[arg-type]  # diffusers annotates schedulers as the KarrasDiffusionSchedulers enum
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def decode_defaults(cfg: VideoTrainConfig) -> DecodeDefaults:
+    """The decode settings the `shapes` profile should serve this pipeline with."""
+    return DecodeDefaults(
+        steps=cfg.eval_steps,
+        guidance_scale=cfg.eval_guidance,
+        height=cfg.frame_size,
+        width=cfg.frame_size,
+        num_frames=cfg.num_frames,
+        fps=cfg.fps,
+    )
+
+
+def evaluate(
+    pipeline_dir: Path, cfg: VideoTrainConfig
+) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
+    """The held-out combinations asked for through the served `VideoDecoder` in the world's caption and in
+    each HELDOUT_TEMPLATES phrasing, `eval_seeds` seeds each, scored by `world_eval`. Returns the report
+    and (caption, clip) pairs of the world captions' first seed."""
+    from nextgpt.decoders.video import VideoDecoder  # the serving class, loaded as a profile loads it
+
+    options = decode_defaults(cfg)
+    decoder = VideoDecoder.load(DecoderConfig(pipeline_dir=pipeline_dir, defaults=options))
+    combos = heldout_combos(cfg) or all_combos()[:8]
+    asked = {
+        "world_caption": TEMPLATES[0],
+        **{f"unseen_phrasing_{i}": t for i, t in enumerate(HELDOUT_TEMPLATES)},
+    }
+    report: dict[str, Any] = {}
+    samples: list[tuple[str, np.ndarray]] = []
+    for name, template in asked.items():
+        wanted = [combo for combo in combos for _ in range(cfg.eval_seeds)]
+        prompts = [phrase(template, combo) for combo in wanted]
+        seeds = [cfg.seed * 1000 + k for _ in combos for k in range(cfg.eval_seeds)]
+        videos = decoder.diffuse(decoder.encode_text(prompts), options, seeds=seeds)  # (N, T, H, W, 3)
+        report[name] = {**score(wanted, videos), "prompts": prompts[:: cfg.eval_seeds]}
+        if name == "world_caption":
+            samples = [(prompts[i], videos[i]) for i in range(0, len(prompts), cfg.eval_seeds)]
+    unseen = [report[name]["accuracy"] for name in asked if name != "world_caption"]
+    report["unseen_phrasings"] = {k: float(np.mean([a[k] for a in unseen])) for k in unseen[0]}
+    return report, samples
+
+
+def sample_grid(samples: Sequence[tuple[str, np.ndarray]], path: Path, scale: int = 2) -> Path:
+    """A PNG of the clips, one per row (its frames left to right), the caption under each."""
+    frames, side = samples[0][1].shape[0], samples[0][1].shape[1] * scale
+    text_h = 14
+    width = max(frames * (side + 2) + 6, 260)
+    grid = Image.new("RGB", (width, len(samples) * (side + text_h + 8) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for r, (caption, clip) in enumerate(samples):
+        top = 4 + r * (side + text_h + 8)
+        for k, frame in enumerate(clip):
+            pixels = Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8))
+            grid.paste(pixels.resize((side, side), Image.Resampling.NEAREST), (4 + k * (side + 2), top))
+        draw.text((4, top + side + 2), caption, fill=(0, 0, 0))
+    grid.save(path)
+    return path
+
+
+def train_video_pipeline(out_dir: str | Path, cfg: VideoTrainConfig | None = None) -> dict[str, Any]:
+    """Train the three parts, save the pipeline under `out_dir/pipeline`, evaluate it on the held-out
+    combinations through the served decoder, and write `report.json` and `samples.png` beside it.
+    Resumable: `out_dir/state` keeps each part's loop state."""
+    cfg = cfg or VideoTrainConfig()
+    out = Path(out_dir)
+    state = out / "state"
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    combos = train_combos(cfg)
+    # 1. VAE, on single frames.
+    vae, vae_result = train_vae(cfg, combos, state)
+    reconstruction = vae_fidelity(vae, cfg)
+    logger.info("video VAE reconstructions of held-out clips: %s", reconstruction)
+    # 2. Text encoder over the world's caption and its paraphrases.
+    tokenizer = build_clip_tokenizer(state / "tokenizer")
+    encoder, text_result = train_text_encoder(cfg, combos, tokenizer, state)
+    # 3. UNet3D on the VAE's latents of a fixed bank of clips, conditioned on the frozen encoder's states.
+    raw, combo_of, scaling = encode_bank(vae, combos, cfg)
+    vae.register_to_config(scaling_factor=scaling)
+    captions = [phrase(t, c) for c in combos for t in TEMPLATES]
+    embeds = encode_captions(encoder, tokenizer, captions).view(len(combos), len(TEMPLATES), 77, cfg.cond_dim)
+    empty = encode_captions(encoder, tokenizer, [""])[0]  # (77, D)
+    scheduler = build_scheduler()
+    unet, unet_result = train_unet(
+        cfg, raw * scaling, combo_of, embeds, empty, alphas_cumprod(scheduler), state
+    )
+    train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    # 4. Save in diffusers' layout, load through the served decoder, ask for the held-out combinations.
+    pipeline_dir = save_pipeline(out / "pipeline", vae, encoder, tokenizer, unet, scheduler)
+    heldout, samples = evaluate(pipeline_dir, cfg)
+    grid = sample_grid(samples, out / "samples.png")
+    report: dict[str, Any] = {
+        "pipeline_dir": str(pipeline_dir),
+        "samples": str(grid),
+        "parts": {
+            "vae": asdict(vae_result),
+            "text_encoder": asdict(text_result),
+            "unet": asdict(unet_result),
+        },
+        "vae_reconstruction": reconstruction,
+        "latent_scaling_factor": scaling,
+        "heldout_captions": [video_caption(*c) for c in heldout_combos(cfg)],
+        "heldout": heldout,
+        "decode_defaults": asdict(decode_defaults(cfg)),
+        "train_seconds": train_seconds,
+        "total_seconds": time.perf_counter() - t0,
+        # CPU time of this process: the wall time on an idle machine at one thread, whatever the load.
+        "train_cpu_seconds": train_cpu,
+        "total_cpu_seconds": time.process_time() - cpu0,
+        "load_average": os.getloadavg(),
+        "config": asdict(cfg),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    summary = {k: v["accuracy"] if "accuracy" in v else v for k, v in heldout.items()}
+    logger.info("video pipeline: %s", json.dumps({"parts": report["parts"], "heldout": summary})[:2000])
+    return report
