@@ -41,8 +41,11 @@ class StagePlan:
 
     base_steps: int = 300
     encoder_epochs: int = 6
+    encoder_lr: float = 2e-2
     decoder_epochs: int = 8
+    decoder_lr: float = 1e-2
     instruct_epochs: int = 31
+    instruct_lr: float = 5e-3
     batch_size: int = 8
     lora: dict[str, Any] = field(default_factory=lambda: dict(WORLD_LORA))
 
@@ -56,16 +59,16 @@ def stage_settings(world: Path, out: Path, plan: StagePlan) -> dict[str, dict[st
     ]
     instructions = {"kind": "instructions", "path": str(world / "instructions.json")}
     return {
-        "encoder": {"data": pairs, "lr": 2e-2, "epochs": plan.encoder_epochs, "init": "base"},
+        "encoder": {"data": pairs, "lr": plan.encoder_lr, "epochs": plan.encoder_epochs, "init": "base"},
         "decoder": {
             "data": [pairs[0], instructions],
-            "lr": 1e-2,
+            "lr": plan.decoder_lr,
             "epochs": plan.decoder_epochs,
             "init": str(out / "encoder"),
         },
         "instruct": {
             "data": [instructions],
-            "lr": 5e-3,
+            "lr": plan.instruct_lr,
             "epochs": plan.instruct_epochs,
             "init": str(out / "decoder"),
             "lora": plan.lora,

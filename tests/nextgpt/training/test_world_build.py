@@ -1,0 +1,56 @@
+"""`make train-world` reduced to its wiring (every trainer at its reduced test settings, stage 0 and the
+three stages for a few steps): the `shapes` profile it installs loads through the real loading code and
+answers every task of `eval-world`, and a second run resumes instead of retraining. Quality is not
+checked here: each trainer's own test checks that it learns, and the full build reports its figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nextgpt.profiles import load_profile
+from nextgpt.training.world_build import FOLDERS, WorldBuildConfig, build_shapes, train_parts
+from nextgpt.training.world_eval.end_to_end import TASKS
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> tuple[WorldBuildConfig, dict]:
+    models = tmp_path_factory.mktemp("models")
+    (models / "tiny").symlink_to(tiny_models_dir / "tiny")  # stage 0 starts from the tiny Llama
+    cfg = WorldBuildConfig(
+        out=tmp_path_factory.mktemp("train-world"), models_dir=models, workers=1, smoke=True
+    )
+    return cfg, build_shapes(cfg)
+
+
+def test_the_build_installs_a_complete_shapes_profile(built: tuple[WorldBuildConfig, dict]) -> None:
+    cfg, report = built
+    profile = load_profile("shapes", models_dir=cfg.models_dir, env={})
+    assert profile.missing_paths() == {}
+    manifest = json.loads((cfg.models_dir / "shapes" / "manifest.json").read_text())
+    assert set(manifest["built"]["parts"]) == {"encoder", *FOLDERS}
+    image = json.loads((cfg.out / "image" / "report.json").read_text())
+    assert profile.decoders["image"].defaults.height == image["decode_defaults"]["height"]
+    assert profile.output_projectors["image"].out_dim == image["config"]["cond_dim"]
+    assert profile.input_projector.in_dim == profile.encoder.embed_dim
+    assert profile.llm.lora is not None and "gate_proj" in profile.llm.lora.target_modules
+
+
+def test_the_report_covers_every_task_and_the_samples(built: tuple[WorldBuildConfig, dict]) -> None:
+    cfg, report = built
+    assert set(report["evaluation"]) == set(TASKS)
+    assert all(0.0 <= row["headline"] <= 1.0 for row in report["evaluation"].values())
+    assert (cfg.out / "samples.png").stat().st_size > 0
+    table = (cfg.out / "report.md").read_text()
+    assert all(f"| {task} |" in table for task in TASKS)
+    assert set(report["stages"]) == {"base_chat", "encoder", "decoder", "instruct"}
+
+
+def test_a_second_run_reuses_the_trained_parts(built: tuple[WorldBuildConfig, dict]) -> None:
+    cfg, _ = built
+    before = {p: (cfg.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts}
+    reports = train_parts(cfg, cfg.out / "world")
+    assert {p: (cfg.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts} == before
+    assert set(reports) == set(cfg.parts)
