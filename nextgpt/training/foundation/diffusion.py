@@ -101,6 +101,10 @@ def train_denoiser(
         )
 
     loop = LoopConfig(
-        steps=cfg.unet_steps, lr=cfg.unet_lr, warmup_steps=min(50, cfg.unet_steps), seed=cfg.seed
+        steps=cfg.unet_steps,
+        lr=cfg.unet_lr,
+        warmup_steps=min(50, cfg.unet_steps),
+        seed=cfg.seed,
+        ema_decay=getattr(cfg, "ema_decay", None),  # settings without the field train without EMA
     )
     return train(unet, loss_fn, loop, name=name, state_dir=state_dir, progress=cfg.progress)

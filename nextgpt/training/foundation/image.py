@@ -130,6 +130,8 @@ class ImageTrainConfig:
     """Share of UNet examples conditioned on the empty caption (classifier-free guidance)."""
     snr_gamma: float | None = 5.0
     """Min-SNR loss weighting (Hang et al. 2023); None for the plain epsilon MSE."""
+    ema_decay: float | None = None
+    """Moving average of the UNet's weights (`LoopConfig.ema_decay`); None for the last step's."""
     eval_steps: int = 20
     """Denoising steps of the held-out evaluation: the profile's default."""
     eval_guidance: float = 4.0

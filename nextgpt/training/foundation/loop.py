@@ -6,8 +6,12 @@ else. Each step's randomness (which examples, which noise, which timesteps) come
 loop hands it, seeded from (seed, step) alone, so a run that stops and resumes from its last state gives
 the same bits as one that never stopped (tested), and two runs with one seed give the same weights.
 
-State lives in `state_dir/last.pt` (module, optimizer, step, losses), written every `checkpoint_every`
-steps and at the end; a run given a `state_dir` that holds a state continues from it.
+State lives in `state_dir/last.pt` (module, optimizer, step, losses, the EMA), written every
+`checkpoint_every` steps and at the end; a run given a `state_dir` that holds a state continues from it.
+
+With `ema_decay`, the loop keeps an exponential moving average of the trained parameters and leaves it in
+the module at the end (the usual practice for diffusion models: the averaged weights sample markedly
+better than the last step's after a short run).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class LoopConfig:
     seed: int = 0
     checkpoint_every: int = 0
     """Steps between saved states (0: only at the end). A state costs one `torch.save` of the module."""
+    ema_decay: float | None = None
+    """Decay of the parameters' moving average (e.g. 0.999), None for none. Early steps use the smaller
+    (1 + step) / (10 + step), so the average is not dominated by the initial weights."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -98,7 +105,8 @@ def train(
         raise ValueError(f"{name}: the module has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = LoopResult()
-    start = _resume(module, optimizer, result, state_dir, name)
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay is not None else None
+    start = _resume(module, optimizer, result, state_dir, name, ema)
     module.train()
     bar = _progress(name, cfg.steps, start) if progress else None
     t0 = time.perf_counter()
@@ -114,6 +122,8 @@ def train(
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
+        if ema is not None and cfg.ema_decay is not None:
+            _update_ema(ema, params, min(cfg.ema_decay, (1 + step) / (10 + step)))
         result.losses.append(float(loss.detach()))
         if bar is not None:
             bar.update(1)
@@ -121,9 +131,13 @@ def train(
         done = step + 1
         due = done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
         if state_dir is not None and due:
-            _save(module, optimizer, result, state_dir, done)
+            _save(module, optimizer, result, state_dir, done, ema)
     if bar is not None:
         bar.close()
+    if ema is not None:
+        with torch.no_grad():
+            for param, average in zip(params, ema, strict=True):
+                param.copy_(average)
     module.eval()
     result.seconds = time.perf_counter() - t0
     logger.info(
@@ -138,8 +152,19 @@ def _progress(name: str, total: int, start: int):  # type: ignore[no-untyped-def
     return tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True, leave=False)
 
 
+@torch.no_grad()
+def _update_ema(ema: list[torch.Tensor], params: list[nn.Parameter], decay: float) -> None:
+    for average, param in zip(ema, params, strict=True):
+        average.lerp_(param.detach(), 1 - decay)
+
+
 def _save(
-    module: nn.Module, optimizer: torch.optim.Optimizer, result: LoopResult, state_dir: Path, step: int
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    result: LoopResult,
+    state_dir: Path,
+    step: int,
+    ema: list[torch.Tensor] | None,
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / (STATE_NAME + ".tmp")
@@ -149,6 +174,7 @@ def _save(
             "module": module.state_dict(),
             "optimizer": optimizer.state_dict(),
             "losses": result.losses,
+            "ema": ema,
         },
         tmp,
     )
@@ -156,7 +182,12 @@ def _save(
 
 
 def _resume(
-    module: nn.Module, optimizer: torch.optim.Optimizer, result: LoopResult, state_dir: Path | None, name: str
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    result: LoopResult,
+    state_dir: Path | None,
+    name: str,
+    ema: list[torch.Tensor] | None,
 ) -> int:
     path = state_dir / STATE_NAME if state_dir is not None else None
     if path is None or not path.exists():
@@ -165,5 +196,11 @@ def _resume(
     module.load_state_dict(state["module"])
     optimizer.load_state_dict(state["optimizer"])
     result.losses = list(state["losses"])
+    if ema is not None:
+        saved = state.get("ema")
+        if saved is None:  # a state from before EMA was asked for: start the average at the weights
+            saved = [p.detach() for p in module.parameters() if p.requires_grad]
+        for average, value in zip(ema, saved, strict=True):
+            average.copy_(value)
     logger.info("%s: resuming from %s at step %d", name, path, state["step"])
     return int(state["step"])

@@ -33,8 +33,9 @@ def test_the_loop_learns_and_is_deterministic():
         assert torch.equal(a, b)
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    cfg = LoopConfig(steps=40, lr=1e-2, warmup_steps=5, checkpoint_every=10, seed=1)
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, ema_decay):
+    cfg = LoopConfig(steps=40, lr=1e-2, warmup_steps=5, checkpoint_every=10, seed=1, ema_decay=ema_decay)
     whole, loss_fn = _task()
     expected = train(whole, loss_fn, cfg, progress=False)
 
@@ -53,6 +54,26 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert got.losses == expected.losses
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_ema_leaves_the_average_of_the_steps_weights_in_the_module():
+    """With ema_decay the module ends on the moving average (here: of the last steps' weights), not on
+    the last step's weights; the losses are the same run's."""
+    plain_model, plain_loss = _task()
+    plain = train(plain_model, plain_loss, LoopConfig(steps=60, lr=1e-2, seed=2), progress=False)
+    ema_model, ema_loss = _task()
+    averaged = train(
+        ema_model, ema_loss, LoopConfig(steps=60, lr=1e-2, seed=2, ema_decay=0.9), progress=False
+    )
+    assert averaged.losses == plain.losses
+    moved = [
+        not torch.equal(a, b) for a, b in zip(plain_model.parameters(), ema_model.parameters(), strict=True)
+    ]
+    assert all(moved)
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(9))
+    target = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    plain_model.eval()
+    assert ((ema_model(x) - target) ** 2).mean() < 2 * ((plain_model(x) - target) ** 2).mean() + 0.1
 
 
 def test_bad_settings_and_a_diverging_loss_are_reported():
