@@ -209,7 +209,7 @@ def run_cases(
     model: NextGPT,
     cases: list[Case],
     options: GenerationOptions,
-    progress: Callable[[], None] | None = None,
+    progress: Callable[[], object] | None = None,
 ) -> Iterator[tuple[Case, Any, str]]:
     """Each case through `model.generate` (nothing forced); yields (case, produced, raw reply)."""
     for case in cases:
