@@ -64,7 +64,7 @@ def world_config(cfg: WorldBuildConfig) -> Any:
 
     if cfg.smoke:
         return WorldConfig(seed=cfg.seed, n_images=48, n_videos=16, n_audios=16, n_instructions=64)
-    return WorldConfig(seed=cfg.seed, n_instructions=N_INSTRUCTIONS)
+    return WorldConfig(seed=cfg.seed, n_instructions=2 * N_INSTRUCTIONS)  # more requests per phrasing
 
 
 def part_config(part: str, seed: int, smoke: bool) -> Any:

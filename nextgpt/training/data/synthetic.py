@@ -40,7 +40,7 @@ from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 """Bump when the same seed would give different files or captions."""
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -70,10 +70,27 @@ SOUNDS = (
 )
 
 DESCRIBE_PROMPTS = {
-    "image": ("Describe this image.", "What is in this picture?", "What do you see?"),
-    "video": ("Describe this video.", "What happens in this video?"),
-    "audio": ("Describe this sound.", "What do you hear?"),
+    "image": (
+        "Describe this image.",
+        "What is in this picture?",
+        "What do you see?",
+        "What is shown here?",
+        "Can you describe this picture?",
+    ),
+    "video": (
+        "Describe this video.",
+        "What happens in this video?",
+        "What do you see in this video?",
+        "Describe the clip.",
+    ),
+    "audio": (
+        "Describe this sound.",
+        "What do you hear?",
+        "Which sound is playing?",
+        "Describe what you hear.",
+    ),
 }
+"""Requests to describe an input medium. `nextgpt eval-world` asks in other words (`end_to_end.py`)."""
 SHOW_PROMPTS = {
     "image": (
         "Show me a picture of {}.",
@@ -81,9 +98,16 @@ SHOW_PROMPTS = {
         "Generate an image of {}.",
         "I'd like to see a picture of {}.",
     ),
-    "video": ("Show me a video of {}.", "Make a clip of {}."),
-    "audio": ("Play me {}.", "Let me hear {}."),
+    "video": (
+        "Show me a video of {}.",
+        "Make a clip of {}.",
+        "Generate a video of {}.",
+        "I'd like a clip of {}.",
+    ),
+    "audio": ("Play me {}.", "Let me hear {}.", "Generate the sound of {}.", "Can you play {}?"),
 }
+"""Requests for a medium. Version 4 of the world doubled the video and audio phrasings (with two each, a
+trained tiny LLM answered an unseen request for a sound with a picture or with text)."""
 SHOW_REPLIES = ("Here it is: {}", "Sure! {}", "Of course. {}")
 MARKER = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 TEXT_QA = (
