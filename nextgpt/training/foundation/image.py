@@ -131,7 +131,9 @@ class ImageTrainConfig:
     snr_gamma: float | None = 5.0
     """Min-SNR loss weighting (Hang et al. 2023); None for the plain epsilon MSE."""
     ema_decay: float | None = None
-    """Moving average of the UNet's weights (`LoopConfig.ema_decay`); None for the last step's."""
+    """Moving average of the UNet's weights (`LoopConfig.ema_decay`); None for the last step's. Measured
+    at the defaults with 0.995: held-out colour 75%, shape 92%, background 83% against 83%, 92%, 88%
+    without (4 seeds x 6 combinations, so within noise): not adopted."""
     eval_steps: int = 20
     """Denoising steps of the held-out evaluation: the profile's default."""
     eval_guidance: float = 4.0
