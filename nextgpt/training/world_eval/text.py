@@ -251,9 +251,13 @@ def mentions(text: str) -> Mentions:
             if token in table:
                 getattr(found, attribute).add(table[token])
     about_sound = bool(found.sound) or bool(SOUND_CONTEXT.intersection(tokens))
-    # "high"/"low" only say pitch when the text is about a sound ("a high square" is no pitch).
+    # "high"/"low" only say pitch, and "up"/"rising" a sweep, when the text is about a sound ("a high
+    # square" is no pitch, "a triangle moving up" no sweep).
     if not about_sound:
         found.pitch.clear()
+        found.sweep.clear()
+    elif not (found.shape or found.colour):  # and a sound that rises moves nowhere ("a rising sweep")
+        found.direction.clear()
     # "from low to high" is a rising sweep, "from high to low" a falling one.
     if moved_from and found.pitch and found.pitch != moved_from:
         found.sweep.add("rising" if "high" in found.pitch else "falling")

@@ -440,6 +440,13 @@ def test_mentions_read_paraphrases(text: str, expected: dict[str, str]) -> None:
     assert {k: claims.get(k) for k in expected} == expected, claims
 
 
+def test_motion_words_say_sweep_for_sounds_and_direction_for_shapes() -> None:
+    assert "sweep" not in mentions("An orange triangle moving up.").claims()
+    assert "direction" not in mentions("A rising sweep.").claims()
+    assert mentions("A tone going up.").claims()["sweep"] == "rising"
+    assert mentions("A blue square moving up.").claims()["direction"] == "up"
+
+
 def test_text_scoring_wants_one_answer() -> None:
     report = evaluate_world_media(
         [
