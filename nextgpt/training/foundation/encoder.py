@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -111,8 +112,28 @@ class EncoderTrainConfig:
     """Mirror pictures and videos and play videos backwards (captions fixed to match); see `augment`."""
     shift: bool = True
     """With `augment`: also move pictures' and videos' content within their background."""
+    zoom: float = 1.0
+    """With `augment`: scale pictures' and videos' content by a factor in [1 / zoom, zoom] (log-uniform,
+    at most as far as it fits; `rescale`); 1: never."""
+    free_colours: float = 0.25
+    """With `augment` and `aux_weight`: share of every picture and video batch painted in random colours
+    outside the world's (`random_colours`), scored only by the shape and direction heads: no colour or
+    background then tells a shape, as the held-out combinations' would from the training ones."""
+    recolour: bool = True
+    """With `augment`: repaint pictures and videos in another training caption's colours (`recolour`)."""
     all_captions: bool = True
     """Contrast every medium with all its modality's training captions, not only its batch's."""
+    aux_weight: float = 1.0
+    """Weight of the attribute heads' loss (`AttributeHeads`: colour, shape, background / direction read
+    linearly from a picture's or video's embedding; trained alongside, never saved); 0: contrastive only."""
+    dct_stem: bool = True
+    """Start the vision patch stem from smooth cosine filters (`dct_stem`) instead of random ones."""
+    pos_scale: float = 1.0
+    """Start the vision position embeddings from 2-D sines and cosines (`sincos_pos`) this many times as
+    long as a patch's content (RMS-normalised stem output, length sqrt(width)); 0: random, as built
+    (length ~1 against the stem's ~8 to 60: the position is all but lost in the LayerNorm)."""
+    vision_qk_scale: float = 1.0
+    """Scale of the vision tower's initial query and key weights (`sharpen_attention`); 1: as built."""
     checkpoint_every: int = 0
     """Steps between resumable states in `state_dir` (0: only at the end)."""
 
@@ -133,6 +154,10 @@ class EncoderTrainConfig:
     @property
     def embed_dim(self) -> int:
         return int(ARCHS[self.arch]["out_embed_dim"])
+
+    @property
+    def vision_width(self) -> int:
+        return int(ARCHS[self.arch]["vision_embed_dim"])
 
 
 # --- the world's items, preprocessed once ---------------------------------------------------------------
@@ -245,8 +270,8 @@ def embed_media(model: nn.Module, modality: str, items: Sequence[Item]) -> torch
     Equals `F.normalize(ImageBindModel.forward(full input))` (its clip mean, then unit length)."""
     tower = _TOWER[modality]
     clips = torch.cat([it.inputs for it in items])  # (N, *clip)
-    if modality == "image":
-        out = model({tower: clips})[tower]  # (N, E), unit
+    if tower == "vision":
+        out = embed_vision(model, clips)  # (N, E), unit
     else:  # one clip per "medium": the model's clip axis of length 1 keeps its own reshape out of the way
         out = model({tower: clips.unsqueeze(1)})[tower]  # (N, E), audio x20
     weights = torch.cat([it.weights for it in items])  # (N,)
@@ -255,9 +280,43 @@ def embed_media(model: nn.Module, modality: str, items: Sequence[Item]) -> torch
     return F.normalize(pooled, dim=-1)
 
 
+def embed_vision(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`model({"vision": x})["vision"]` for pictures (N, 3, H, W) or clips (N, 3, 2, H, W), with a
+    picture's patch stem run once instead of twice.
+
+    The model shows a picture as a clip of two equal frames (`PadIm2Video`) to a stem whose kernel
+    spans both, which is one 2-D convolution with the kernel's two frames summed: half the cost of the
+    stem, the dearest part of the tower (tested equal)."""
+    pre = model.modality_preprocessors["vision"]
+    pad, conv = pre.rgbt_stem.proj  # PadIm2Video, Conv3d
+    if x.ndim == 4 and conv.kernel_size[0] == pad.ntimes:
+        tokens = F.conv2d(x, conv.weight.sum(dim=2), stride=conv.stride[1:])  # (N, D, h, w)
+    else:
+        tokens = conv(pad(x)).flatten(2, 3)  # (N, D, 1, h, w) -> (N, D, h, w)
+    tokens = tokens.flatten(2).transpose(1, 2)  # (N, P, D)
+    cls = pre.cls_token.expand(len(x), -1, -1)
+    tokens = torch.cat([cls, tokens], dim=1) + pre.pos_embedding_helper.pos_embed  # (N, 1 + P, D)
+    out = model.modality_heads["vision"](model.modality_trunks["vision"](tokens=tokens))
+    return model.modality_postprocessors["vision"](out)
+
+
 def embed_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """(U, E) text embeddings as `ImageBindModel.forward` gives them: unit vectors x the learned scale."""
     return model({"text": tokens})["text"]
+
+
+def embed_text_short(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`embed_text` on only the positions up to the longest caption's end token.
+
+    The text tower is causal and reads its output at the end token, so the padding after it changes
+    nothing; the world's captions are about 10 of the 77 tokens, so this is ~7x cheaper (tested equal)."""
+    pre = model.modality_preprocessors["text"]
+    eos = tokens.argmax(dim=-1)  # (U,): the end token has the highest id
+    n = int(eos.max()) + 1
+    x = pre.token_embedding(tokens[:, :n]) + pre.pos_embed[:, :n]  # (U, n, D)
+    x = model.modality_trunks["text"](tokens=x, attn_mask=pre.mask[:n, :n])
+    x = model.modality_heads["text"](x, seq_len=eos)
+    return model.modality_postprocessors["text"](x)
 
 
 def contrastive_loss(media: torch.Tensor, text: torch.Tensor, caption_of: torch.Tensor) -> torch.Tensor:
@@ -281,6 +340,58 @@ def contrastive_loss(media: torch.Tensor, text: torch.Tensor, caption_of: torch.
 # --- training ------------------------------------------------------------------------------------------
 
 
+ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
+    # what `AttributeHeads` reads from a medium's embedding, and in which order its classes come
+    "image": {"colour": tuple(COLOURS), "shape": SHAPES, "background": tuple(BACKGROUNDS)},
+    "video": {"colour": tuple(COLOURS), "shape": SHAPES, "direction": DIRECTIONS},
+}
+
+
+class AttributeHeads(nn.Module):
+    """Linear read-outs of every attribute of a picture or video from its unit embedding.
+
+    Supervised by the captions' attributes (the world's metadata), their cross-entropy makes the vision
+    tower put shape and motion into the embedding even while the contrastive loss is still content with
+    colours. Only a training aid: they are not part of the saved ImageBind state dict."""
+
+    def __init__(self, embed_dim: int, modalities: Sequence[str]) -> None:
+        super().__init__()
+        self.scale = embed_dim**0.5  # unit vectors -> components of about unit size
+        self.heads = nn.ModuleDict(
+            {
+                f"{m}_{attr}": nn.Linear(embed_dim, len(values))
+                for m in modalities
+                if m in ATTRIBUTES
+                for attr, values in ATTRIBUTES[m].items()
+            }
+        )
+        self._labels: dict[tuple[str, bool], list[int]] = {}
+
+    def labels(self, caption: str, free: bool = False) -> list[int]:
+        """The caption's class of every attribute of its modality; with `free` (a medium painted in
+        colours outside the world's) only shape and direction, colour and background ignored (-100)."""
+        key = (caption, free)
+        if key not in self._labels:
+            truth = caption_attributes(caption)
+            kind = "image" if caption.endswith(" background") else "video"
+            self._labels[key] = [
+                -100 if free and attr in ("colour", "background") else values.index(truth[attr])
+                for attr, values in ATTRIBUTES[kind].items()
+            ]
+        return self._labels[key]
+
+    def forward(self, modality: str, media: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the modality's attributes; media: (B, E) unit vectors, labels (B, A)
+        (-100: not scored)."""
+        x = media * self.scale
+        losses = [
+            F.cross_entropy(self.heads[f"{modality}_{attr}"](x), labels[:, i], ignore_index=-100)
+            for i, attr in enumerate(ATTRIBUTES[modality])
+            if bool((labels[:, i] >= 0).any())
+        ]
+        return torch.stack(losses).mean()
+
+
 def _batch_sizes(cfg: EncoderTrainConfig) -> dict[str, int]:
     return {m: cfg.batch_size if m == "image" else max(2, cfg.batch_size // 2) for m in MEDIA}
 
@@ -289,7 +400,15 @@ MIRROR = {"left": "right", "right": "left", "up": "up", "down": "down"}
 REVERSE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
-def augment(modality: str, item: Item, gen: torch.Generator, shift: bool = True) -> Item:
+def augment(
+    modality: str,
+    item: Item,
+    gen: torch.Generator,
+    shift: bool = True,
+    palette: Sequence[str] = (),
+    zoom: float = 1.0,
+    free: bool = False,
+) -> Item:
     """A shifted, mirrored and, for a video, time-reversed copy of a training item, with its caption fixed.
 
     Shifts move the content by whole pixels of the 224 px input, no further than the background around
@@ -306,13 +425,22 @@ def augment(modality: str, item: Item, gen: torch.Generator, shift: bool = True)
     mirror, reverse = (torch.rand(2, generator=gen) < 0.5).tolist()
     reverse = reverse and modality == "video"
     x = item.inputs  # (k, 3, [2,] 224, 224): width is the last axis
+    caption = item.caption
+    margins = item.margins
+    if free:  # colours outside the world's: only its shape and motion can be learnt from it
+        x = repaint(x, *_colours(item.caption), *random_colours(gen))
+    elif palette:  # repaint the shape and the background in another training combination
+        caption = palette[int(torch.randint(len(palette), (1,), generator=gen))]
+        x = recolour(x, item.caption, caption)
+    if zoom > 1.0:
+        factor = math.exp(float(torch.empty(()).uniform_(-math.log(zoom), math.log(zoom), generator=gen)))
+        x, margins = rescale(x, margins, factor)
     if shift:  # move the content within the background: its rolled-over rows / columns are background
-        top, bottom, left, right = item.margins
+        top, bottom, left, right = margins
         dy = int(torch.randint(-top, bottom + 1, (1,), generator=gen))
         dx = int(torch.randint(-left, right + 1, (1,), generator=gen))
         x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
     x = x.flip(-1) if mirror else x
-    caption = item.caption
     if modality == "video":
         x = x.flip(2) if reverse else x  # (k, 3, 2, 224, 224): the two frames of every clip swap
         truth = caption_attributes(caption)
@@ -321,6 +449,87 @@ def augment(modality: str, item: Item, gen: torch.Generator, shift: bool = True)
         direction = REVERSE[direction] if reverse else direction
         caption = video_caption(truth["colour"], truth["shape"], direction)
     return Item(caption, x, item.weights, item.index)
+
+
+def rescale(
+    x: torch.Tensor, margins: tuple[int, int, int, int], factor: float
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Clips x (k, 3, [2,] H, W) with their content (what lies inside `margins`) scaled by `factor`, at
+    most as far as it still fits, and centred; returns them with their new margins.
+
+    Resampling is bilinear on the difference from the background colour (the corner pixel), so the new
+    border is background."""
+    h, w = x.shape[-2:]
+    top, bottom, left, right = margins
+    content_h, content_w = h - top - bottom, w - left - right
+    factor = min(factor, 0.98 * h / content_h, 0.98 * w / content_w)
+    # where each output pixel reads, in [-1, 1] coordinates: the content's centre sits at the middle
+    cy = (top + (h - bottom)) / h - 1.0
+    cx = (left + (w - right)) / w - 1.0
+    theta = torch.tensor([[1.0 / factor, 0.0, cx], [0.0, 1.0 / factor, cy]])
+    flat = x.reshape(-1, 1, h, w)  # (k * 3 [* 2], 1, H, W)
+    background = flat[..., :1, :1]
+    grid = F.affine_grid(theta.expand(len(flat), 2, 3), list(flat.shape), align_corners=False)
+    out = background + F.grid_sample(flat - background, grid, mode="bilinear", align_corners=False)
+    out = out.reshape(x.shape)
+    return out, background_margins(out)
+
+
+def _colours(caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3,) normalised shape and background colours of a picture's or video's caption."""
+    truth = caption_attributes(caption)
+    rgb = torch.tensor([COLOURS[truth["colour"]], BACKGROUNDS[truth.get("background", "white")]]) / 255.0
+    mean, std = torch.tensor(pp.CLIP_MEAN), torch.tensor(pp.CLIP_STD)
+    fg, bg = ((rgb - mean) / std).unbind(0)
+    return fg, bg
+
+
+def recolour(x: torch.Tensor, old: str, new: str) -> torch.Tensor:
+    """Preprocessed picture or video clips x (k, 3, [2,] H, W) of caption `old`, repainted in the colour
+    and background of caption `new` (`repaint`)."""
+    return repaint(x, *_colours(old), *_colours(new))
+
+
+def repaint(
+    x: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, new_fg: torch.Tensor, new_bg: torch.Tensor
+) -> torch.Tensor:
+    """Clips x (k, 3, [2,] H, W) of a shape in normalised colour `fg` (3,) on `bg`, in `new_fg` on `new_bg`.
+
+    Every pixel of a world picture is a mix of the shape's and the background's colour (resizing mixes
+    them at the edges), and the normalisation is affine, so the mixing weight is the pixel's projection
+    on the line between the two colours, and the same weight between the new colours gives the picture
+    the world would have drawn in them (up to the MP4 noise of videos and the 0-255 clipping of the
+    resize's overshoot at the edges)."""
+    view = (1, 3) + (1,) * (x.ndim - 2)
+    d = (fg - bg).view(view)
+    alpha = ((x - bg.view(view)) * d).sum(dim=1, keepdim=True) / d.square().sum()  # (k, 1, [2,] H, W)
+    alpha = alpha.clamp(-0.5, 1.5)  # the bicubic resize over- and undershoots; MP4 noise stays bounded
+    return new_bg.view(view) + alpha * (new_fg - new_bg).view(view)
+
+
+def random_colours(gen: torch.Generator, contrast: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised (3,) shape and background colours drawn uniformly from RGB, at least `contrast` apart
+    (0-1 units; the world's closest pair, purple on gray, is 0.35)."""
+    while True:
+        rgb = torch.rand(2, 3, generator=gen)
+        if float((rgb[0] - rgb[1]).norm()) >= contrast:
+            break
+    mean, std = torch.tensor(pp.CLIP_MEAN), torch.tensor(pp.CLIP_STD)
+    fg, bg = ((rgb - mean) / std).unbind(0)
+    return fg, bg
+
+
+def palettes(modality: str, captions: Sequence[str]) -> dict[str, list[str]]:
+    """For each caption, the captions `recolour` may turn it into: those of the same shape (and motion),
+    in any colours, among `captions` (the training ones, so held-out combinations stay out)."""
+    if modality not in ("image", "video"):
+        return {}
+    keep = ("shape",) if modality == "image" else ("shape", "direction")
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for caption in captions:
+        truth = caption_attributes(caption)
+        groups.setdefault(tuple(truth[k] for k in keep), []).append(caption)
+    return {c: group for group in groups.values() for c in group}
 
 
 def candidate_captions(modality: str, items: Sequence[Item], augmented: bool) -> list[str]:
@@ -334,7 +543,10 @@ def candidate_captions(modality: str, items: Sequence[Item], augmented: bool) ->
 
 
 def make_loss_fn(
-    model: nn.Module, train_items: dict[str, list[Item]], cfg: EncoderTrainConfig
+    model: nn.Module,
+    train_items: dict[str, list[Item]],
+    cfg: EncoderTrainConfig,
+    heads: AttributeHeads | None = None,
 ) -> Callable[[int, torch.Generator], torch.Tensor]:
     """The loop's loss: every modality's contrastive loss on one batch drawn with the step's generator.
 
@@ -346,7 +558,12 @@ def make_loss_fn(
     captions = sorted({c for m in cfg.modalities for c in cands[m]})
     column = {c: i for i, c in enumerate(captions)}
     all_tokens = tokenize(captions)  # (C, 77), once
+    palette = {m: palettes(m, cands[m]) if cfg.recolour else {} for m in cfg.modalities}
     sizes = _batch_sizes(cfg)
+    n_free_of = {
+        m: round(cfg.free_colours * sizes[m]) if cfg.augment and heads is not None and m in ATTRIBUTES else 0
+        for m in MEDIA
+    }
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         batches = {}
@@ -354,8 +571,13 @@ def make_loss_fn(
             items = train_items[modality]
             pick = torch.randperm(len(items), generator=gen)[: sizes[modality]].tolist()
             batch = [items[i] for i in pick]
+            n_free = n_free_of[modality]
             if cfg.augment:
-                batch = [augment(modality, it, gen, shift=cfg.shift) for it in batch]
+                pal = palette[modality]
+                batch = [
+                    augment(modality, it, gen, cfg.shift, pal.get(it.caption, ()), cfg.zoom, free=j < n_free)
+                    for j, it in enumerate(batch)
+                ]
             batches[modality] = batch
         if cfg.all_captions:
             per_modality = {m: [column[c] for c in cands[m]] for m in cfg.modalities}
@@ -363,24 +585,110 @@ def make_loss_fn(
             per_modality = {m: sorted({column[it.caption] for it in b}) for m, b in batches.items()}
         used = sorted({c for cols in per_modality.values() for c in cols})
         local = {c: i for i, c in enumerate(used)}
-        text = embed_text(model, all_tokens[used])  # (U, E): one text pass for all modalities
-        losses = []
+        text = embed_text_short(model, all_tokens[used])  # (U, E): one text pass for all modalities
+        losses, aux = [], []
         for modality, batch in batches.items():
-            media = embed_media(model, modality, batch)  # (B, E)
+            media = embed_media(model, modality, batch)  # (B, E): the first n_free in free colours
+            n_free = n_free_of[modality]
             cols = per_modality[modality]
             where = {c: i for i, c in enumerate(cols)}
-            caption_of = torch.tensor([where[column[it.caption]] for it in batch])
-            losses.append(contrastive_loss(media, text[[local[c] for c in cols]], caption_of))
-        return torch.stack(losses).mean()
+            caption_of = torch.tensor([where[column[it.caption]] for it in batch[n_free:]])
+            losses.append(contrastive_loss(media[n_free:], text[[local[c] for c in cols]], caption_of))
+            if heads is not None and modality in ATTRIBUTES:
+                labels = torch.tensor(
+                    [heads.labels(it.caption, free=j < n_free) for j, it in enumerate(batch)]
+                )
+                aux.append(heads(modality, media, labels))
+        loss = torch.stack(losses).mean()
+        return loss + cfg.aux_weight * torch.stack(aux).mean() if aux else loss
 
     return loss_fn
 
 
-def build_initial(cfg: EncoderTrainConfig) -> nn.Module:
-    """The untrained model of `cfg.arch`, seeded without touching the caller's RNG."""
+def build_initial(cfg: EncoderTrainConfig, pictures: torch.Tensor | None = None) -> nn.Module:
+    """The untrained model of `cfg.arch`, seeded without touching the caller's RNG, its vision tower
+    started as `cfg` says: smooth stem filters (`dct_stem`), each scaled to answer `pictures` (N, 3, H,
+    W; when given) with unit RMS, 2-D position embeddings (`sincos_pos`) and sharp attention
+    (`sharpen_attention`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return build_model(cfg.arch)
+        model = build_model(cfg.arch)
+    pre = model.modality_preprocessors["vision"]
+    conv = pre.rgbt_stem.proj[1]
+    if cfg.dct_stem:
+        dct_stem(conv, cfg.seed)
+    content = float(cfg.vision_width) ** 0.5  # a patch's length at unit RMS per channel
+    if pictures is not None:
+        with torch.no_grad():
+            built = conv.weight.flatten(1).norm(dim=1).mean()
+            x = pre.rgbt_stem.proj(pictures).transpose(0, 1).flatten(1)  # (D, N * patches)
+            conv.weight /= x.square().mean(dim=1).sqrt().clamp_min(1e-6).view(-1, 1, 1, 1, 1)
+            gain = built / conv.weight.flatten(1).norm(dim=1).mean()  # filters as long as built:
+            conv.weight *= gain  # the LayerNorm does not care, AdamW's steps are relative to them
+            content = float(gain) * content
+    if cfg.pos_scale:
+        sincos_pos(pre.pos_embedding_helper, cfg.pos_scale * content)
+    sharpen_attention(model.modality_trunks["vision"], cfg.vision_qk_scale)
+    return model
+
+
+@torch.no_grad()
+def dct_stem(conv: nn.Conv3d, seed: int) -> None:
+    """Start the patch stem (weights (D, 3, T, k, k)) from smooth filters: the lowest 2-D cosine
+    frequencies of the patch, one colour channel each, every filter reading the T frames with its own
+    seeded weights (cos t, sin t), t in [0, pi / 2], so that pictures (equal frames) see every filter
+    and videos can tell the frames apart.
+
+    Random filters answer to single pixels, so what they see of a shape changes with every pixel it
+    moves within the 28 px patch, and every sub-patch position must be learnt apart; the low
+    frequencies see the same mass, edge and corner a few pixels further, which trains faster."""
+    width, channels, frames, k, _ = conv.weight.shape
+    pos = (torch.arange(k) + 0.5) / k
+    freqs = sorted(((u, v) for u in range(k) for v in range(k)), key=lambda f: (f[0] + f[1], f))
+    angle = torch.rand(width, generator=torch.Generator().manual_seed(seed)) * (math.pi / 2)
+    time_mix = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)  # (D, 2)
+    if frames != 2:
+        time_mix = torch.full((width, frames), frames**-0.5)
+    built = conv.weight.flatten(1).norm(dim=1).mean()  # keep the built filters' length
+    weight = torch.zeros_like(conv.weight)
+    for n in range(width):
+        u, v = freqs[n // channels]
+        basis = torch.cos(math.pi * u * pos)[:, None] * torch.cos(math.pi * v * pos)[None, :]  # (k, k)
+        weight[n, n % channels] = time_mix[n, :, None, None] * (basis / basis.norm())
+    conv.weight.copy_(weight * built)
+
+
+@torch.no_grad()
+def sincos_pos(helper: nn.Module, norm: float) -> None:
+    """Start the vision patches' position embeddings (not the class token's) from 2-D sines and cosines
+    of their row and column (as MAE fixes them), each of length `norm`: left, right, up and down are
+    then directions in the embedding from the start."""
+    pos = helper.pos_embed  # (1, cls + P, D)
+    cls = helper.num_cls_tokens
+    rows, cols = helper.patches_layout[-2:]
+    width = pos.shape[-1]
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)  # (D/4,)
+    y, x = torch.meshgrid(torch.arange(rows).float(), torch.arange(cols).float(), indexing="ij")
+    y, x = y.flatten()[:, None] * omega, x.flatten()[:, None] * omega  # (P, D/4)
+    table = torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)  # (P, D)
+    table = F.pad(table, (0, width - table.shape[1]))
+    pos[0, cls:] = table / table.norm(dim=-1, keepdim=True) * norm
+
+
+@torch.no_grad()
+def sharpen_attention(trunk: nn.Module, scale: float) -> None:
+    """Multiply the query and key projections of every attention block of `trunk` by `scale`, so its
+    attention logits start `scale`^2 times larger.
+
+    At the default init the logits spread by about 0.5, so every token (the class token too) starts by
+    averaging all 65 tokens, and a mean over mostly background patches hides the few patches that tell
+    a shape (a corner, a tip, an apex). Sharp attention picks single patches, like the max pooling of a
+    CNN, from the start (measured below)."""
+    for block in trunk.blocks:
+        attn = block.attn  # nn.MultiheadAttention: in_proj_weight is (3 D, D), rows q, k, v
+        width = attn.embed_dim
+        attn.in_proj_weight[: 2 * width] *= scale
 
 
 def save_state_dict(model: nn.Module, out_path: Path) -> None:
@@ -433,7 +741,13 @@ def fit(
     progress: bool = True,
 ) -> tuple[nn.Module, LoopResult]:
     """Build `cfg.arch` from `cfg.seed` and train it on `data.train` with the shared loop."""
-    model = build_initial(cfg)
+    pictures = [it.inputs for it in data.train.get("image", [])[:32]]
+    model = build_initial(cfg, torch.cat(pictures) if pictures else None)
+    heads = None
+    if cfg.aux_weight > 0 and any(m in ATTRIBUTES for m in cfg.modalities):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            heads = AttributeHeads(cfg.embed_dim, cfg.modalities)
     loop = LoopConfig(
         steps=cfg.steps,
         lr=cfg.lr,
@@ -442,8 +756,9 @@ def fit(
         seed=cfg.seed,
         checkpoint_every=cfg.checkpoint_every,
     )
-    loss_fn = make_loss_fn(model, data.train, cfg)
-    result = train(model, loss_fn, loop, name="encoder", state_dir=state_dir, progress=progress)
+    loss_fn = make_loss_fn(model, data.train, cfg, heads)
+    module = model if heads is None else nn.ModuleDict({"model": model, "heads": heads})
+    result = train(module, loss_fn, loop, name="encoder", state_dir=state_dir, progress=progress)
     return model, result
 
 

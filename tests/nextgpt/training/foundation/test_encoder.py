@@ -11,19 +11,29 @@ import torch.nn.functional as F
 
 from nextgpt.config import EncoderConfig
 from nextgpt.encoders.imagebind import ImageBindEncoder, build_model, tokenize
-from nextgpt.training.data.synthetic import WorldConfig, make_world
+from nextgpt.training.data.synthetic import DIRECTIONS, WorldConfig, make_world
 from nextgpt.training.foundation.encoder import (
+    AttributeHeads,
     EncoderTrainConfig,
     WorldData,
+    augment,
+    build_initial,
+    candidate_captions,
     contrastive_loss,
     embed_media,
+    embed_text,
+    embed_text_short,
+    embed_vision,
     evaluate,
     fit,
     load_world,
+    palettes,
+    recolour,
     save_state_dict,
     split,
     train_encoder,
 )
+from nextgpt.training.world_eval.text import caption_attributes
 
 WORLD = WorldConfig(seed=0, n_images=24, n_videos=6, n_audios=8, n_instructions=0, n_heldout_images=2)
 
@@ -65,6 +75,49 @@ def test_preprocessing_folds_identical_clips(data: WorldData) -> None:
     assert video.inputs.shape[0] < 15 and torch.isclose(video.weights.sum(), torch.tensor(1.0))
     assert data.train["audio"][0].full().shape == (3, 1, 128, 204)
     assert len(data.novel) == 2 and all(it.caption.endswith("background") for it in data.novel)
+
+
+def test_training_shortcuts_equal_the_model(data: WorldData) -> None:
+    cfg = _cfg(1)
+    model = build_initial(cfg, torch.cat([it.inputs for it in data.train["image"][:4]]))
+    pictures = torch.cat([it.inputs for it in data.train["image"][:2]])  # (2, 3, 224, 224)
+    clips = torch.cat([it.inputs for it in data.train["video"][:2]])  # (2, 3, 2, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(embed_vision(model, pictures), model({"vision": pictures})["vision"], atol=1e-5)
+        assert torch.allclose(
+            embed_vision(model, clips), model({"vision": clips[:, None]})["vision"], atol=1e-6
+        )
+        tokens = tokenize([it.caption for it in data.train["video"][:3]] + ["a rising sweep"])
+        assert torch.allclose(embed_text_short(model, tokens), embed_text(model, tokens), atol=1e-4)
+
+
+def _motion(clip: torch.Tensor) -> str:
+    """The direction of a clip (3, 2, H, W) from where its shape is in the two frames."""
+    centres = []
+    for frame in clip.unbind(1):
+        ys, xs = torch.nonzero(((frame - frame[:, :1, :1]).abs() > 0.3).any(0), as_tuple=True)
+        centres.append((ys.float().mean(), xs.float().mean()))
+    dy, dx = centres[1][0] - centres[0][0], centres[1][1] - centres[0][1]
+    return ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+
+
+def test_augmented_media_match_their_captions(data: WorldData) -> None:
+    gen = torch.Generator().manual_seed(0)
+    videos = data.train["video"]
+    palette = palettes("video", candidate_captions("video", videos, True))
+    for item in videos[:3]:
+        assert _motion(item.inputs[0]) == caption_attributes(item.caption)["direction"]
+        for _ in range(4):
+            out = augment("video", item, gen, True, palette[item.caption], zoom=1.3)
+            assert caption_attributes(out.caption)["direction"] == _motion(out.inputs[0]) in DIRECTIONS
+            assert caption_attributes(out.caption)["shape"] == caption_attributes(item.caption)["shape"]
+    picture = data.train["image"][0]
+    other = next(it.caption for it in data.train["image"] if it.caption != picture.caption)
+    there = recolour(picture.inputs, picture.caption, other)
+    back = (recolour(there, other, picture.caption) - picture.inputs).abs()  # exact but for the resize's
+    assert back.mean() < 0.005 and back.max() < 0.3  # overshoot, clipped to 0-255 in the world's colours
+    heads = AttributeHeads(8, ("image",))
+    assert heads.labels(picture.caption, free=True)[0] == -100 and heads.labels(picture.caption)[0] >= 0
 
 
 def test_loss_goes_down_and_the_served_loader_reads_the_weights(data: WorldData, tmp_path: Path) -> None:
