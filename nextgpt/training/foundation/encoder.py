@@ -280,7 +280,7 @@ def embed_media(model: nn.Module, modality: str, items: Sequence[Item]) -> torch
     return F.normalize(pooled, dim=-1)
 
 
-def embed_vision(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def embed_vision(model: Any, x: torch.Tensor) -> torch.Tensor:
     """`model({"vision": x})["vision"]` for pictures (N, 3, H, W) or clips (N, 3, 2, H, W), with a
     picture's patch stem run once instead of twice.
 
@@ -305,7 +305,7 @@ def embed_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model({"text": tokens})["text"]
 
 
-def embed_text_short(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def embed_text_short(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """`embed_text` on only the positions up to the longest caption's end token.
 
     The text tower is causal and reads its output at the end token, so the padding after it changes
@@ -612,7 +612,7 @@ def build_initial(cfg: EncoderTrainConfig, pictures: torch.Tensor | None = None)
     (`sharpen_attention`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.arch)
+        model: Any = build_model(cfg.arch)  # Any: its submodules are read by name below
     pre = model.modality_preprocessors["vision"]
     conv = pre.rgbt_stem.proj[1]
     if cfg.dct_stem:
@@ -659,7 +659,7 @@ def dct_stem(conv: nn.Conv3d, seed: int) -> None:
 
 
 @torch.no_grad()
-def sincos_pos(helper: nn.Module, norm: float) -> None:
+def sincos_pos(helper: Any, norm: float) -> None:
     """Start the vision patches' position embeddings (not the class token's) from 2-D sines and cosines
     of their row and column (as MAE fixes them), each of length `norm`: left, right, up and down are
     then directions in the embedding from the start."""
@@ -677,7 +677,7 @@ def sincos_pos(helper: nn.Module, norm: float) -> None:
 
 
 @torch.no_grad()
-def sharpen_attention(trunk: nn.Module, scale: float) -> None:
+def sharpen_attention(trunk: Any, scale: float) -> None:
     """Multiply the query and key projections of every attention block of `trunk` by `scale`, so its
     attention logits start `scale`^2 times larger.
 
