@@ -149,8 +149,10 @@ class TrainableNextGPT(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        """Teacher-forced pass over a batch: {"ce", "align", "denoise"}; "align" only when the batch has
-        output spans, "denoise" only with a denoiser attached (`attach_denoiser`) and image latents."""
+        """Teacher-forced pass over a batch: {"ce", "align", "denoise"}; "align" (the mean over the batch's
+        output modalities of each one's mean distance, each also reported as "align_<modality>", detached)
+        only when the batch has output spans, "denoise" only with a denoiser attached (`attach_denoiser`)
+        and image latents."""
         device = self.device
         input_ids = batch.input_ids.to(device)  # (B, T)
         embeds = self.embedding()(input_ids)  # (B, T, H)
@@ -169,6 +171,7 @@ class TrainableNextGPT(nn.Module):
         # 3. output projectors on the signal-token states of every output span
         if batch.outputs:
             hidden = out.hidden_states[-1]  # (B, T, H), last layer after the final norm
+            aligned: list[Modality] = []
             preds, targets = [], []
             denoiser = self.__dict__.get("denoiser")
             for modality in MODALITIES:
@@ -180,6 +183,7 @@ class TrainableNextGPT(nn.Module):
                 e = torch.stack([embeds[o.batch, o.start : o.start + n] for o in items])  # (S, N, H)
                 pred = self.output_projectors[modality](h, e)  # (S, Q, D) or (S, D)
                 target = torch.stack([o.target for o in items]).to(device, pred.dtype)
+                aligned.append(modality)
                 preds.append(pred)
                 targets.append(target)
                 with_latents = [i for i, o in enumerate(items) if o.latents is not None]
@@ -188,13 +192,14 @@ class TrainableNextGPT(nn.Module):
                         [o.latents for o in items if o.latents is not None]
                     )  # (S', C, h, w)
                     losses["denoise"] = denoiser.loss(pred[with_latents], latents)
-            distances = torch.cat(
-                [
-                    alignment_distance(p, t, reduce=False).flatten()
-                    for p, t in zip(preds, targets, strict=True)
-                ]
-            )
-            losses["align"] = distances.mean()
+            # Each modality's mean distance, then their mean: a mean over all tokens would give an image
+            # span (77 tokens) 77 times the say of an audio span (1 token), and the shared LoRA then
+            # learned nothing of the audio requests (every audio span projected to the same point).
+            per_modality = {
+                m: alignment_distance(p, t) for m, p, t in zip(aligned, preds, targets, strict=True)
+            }
+            losses["align"] = torch.stack(list(per_modality.values())).mean()
+            losses.update({f"align_{m}": d.detach() for m, d in per_modality.items()})
         return losses
 
     # ------------------------------------------------------------------ weights out

@@ -100,3 +100,52 @@ def test_frozen_parameters_do_not_change(tiny_profile, stage: str) -> None:
     if stage != "encoder":
         assert HEAD in changed
     chosen.remove_hooks()
+
+
+def test_alignment_weighs_each_modality_alike(model: TrainableNextGPT) -> None:
+    """An image span (77 target rows) and an audio span (1 row) in one batch: "align" is the mean of the
+    two modalities' mean distances, so the audio span counts as much as the image span (a mean over all
+    rows gave it 1/78 of the say, and the shared LoRA learned nothing of audio requests)."""
+    from nextgpt.training.losses import alignment_distance
+
+    ids = model.lm.ids
+    image_span, audio_span = list(ids.spans["image"]), list(ids.spans["audio"])
+    seq = [1, 5, 6, *image_span, 7, *audio_span, 9]
+    labels = [-100] * 3 + [*image_span, 7, *audio_span, 9]
+    gen = torch.Generator().manual_seed(2)
+    targets = {
+        m: torch.randn(
+            model.profile.output_projectors[m].num_queries,
+            model.profile.output_projectors[m].out_dim,
+            generator=gen,
+        )
+        for m in ("image", "audio")
+    }
+    if model.profile.output_projectors["audio"].num_queries == 1:
+        targets["audio"] = targets["audio"][0]  # (D,): the audio projector's one row
+    audio_start = 3 + len(image_span) + 1
+    batch = Batch(
+        input_ids=torch.tensor([seq]),
+        attention_mask=torch.ones(1, len(seq), dtype=torch.long),
+        labels=torch.tensor([labels]),
+        media_pos=[],
+        media_embeds=None,
+        outputs=[
+            OutputItem(0, 3, "image", targets["image"]),
+            OutputItem(0, audio_start, "audio", targets["audio"]),
+        ],
+    )
+    model.eval()
+    with torch.no_grad():
+        losses = model(batch)
+        hidden = model.llm(
+            inputs_embeds=model.embedding()(batch.input_ids), output_hidden_states=True
+        ).hidden_states[-1]
+        embeds = model.embedding()(batch.input_ids)
+        expected = {}
+        for m, start, span in (("image", 3, image_span), ("audio", audio_start, audio_span)):
+            h, e = hidden[:, start : start + len(span)], embeds[:, start : start + len(span)]
+            expected[m] = alignment_distance(model.output_projectors[m](h, e)[0], targets[m])
+    for m in ("image", "audio"):
+        torch.testing.assert_close(losses[f"align_{m}"], expected[m])
+    torch.testing.assert_close(losses["align"], (expected["image"] + expected["audio"]) / 2)
