@@ -23,6 +23,7 @@ import json
 import logging
 import multiprocessing
 import shutil
+import textwrap
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -251,7 +252,8 @@ def draw_samples(model: Any, path: Path, seed: int) -> Path:
     draw = ImageDraw.Draw(grid)
     for r, (text, tiles) in enumerate(rows):
         top = pad + r * (side + pad)
-        draw.text((pad, top + side // 2 - 6), text[:48], fill="black")
+        lines = textwrap.wrap(text, 48)[:5]  # the prompt and the reply, up to five lines of ~11 px
+        draw.multiline_text((pad, top + side // 2 - 6 * len(lines)), "\n".join(lines), fill="black")
         for k, tile in enumerate(tiles[:8]):
             picture = Image.fromarray(np.asarray(tile, dtype=np.uint8)).resize(
                 (side, side), Image.Resampling.NEAREST
