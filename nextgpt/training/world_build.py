@@ -104,6 +104,27 @@ def _done(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     return report if report.get("build_config") == config else None
 
 
+STATE_CONFIG = "state-config.json"
+"""Beside a part's loop state (OUT/<part>/state/): the config that state belongs to."""
+
+
+def discard_stale_state(out: Path, config: dict[str, Any]) -> bool:
+    """Make `out/state` (every trainer's resumable loop state) belong to `config`: remove it when it was
+    left by another config, or by a build that did not record one, and record `config`. Returns whether
+    a state was removed.
+
+    A trainer resumes from whatever state it finds, so a state from other settings (another UNet, other
+    widths) would fail to load, or silently continue another run."""
+    marker, state = out / STATE_CONFIG, out / "state"
+    recorded = json.loads(marker.read_text()) if marker.is_file() else None
+    stale = state.exists() and recorded != config
+    if stale:
+        shutil.rmtree(state)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(config, indent=1) + "\n")
+    return stale
+
+
 def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) -> dict[str, Any]:
     """Train one foundation part into `out` (run in a worker process); returns its report."""
     import os
@@ -117,7 +138,8 @@ def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) ->
     if (report := _done(out, config)) is not None:
         logger.info("%s: trained already (%s), skipped", part, out / "report.json")
         return report
-    out.mkdir(parents=True, exist_ok=True)
+    if discard_stale_state(out, config):
+        logger.warning("%s: the loop state under %s was left by another config; starting over", part, out)
     if part == "encoder":
         from nextgpt.training.foundation.encoder import train_encoder
 

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from nextgpt.profiles import load_profile
-from nextgpt.training.world_build import FOLDERS, WorldBuildConfig, build_shapes, train_parts
+from nextgpt.training.world_build import (
+    FOLDERS,
+    WorldBuildConfig,
+    build_shapes,
+    discard_stale_state,
+    train_parts,
+)
 from nextgpt.training.world_eval.end_to_end import TASKS
 
 
@@ -54,3 +60,19 @@ def test_a_second_run_reuses_the_trained_parts(built: tuple[WorldBuildConfig, di
     reports = train_parts(cfg, cfg.out / "world")
     assert {p: (cfg.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts} == before
     assert set(reports) == set(cfg.parts)
+
+
+def test_a_loop_state_from_another_config_is_discarded(tmp_path: Path) -> None:
+    """A part resumes from OUT/<part>/state only when that state was left by the same config: a state of
+    other settings (another UNet) failed to load and stopped the build."""
+    out = tmp_path / "video"
+    (out / "state" / "unet").mkdir(parents=True)
+    (out / "state" / "unet" / "step.pt").write_bytes(b"old")
+    assert discard_stale_state(out, {"unet_channels": [16, 32]})  # no config recorded: not ours
+    assert not (out / "state").exists()
+    (out / "state").mkdir()
+    assert not discard_stale_state(out, {"unet_channels": [16, 32]})  # same config: kept, resumed
+    assert (out / "state").exists()
+    assert discard_stale_state(out, {"unet_channels": [32, 64]})  # another config: removed
+    assert not (out / "state").exists()
+    assert not discard_stale_state(tmp_path / "fresh", {"a": 1})  # nothing to remove
