@@ -9,7 +9,9 @@
    manifest.json of what the trainers settled (decode defaults, conditioning widths);
 4. stage 0 and the three NExT-GPT stages on that profile (`world_stages.train_llm_stages`), whose stage-2
    targets are these decoders' own text encoders; the chat-tuned base and the delta join the profile;
-5. `nextgpt eval-world`'s evaluation and a grid of samples; OUT/report.json and OUT/report.md.
+5. `nextgpt eval-world`'s evaluation, the span alignment check (`world_eval/alignment.py`: does each
+   projected span land on the asked caption's decoder embedding?) and a grid of samples; OUT/report.json,
+   OUT/report.md, OUT/eval-world.json and OUT/alignment.json.
 
 Resumable: a part whose OUT/<part>/report.json holds the same config is not trained again, and each
 trainer keeps its loop state under OUT/<part>/state, so a killed build continues where it stopped.
@@ -301,6 +303,7 @@ def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
     from nextgpt.pipeline import NextGPT
     from nextgpt.profiles import load_profile
     from nextgpt.training.data.synthetic import make_world
+    from nextgpt.training.world_eval.alignment import markdown_lines, span_alignment
     from nextgpt.training.world_eval.end_to_end import evaluate_world, markdown_table
 
     cfg = cfg or WorldBuildConfig()
@@ -321,6 +324,7 @@ def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
     evaluation = cfg.evaluation if not cfg.smoke else EvalWorldConfig(seeds=(0,), items=1)
     evaluation.world = world
     result = evaluate_world(model, evaluation)
+    alignment = span_alignment(model, per_modality=2 if cfg.smoke else 24, seed=cfg.seed)
     grid = draw_samples(model, cfg.out / "samples.png", cfg.seed)
     seconds["evaluate"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
@@ -332,13 +336,17 @@ def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
         "foundation": {p: _summary(r) for p, r in reports.items()},
         "stages": stages["stages"],
         "evaluation": {t: {k: v for k, v in r.items() if k != "items"} for t, r in result["tasks"].items()},
+        "alignment": {m: {k: v for k, v in r.items() if k != "items"} for m, r in alignment.items()},
         "samples": str(grid),
     }
     (cfg.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (cfg.out / "eval-world.json").write_text(json.dumps(result, indent=1) + "\n")
+    (cfg.out / "alignment.json").write_text(json.dumps(alignment, indent=1) + "\n")
     (cfg.out / "report.md").write_text(
         f"shapes profile, seed {cfg.seed}, built in {seconds['total'] / 60:.1f} min\n\n"
         + markdown_table(result)
+        + "\n\nSpan alignment (training phrasing, span forced; `world_eval/alignment.py`):\n\n"
+        + markdown_lines(alignment)
         + "\n"
     )
     return report

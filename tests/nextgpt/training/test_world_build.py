@@ -52,6 +52,8 @@ def test_the_report_covers_every_task_and_the_samples(built: tuple[WorldBuildCon
     table = (cfg.out / "report.md").read_text()
     assert all(f"| {task} |" in table for task in TASKS)
     assert set(report["stages"]) == {"base_chat", "encoder", "decoder", "instruct"}
+    assert set(report["alignment"]) == {"image", "video", "audio"}
+    assert "Span alignment" in table and (cfg.out / "alignment.json").is_file()
 
 
 def test_a_second_run_reuses_the_trained_parts(built: tuple[WorldBuildConfig, dict]) -> None:
