@@ -13,7 +13,7 @@
    projected span land on the asked caption's decoder embedding?) and a grid of samples; OUT/report.json,
    OUT/report.md, OUT/eval-world.json and OUT/alignment.json.
 
-Resumable: a part whose OUT/<part>/report.json holds the same config is not trained again, and each
+Resumable: a part whose OUT/<part>/report.json holds the same config (and trainer code hash) is not trained again, and each
 trainer keeps its loop state under OUT/<part>/state, so a killed build continues where it stopped.
 `smoke=True` runs every step with the trainers' reduced settings (seconds each): `make test` uses it to
 check the wiring, not the quality.
@@ -106,6 +106,21 @@ def _done(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     return report if report.get("build_config") == config else None
 
 
+def trainer_code_hash() -> str:
+    """SHA-256 over the sources of the foundation trainers and the world they read (the files of
+    `nextgpt/training/foundation/` and `synthetic.py`): part of every part's build config, so a code
+    change retrains the part instead of reusing weights that another version of the code trained."""
+    import hashlib
+
+    from nextgpt.training.data import synthetic
+    from nextgpt.training.foundation import loop
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(loop.__file__).parent.glob("*.py")) + [Path(synthetic.__file__)]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 STATE_CONFIG = "state-config.json"
 """Beside a part's loop state (OUT/<part>/state/): the config that state belongs to."""
 
@@ -136,7 +151,7 @@ def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) ->
 
     torch.set_num_threads(1)
     cfg = part_config(part, seed, smoke)
-    config = _jsonable(asdict(cfg))
+    config = {**_jsonable(asdict(cfg)), "code": trainer_code_hash()}
     if (report := _done(out, config)) is not None:
         logger.info("%s: trained already (%s), skipped", part, out / "report.json")
         return report

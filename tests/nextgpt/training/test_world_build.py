@@ -17,6 +17,7 @@ from nextgpt.training.world_build import (
     build_shapes,
     discard_stale_state,
     train_parts,
+    trainer_code_hash,
 )
 from nextgpt.training.world_eval.end_to_end import TASKS
 
@@ -62,6 +63,8 @@ def test_a_second_run_reuses_the_trained_parts(built: tuple[WorldBuildConfig, di
     reports = train_parts(cfg, cfg.out / "world")
     assert {p: (cfg.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts} == before
     assert set(reports) == set(cfg.parts)
+    # the trainers' code is part of the key: another version of it would train the part again
+    assert all(r["build_config"]["code"] == trainer_code_hash() for r in reports.values())
 
 
 def test_a_loop_state_from_another_config_is_discarded(tmp_path: Path) -> None:
