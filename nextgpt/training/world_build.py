@@ -13,8 +13,9 @@
    projected span land on the asked caption's decoder embedding?) and a grid of samples; OUT/report.json,
    OUT/report.md, OUT/eval-world.json and OUT/alignment.json.
 
-Resumable: a part whose OUT/<part>/report.json holds the same config (and trainer code hash) is not trained again, and each
-trainer keeps its loop state under OUT/<part>/state, so a killed build continues where it stopped.
+Resumable: a part whose OUT/<part>/report.json holds the same config (and trainer code hash) is not
+trained again, and each trainer keeps its loop state under OUT/<part>/state, so a killed build continues
+where it stopped.
 `smoke=True` runs every step with the trainers' reduced settings (seconds each): `make test` uses it to
 check the wiring, not the quality.
 """
