@@ -305,6 +305,15 @@ def render_audio(caption: str, cfg: WorldConfig, rng: random.Random) -> np.ndarr
 # --- the world --------------------------------------------------------------------------------------
 
 
+def world_captions(modality: str) -> list[str]:
+    """Every caption the world can give a medium of `modality` ("image", "video" or "audio")."""
+    if modality == "image":
+        return [image_caption(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
+    if modality == "video":
+        return [video_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+    return list(SOUNDS)
+
+
 def heldout_image_combos(cfg: WorldConfig) -> list[tuple[str, str, str]]:
     combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
     return sorted(_rng(cfg.seed, "heldout").sample(combos, cfg.n_heldout_images))

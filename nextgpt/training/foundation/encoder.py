@@ -67,10 +67,9 @@ from nextgpt.training.data.synthetic import (
     COLOURS,
     DIRECTIONS,
     SHAPES,
-    SOUNDS,
-    image_caption,
     render_image,
     video_caption,
+    world_captions,
 )
 from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
 from nextgpt.training.world_eval.text import caption_attributes
@@ -819,15 +818,6 @@ def train_encoder(
 
 
 # --- evaluation ----------------------------------------------------------------------------------------
-
-
-def world_captions(modality: str) -> list[str]:
-    """Every caption the world can give a medium of `modality` (the candidates of nearest-caption)."""
-    if modality == "image":
-        return [image_caption(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
-    if modality == "video":
-        return [video_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
-    return list(SOUNDS)
 
 
 @torch.no_grad()

@@ -22,32 +22,22 @@ import torch
 
 from nextgpt.config import GenerationOptions
 from nextgpt.llm.prompt import build_prompt
-from nextgpt.training.data.synthetic import (
-    BACKGROUNDS,
-    COLOURS,
-    DIRECTIONS,
-    SHAPES,
-    SHOW_PROMPTS,
-    SOUNDS,
-    image_caption,
-    video_caption,
-)
-from nextgpt.types import Message, Modality
+from nextgpt.training.data.synthetic import SHOW_PROMPTS, world_captions
+from nextgpt.types import MODALITIES, Message, Modality
 
 if TYPE_CHECKING:
     from nextgpt.pipeline import NextGPT
 
 
-def world_captions(per_modality: int) -> dict[Modality, list[str]]:
-    """Every world caption of each medium, thinned to about `per_modality` by an even stride (all eight
-    sounds; 72 picture and 96 clip captions in all)."""
-    pictures = [image_caption(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
-    clips = [video_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
-    return {
-        "image": pictures[:: max(1, len(pictures) // per_modality)],
-        "video": clips[:: max(1, len(clips) // per_modality)],
-        "audio": list(SOUNDS),
-    }
+def asked_captions(per_modality: int) -> dict[Modality, list[str]]:
+    """The world's captions of each medium (`synthetic.world_captions`: 72 pictures, 96 clips, 8 sounds),
+    thinned to about `per_modality` by an even stride (all eight sounds)."""
+    out: dict[Modality, list[str]] = {}
+    for modality in MODALITIES:
+        captions = world_captions(modality)
+        stride = 1 if modality == "audio" else max(1, len(captions) // per_modality)
+        out[modality] = captions[::stride]
+    return out
 
 
 def nearest(cond: torch.Tensor, targets: torch.Tensor) -> tuple[int, float]:
@@ -61,7 +51,7 @@ def nearest(cond: torch.Tensor, targets: torch.Tensor) -> tuple[int, float]:
 def span_alignment(model: NextGPT, per_modality: int = 24, seed: int = 0) -> dict[str, Any]:
     """Per medium the decoder has: {"accuracy", "n", "mean_distance", "items"} (see the module doc)."""
     report: dict[str, Any] = {}
-    for modality, captions in world_captions(per_modality).items():
+    for modality, captions in asked_captions(per_modality).items():
         decoder = model.decoders.get(modality)
         if decoder is None:
             continue

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from nextgpt.training.data.synthetic import SOUNDS
-from nextgpt.training.world_eval.alignment import markdown_lines, nearest, span_alignment, world_captions
+from nextgpt.training.world_eval.alignment import asked_captions, markdown_lines, nearest, span_alignment
 
 
 def test_world_captions_cover_every_medium_evenly() -> None:
-    captions = world_captions(24)
+    captions = asked_captions(24)
     assert captions["audio"] == list(SOUNDS)
     assert len(captions["image"]) == 24 and len(set(captions["image"])) == 24  # 72 with a stride of 3
     assert len(captions["video"]) == 24 and len(set(captions["video"])) == 24  # 96 with a stride of 4
