@@ -171,8 +171,7 @@ class TrainableNextGPT(nn.Module):
         # 3. output projectors on the signal-token states of every output span
         if batch.outputs:
             hidden = out.hidden_states[-1]  # (B, T, H), last layer after the final norm
-            aligned: list[Modality] = []
-            preds, targets = [], []
+            per_modality: dict[Modality, Tensor] = {}  # each modality's mean alignment distance
             denoiser = self.__dict__.get("denoiser")
             for modality in MODALITIES:
                 items = [o for o in batch.outputs if o.modality == modality]
@@ -183,21 +182,16 @@ class TrainableNextGPT(nn.Module):
                 e = torch.stack([embeds[o.batch, o.start : o.start + n] for o in items])  # (S, N, H)
                 pred = self.output_projectors[modality](h, e)  # (S, Q, D) or (S, D)
                 target = torch.stack([o.target for o in items]).to(device, pred.dtype)
-                aligned.append(modality)
-                preds.append(pred)
-                targets.append(target)
+                per_modality[modality] = alignment_distance(pred, target)
                 with_latents = [i for i, o in enumerate(items) if o.latents is not None]
                 if modality == "image" and denoiser is not None and with_latents:
                     latents = torch.stack(
                         [o.latents for o in items if o.latents is not None]
                     )  # (S', C, h, w)
                     losses["denoise"] = denoiser.loss(pred[with_latents], latents)
-            # Each modality's mean distance, then their mean: a mean over all tokens would give an image
-            # span (77 tokens) 77 times the say of an audio span (1 token), and the shared LoRA then
-            # learned nothing of the audio requests (every audio span projected to the same point).
-            per_modality = {
-                m: alignment_distance(p, t) for m, p, t in zip(aligned, preds, targets, strict=True)
-            }
+            # The mean of the modalities' means: a mean over all tokens would give an image span (77 tokens)
+            # 77 times the say of an audio span (1 token), and the shared LoRA then learned nothing of the
+            # audio requests (every audio span projected to the same point).
             losses["align"] = torch.stack(list(per_modality.values())).mean()
             losses.update({f"align_{m}": d.detach() for m, d in per_modality.items()})
         return losses
