@@ -5,7 +5,9 @@ Requests queue FIFO in front of one worker thread that decodes every admitted re
 next step, a finished one leaves at once). Rows share the model's active LoRA adapter, so a request
 for another adapter waits until the batch of the current one has drained (FIFO order is kept). The
 worker pushes text deltas and complete spans into the request's asyncio queue with
-`loop.call_soon_threadsafe`; a per-request cancel flag is checked before every step, so a client that
+`loop.call_soon_threadsafe`, holding a request's text deltas for up to `text_interval_s` between
+hand-overs (each one wakes the event loop, whose thread then contends for the GIL with the decoding
+thread); a per-request cancel flag is checked before every step, so a client that
 goes away leaves the batch within one step. Alone in its batch, a request gets exactly what the
 in-process pipeline (`NextGPT.generate`) produces for the same inputs and seed.
 """
@@ -71,6 +73,8 @@ class _Job:
     queued_at: float = field(default_factory=time.perf_counter)
     decode_started: float = 0.0
     decoded: int = 0
+    text_handed_at: float | None = None
+    """When the worker last handed this job's text over (None: not yet, the first delta goes at once)."""
 
 
 class HFEngine:
@@ -85,6 +89,7 @@ class HFEngine:
         *,
         max_queue: int = 64,
         max_num_seqs: int = 64,
+        text_interval_s: float = 0.0,
     ) -> None:
         self.profile = profile
         self.lm = lm
@@ -92,6 +97,11 @@ class HFEngine:
         self._adapters = adapters
         self.max_queue = max_queue
         self.max_num_seqs = max_num_seqs
+        self.text_interval_s = text_interval_s
+        """A request's text deltas cross to its event loop at most this often (the first at once; spans,
+        the result and errors at once, with the text before them); 0: every step. Each crossing is a
+        wake-up of the loop: one per token cost ~7 ms per 32-token request at one client, in wall and CPU
+        time, mostly the two threads handing the GIL back and forth."""
         self.layout = get_layout(profile.llm.signal_layout)
         self._pending: deque[_Job] = deque()
         self._wakeup = threading.Condition()
@@ -110,6 +120,7 @@ class HFEngine:
         adapters_dir: Path | None = None,
         max_queue: int = 64,
         max_num_seqs: int = 64,
+        text_interval_s: float = 0.0,
     ) -> HFEngine:
         """Load the language side of a profile: delta (checked), LLM + LoRA, input projector, adapters."""
         delta = None
@@ -125,7 +136,15 @@ class HFEngine:
         projector = load_input_projector(profile, delta)
         adapters = AdapterSet.load(lm.model, adapters_dir)
         logger.info("HF engine ready: profile %s, adapters %s", profile.name, adapters.names)
-        return cls(profile, lm, projector, adapters, max_queue=max_queue, max_num_seqs=max_num_seqs)
+        return cls(
+            profile,
+            lm,
+            projector,
+            adapters,
+            max_queue=max_queue,
+            max_num_seqs=max_num_seqs,
+            text_interval_s=text_interval_s,
+        )
 
     @property
     def embed_dim(self) -> int:
@@ -268,16 +287,33 @@ class HFEngine:
 
     def _flush(self) -> None:
         """Hand the outbox to the consumers' event loops: one wake-up per loop and step, not one per
-        event (each wake-up is a write to the loop's self-pipe: 16% of the service's CPU at 16 clients)."""
+        event (each wake-up is a write to the loop's self-pipe: 16% of the service's CPU at 16 clients).
+
+        A job whose outbox holds only text stays in the outbox while its last hand-over is younger than
+        `text_interval_s`; anything else of the job (a span, the result, the end) takes its text along,
+        in order, so the held text is never late behind it."""
         if not self._outbox:
             return
+        now = time.perf_counter()
+        held_jobs = {id(job) for job, _ in self._outbox if self._holds_text(job, now)}
+        held_jobs -= {id(job) for job, item in self._outbox if not isinstance(item, TextDelta)}
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, EngineEvent | BaseException | None]]] = {}
+        kept: list[tuple[_Job, EngineEvent | BaseException | None]] = []
         for job, item in self._outbox:
+            if id(job) in held_jobs:
+                kept.append((job, item))
+                continue
+            if isinstance(item, TextDelta):
+                job.text_handed_at = now
             by_loop.setdefault(job.loop, []).append((job, item))
-        self._outbox = []
+        self._outbox = kept
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(_hand_over, items)
+
+    def _holds_text(self, job: _Job, now: float) -> bool:
+        """Whether the job's text waits for its next interval (its first text never waits)."""
+        return job.text_handed_at is not None and now - job.text_handed_at < self.text_interval_s
 
     @torch.inference_mode()
     def _prompt(self, request: EngineRequest) -> torch.Tensor:

@@ -47,6 +47,7 @@ def build_engine(settings: LLMServiceSettings) -> Engine:
             adapters_dir=adapters_dir,
             max_queue=settings.max_queue,
             max_num_seqs=settings.max_num_seqs,
+            text_interval_s=settings.stream_interval_ms / 1000,
         )
     if settings.engine == "vllm":
         from services.llm.vllm_engine import VLLMEngine

@@ -105,6 +105,47 @@ def test_engine_equals_in_process_pipeline_and_streams(engine, tiny_model):
     assert out.prompt_tokens == expected.prompt_tokens and out.forced_modalities == expected.forced_modalities
 
 
+def test_held_text_crosses_threads_once_per_interval_and_never_lags_a_span(
+    engine, tiny_profile, tiny_model, monkeypatch
+):
+    """With a text interval longer than the whole reply, the worker hands over the first delta at once
+    and the rest only with the span or the result, in order: same text, same span, a few hand-overs where
+    there were dozens (each one a wake-up of the event loop)."""
+    import services.llm.hf_engine as hf_engine
+
+    handed: list[int] = []  # items per hand-over
+    hand_over = hf_engine._hand_over
+    monkeypatch.setattr(hf_engine, "_hand_over", lambda items: (handed.append(len(items)), hand_over(items)))
+    options = GenerationOptions(max_new_tokens=40, temperature=0.8, seed=7, modalities=("text", "image"))
+    messages = [Message("user", "draw another")]
+    expected = reference(tiny_model, messages, options)
+
+    def text_before_span(events: list[object]) -> str:
+        first_span = next(i for i, e in enumerate(events) if isinstance(e, SignalSpan))
+        return "".join(e.text for e in events[:first_span] if isinstance(e, TextDelta))
+
+    async def run(interval_s: float | None) -> list[object]:
+        request = EngineRequest(messages, [[]], options, ("image",))
+        if interval_s is None:  # the module's engine: every step handed over
+            return [event async for event in engine.generate(request)]
+        held = HFEngine.load(tiny_profile, text_interval_s=interval_s)
+        try:
+            return [event async for event in held.generate(request)]
+        finally:
+            await held.close()
+
+    every_step = asyncio.run(run(None))
+    handed.clear()
+    events = asyncio.run(run(3600.0))
+    out = events[-1]
+    assert isinstance(out, LLMOutput) and out.token_ids == expected.token_ids
+    texts = [e.text for e in events if isinstance(e, TextDelta)]
+    assert "".join(texts) == out.text and 1 <= len(texts) <= 3
+    assert sum(isinstance(e, SignalSpan) for e in events) == len(out.spans) == 1
+    assert text_before_span(events) == text_before_span(every_step)  # held text went ahead of the span
+    assert len(handed) <= 3  # the first delta; the held text with the span; the rest with the result
+
+
 def test_history_restores_signal_tokens_of_generated_media(engine, tiny_model):
     history = [Message("user", "draw a cat"), Message("assistant", "here is a cat"), Message("user", "again")]
     request = EngineRequest(history, [[], [], []], GREEDY, generated=[[], ["image", "image"], []])
