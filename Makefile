@@ -60,8 +60,9 @@ load: models
 
 # The serving benchmark (bench/serve.py): the in-process serial loop and the local cluster with the HF and
 # vLLM engines at concurrency 1..32, results in bench/results/serve.{json,md} + PNGs + py-spy flame graphs,
-# and the README's benchmark block (BENCH_ARGS e.g. "--quick", "--engines hf --duration-s 10"); ~15 min.
-BENCH_ARGS ?= --profile --readme docs/benchmarks.md
+# and the benchmark blocks of docs/benchmarks.md (full) and the README (short) (BENCH_ARGS e.g. "--quick",
+# "--engines hf --duration-s 10"); ~15 min. `bench/serve_report.py` re-renders a stored run.
+BENCH_ARGS ?= --profile --readme docs/benchmarks.md --summary README.md
 bench-serve: models setup-vllm
 	$(BIN)/python bench/serve.py $(BENCH_ARGS)
 

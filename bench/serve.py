@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from serve_mix import MIX, Sample, media_for, request_body, send_rest, summarize  # noqa: E402
-from serve_report import machine_info, markdown, overhead_at_1, plot, update_readme  # noqa: E402
+from serve_report import machine_info, markdown, overhead_at_1, plot, write_blocks  # noqa: E402
 
 from nextgpt.media.samples import sample_inputs  # noqa: E402
 from nextgpt.types import MediaItem  # noqa: E402
@@ -447,17 +447,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--overhead-rounds",
         type=int,
-        help="per cluster, rounds of the mix sent alternately in process and to the cluster (default 6;"
+        help="per cluster, rounds of the mix sent alternately in process and to the cluster (default 20;"
         " --quick: 1; 0: skip)",
     )
     parser.add_argument(
-        "--readme", type=Path, help="also write the tables and plots into this file's generated block"
+        "--readme",
+        type=Path,
+        action="append",
+        default=[],
+        help="also write the tables and plots into this file's generated block (repeatable)",
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        action="append",
+        default=[],
+        help="also write the short version (speed-ups, overhead at one client, plots) into this file's"
+        " generated block (repeatable)",
     )
     args = parser.parse_args(argv)
     args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 2, 4, 8, 16, 32])
     args.engines = [e for e in (args.engines or ("hf" if args.quick else "hf,vllm")).split(",") if e]
     if args.overhead_rounds is None:
-        args.overhead_rounds = 1 if args.quick else 6
+        args.overhead_rounds = 1 if args.quick else 20
     if args.quick and args.requests is None:
         args.requests = 10
     if args.warmup is None:
@@ -527,9 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".md").write_text(table)
     print(table)
     print(f"wrote {args.out}, {args.out.with_suffix('.md').name} and {', '.join(report['plots'])} beside it")
-    if args.readme is not None:
-        update_readme(args.readme, report, table, args.out.resolve())
-        print(f"updated the benchmark block of {args.readme}")
+    write_blocks(report, args.out, args.readme, args.summary)
     failed = [c["name"] for c in [report["serial"], *report["configurations"]] if c["status"] == "failed"]
     if failed:
         print(f"failed: {', '.join(failed)} (see 'error' in the JSON and the logs in {args.log_dir})")

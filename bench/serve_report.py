@@ -1,11 +1,16 @@
-"""Reports of `bench/serve.py`: the machine, the markdown tables, the plots and the README block.
+"""Reports of `bench/serve.py`: the machine, the markdown tables, the plots and the README blocks.
 
-Works on the report dict alone (the JSON `serve.py` writes), so a stored run can be re-rendered.
+Works on the report dict alone (the JSON `serve.py` writes), so a stored run can be re-rendered:
+
+    .venv/bin/python bench/serve_report.py bench/results/serve.json \
+        --readme docs/benchmarks.md --summary README.md
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -100,7 +105,7 @@ README_END = "<!-- bench/serve.py: end -->"
 
 
 def update_readme(readme: Path, report: dict, table: str, out: Path) -> None:
-    """Replace the block between the markers in `readme` with this run's tables and plots."""
+    """Replace the block between the markers in `readme` with `table` and this run's plots."""
     text = readme.read_text()
     if README_BEGIN not in text or README_END not in text:
         raise SystemExit(f"{readme} has no {README_BEGIN!r} ... {README_END!r} block to fill")
@@ -111,15 +116,53 @@ def update_readme(readme: Path, report: dict, table: str, out: Path) -> None:
     readme.write_text(head + block + rest.split(README_END, 1)[1])
 
 
+def _header(report: dict) -> str:
+    m, settings = report["machine"], report["settings"]
+    dirty = " (dirty)" if m["git_dirty"] else ""
+    return (
+        f"{m['cpu_count']} CPUs ({m['cpu_model']}), {m['date']}, commit {m['git_commit'][:10]}{dirty}; "
+        f"tiny profile, {settings['max_new_tokens']} new tokens."
+    )
+
+
+def _overhead_table(report: dict, key: str, kinds: list[str]) -> list[str]:
+    lines = [_row(["configuration", *kinds]), _row(["---"] * (1 + len(kinds)))]
+    for c in report["configurations"]:
+        if over := c.get(key):
+            lines.append(_row([c["name"], *("-" if over[k] is None else f"{over[k]:+.0f}" for k in kinds)]))
+    return lines
+
+
+INTERLEAVED = (
+    "Serving overhead at one client, interleaved (the same requests alternately in process and to the"
+    " cluster; median of the per-pair differences, ms):"
+)
+
+
+def summary_markdown(report: dict) -> str:
+    """The short version for the README: the machine, each cluster's speed-up over the serial loop and
+    the serving overhead at one client."""
+    return (
+        "\n".join(
+            [
+                _header(report),
+                "",
+                *speedups(report),
+                INTERLEAVED,
+                "",
+                *_overhead_table(report, "overhead_c1_interleaved_ms", kinds_of(report)),
+            ]
+        )
+        + "\n"
+    )
+
+
 def markdown(report: dict) -> str:
     """The tables printed at the end (and written to `<stem>.md`)."""
-    m, settings = report["machine"], report["settings"]
     configs = [report["serial"], *report["configurations"]]
     kinds = kinds_of(report)
-    dirty = " (dirty)" if m["git_dirty"] else ""
     lines = [
-        f"{m['cpu_count']} CPUs ({m['cpu_model']}), {m['date']}, commit {m['git_commit'][:10]}{dirty}; "
-        f"tiny profile, {settings['max_new_tokens']} new tokens.",
+        _header(report),
         "",
         *speedups(report),
         _row(HEADER),
@@ -158,20 +201,9 @@ def markdown(report: dict) -> str:
                 _row([c["name"], lv["concurrency"], *(f"{_ms(x)} / {_ms(x, 'p95')}" for x in stats)])
             )
     lines += ["", "Serving overhead at concurrency 1 (cluster p50 - in-process p50, ms):", ""]
-    lines += [_row(["configuration", *kinds]), _row(["---"] * (1 + len(kinds)))]
-    for c in report["configurations"]:
-        if over := c.get("overhead_c1_ms"):
-            lines.append(_row([c["name"], *("-" if over[k] is None else f"{over[k]:+.0f}" for k in kinds)]))
-    lines += [
-        "",
-        "Serving overhead at one client, interleaved (the same requests alternately in process and to the"
-        " cluster; median of the per-pair differences, ms):",
-        "",
-    ]
-    lines += [_row(["configuration", *kinds]), _row(["---"] * (1 + len(kinds)))]
-    for c in report["configurations"]:
-        if over := c.get("overhead_c1_interleaved_ms"):
-            lines.append(_row([c["name"], *("-" if over[k] is None else f"{over[k]:+.0f}" for k in kinds)]))
+    lines += _overhead_table(report, "overhead_c1_ms", kinds)
+    lines += ["", INTERLEAVED, ""]
+    lines += _overhead_table(report, "overhead_c1_interleaved_ms", kinds)
     services = ["gateway", "encoder", "llm", *(f"decoder-{m}" for m in MODALITIES)]
     lines += [
         "",
@@ -248,3 +280,26 @@ def plot(report: dict, out: Path) -> list[Path]:
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def write_blocks(report: dict, out: Path, readmes: list[Path], summaries: list[Path]) -> None:
+    """The full tables into each of `readmes`' generated blocks, the short version into `summaries`'."""
+    for readme in readmes:
+        update_readme(readme, report, markdown(report), out.resolve())
+        print(f"updated the benchmark block of {readme}")
+    for summary in summaries:
+        update_readme(summary, report, summary_markdown(report), out.resolve())
+        print(f"updated the benchmark summary of {summary}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Re-render a stored bench/serve.py run into documents.")
+    parser.add_argument("report", type=Path, help="the run's JSON (bench/results/serve.json)")
+    parser.add_argument("--readme", type=Path, action="append", default=[], help="full tables (repeatable)")
+    parser.add_argument("--summary", type=Path, action="append", default=[], help="short block (repeatable)")
+    args = parser.parse_args(argv)
+    write_blocks(json.loads(args.report.read_text()), args.report, args.readme, args.summary)
+
+
+if __name__ == "__main__":
+    main()

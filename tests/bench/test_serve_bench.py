@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+BEGIN, END = "<!-- bench/serve.py: begin (generated; do not edit by hand) -->", "<!-- bench/serve.py: end -->"
 KINDS = {"text->text", "image->text", "text->image", "audio->video", "text->audio"}
 LEVEL_KEYS = {"concurrency", "requests", "ok", "errors", "requests_per_s", "latency_ms", "ttft_ms", "ttfm_ms"}
 
@@ -31,6 +32,10 @@ def test_quick_run_writes_json_table_and_plots(tiny_models_dir: Path, tmp_path: 
         "0",
     ]
     command += ["--out", str(out), "--models-dir", str(tiny_models_dir), "--log-dir", str(tmp_path / "logs")]
+    full, short = tmp_path / "benchmarks.md", tmp_path / "README.md"
+    for doc in (full, short):
+        doc.write_text(f"# {doc.stem}\n\n{BEGIN}\nold\n{END}\n\nafter\n")
+    command += ["--readme", str(full), "--summary", str(short)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     with capsys.disabled():
         print("\n" + "\n".join(result.stdout.splitlines()[-12:]))
@@ -60,3 +65,15 @@ def test_quick_run_writes_json_table_and_plots(tiny_models_dir: Path, tmp_path: 
         assert (out.parent / name).stat().st_size > 0
     assert {"serve_throughput.png", "serve_latency.png"} == set(report["plots"])
     assert "| cluster-hf | 4 |" in result.stdout
+
+    # the documents' generated blocks: the full tables, and the short version for the README
+    assert "CPU ms per request" in full.read_text() and "old" not in full.read_text()
+    text = short.read_text()
+    assert "| cluster-hf |" in text and "interleaved" in text and "CPU ms per request" not in text
+    assert "(serve_throughput.png)" in text and text.endswith("\n\nafter\n")
+    # a stored run re-renders to the same blocks
+    again = tmp_path / "again.md"
+    again.write_text(f"{BEGIN}\n{END}\n")
+    render = [sys.executable, str(ROOT / "bench" / "serve_report.py"), str(out), "--summary", str(again)]
+    subprocess.run(render, check=True, capture_output=True, timeout=120, cwd=ROOT)
+    assert again.read_text().split(BEGIN)[1] == text.split(BEGIN)[1].replace("\n\nafter\n", "\n")
