@@ -415,6 +415,14 @@ def eval_world_cmd(
     profile: Annotated[str | None, typer.Option("--profile", help="profile name (default: shapes)")] = None,
     config: ConfigOpt = None,
     models_dir: ModelsOpt = None,
+    ask_media: Annotated[
+        bool,
+        typer.Option(
+            "--ask-media",
+            help="also name the output medium through the API (modalities), as a client may; the goals are"
+            " for the model deciding alone",
+        ),
+    ] = False,
 ) -> None:
     """Ask the shapes-world model held-out prompts of every task; score its media and replies with
     independent classifiers (colour, shape, motion, pitch); print and save the table."""
@@ -445,7 +453,9 @@ def eval_world_cmd(
     except NextGPTError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    result = evaluate_world(model, EvalWorldConfig(seeds=seed_list, items=items, tasks=wanted))
+    result = evaluate_world(
+        model, EvalWorldConfig(seeds=seed_list, items=items, tasks=wanted, ask_media=ask_media)
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval-world.json").write_text(json.dumps(result, indent=1) + "\n")
     table = markdown_table(result)

@@ -3,7 +3,8 @@ scored by the independent classifiers of this package (`nextgpt eval-world`, `ma
 
 Six tasks, each asked in phrasings that no training template uses (`SHOW_PHRASINGS`,
 `DESCRIBE_PHRASINGS`; the world's own are `synthetic.SHOW_PROMPTS` / `DESCRIBE_PROMPTS`), over several
-sampling / diffusion seeds, nothing forced (a reply without the asked medium scores as wrong):
+sampling / diffusion seeds, nothing forced (a reply without the asked medium scores as wrong; with
+`ask_media` the medium is also named through the API, as a client may):
 
 | task | asked | scored (headline in bold) |
 |---|---|---|
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
@@ -100,6 +101,10 @@ class EvalWorldConfig:
     tasks: tuple[str, ...] = TASKS
     max_new_tokens: int = 48
     """Enough for any world reply (the longest, a video's caption with a preamble, is ~25 tokens)."""
+    ask_media: bool = False
+    """Also ask for the medium through the API (`GenerationOptions.modalities`, so the reply completes a
+    span of it if the model does not start one): what a client that names the output medium gets. The
+    issue's goals are for False, the model deciding from the words alone."""
 
 
 @dataclass
@@ -205,15 +210,27 @@ def headline(report: WorldReport, task: str) -> float:
     return sum(rows) / len(rows) if rows else 0.0
 
 
+def case_options(case: Case, options: GenerationOptions, ask_media: bool) -> GenerationOptions:
+    """`options`, with the case's medium asked for when `ask_media` and the task makes one."""
+    target = case.task.split("->")[1]
+    if not ask_media or target == "text":
+        return options
+    return replace(options, modalities=("text", target))
+
+
 def run_cases(
     model: NextGPT,
     cases: list[Case],
     options: GenerationOptions,
     progress: Callable[[], object] | None = None,
+    ask_media: bool = False,
 ) -> Iterator[tuple[Case, Any, str]]:
-    """Each case through `model.generate` (nothing forced); yields (case, produced, raw reply)."""
+    """Each case through `model.generate` (nothing forced unless `ask_media`); yields (case, produced,
+    raw reply)."""
     for case in cases:
-        result = model.generate([Message("user", case.prompt, case.media)], options)
+        result = model.generate(
+            [Message("user", case.prompt, case.media)], case_options(case, options, ask_media)
+        )
         if progress:
             progress()
         yield case, _produced(case, result), result.raw_text
@@ -232,7 +249,8 @@ def evaluate_world(
     )
     for seed in cfg.seeds:
         options = GenerationOptions(seed=seed, max_new_tokens=cfg.max_new_tokens)
-        for case, produced, raw in run_cases(model, build_cases(cfg, seed), options, lambda: bar.update()):
+        cases = build_cases(cfg, seed)
+        for case, produced, raw in run_cases(model, cases, options, lambda: bar.update(), cfg.ask_media):
             missing = produced is None
             by_task[case.task].append((case.expected, "" if missing else produced))
             rows[case.task].append({"seed": seed, "prompt": case.prompt, "reply": raw, "no_medium": missing})
@@ -249,7 +267,7 @@ def evaluate_world(
             "n": len(pairs),
             "items": rows[task],
         }
-    return {"seeds": list(cfg.seeds), "tasks": tasks}
+    return {"seeds": list(cfg.seeds), "ask_media": cfg.ask_media, "tasks": tasks}
 
 
 def markdown_table(result: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ perfect model 100% and a silent one 0% (the classifiers themselves are validated
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from typer.testing import CliRunner
@@ -113,3 +113,24 @@ def test_eval_world_refuses_a_profile_without_its_files(tmp_path):
 def test_eval_world_rejects_bad_options(tmp_path, args):
     result = CliRunner().invoke(app, ["eval-world", "--models-dir", str(tmp_path), *args])
     assert result.exit_code == 2 and "error" in result.output
+
+
+def test_ask_media_names_the_output_medium_of_show_tasks_only():
+    """`ask_media` asks for the case's medium through `GenerationOptions.modalities`; describe tasks and
+    the default run ask for nothing beyond the model's own choice."""
+    asked: dict[str, set[tuple[str, ...]]] = {}
+
+    class Recorder(Oracle):
+        def generate(self, messages, options):
+            task = next(c.task for c in build_cases(self.cfg, options.seed) if c.prompt == messages[-1].text)
+            asked.setdefault(task, set()).add(tuple(options.modalities))
+            return super().generate(messages, options)
+
+    result = evaluate_world(Recorder(CFG), replace(CFG, ask_media=True), progress=False)  # type: ignore[arg-type]
+    assert result["ask_media"] is True
+    assert asked == {
+        t: {("text", t.split("->")[1])} if t.startswith("text->") else {("text",)} for t in TASKS
+    }
+    asked.clear()
+    evaluate_world(Recorder(CFG), CFG, progress=False)  # type: ignore[arg-type]
+    assert all(modalities == {("text",)} for modalities in asked.values())
