@@ -116,6 +116,11 @@ class Case:
     expected: dict[str, str]
     media: list[MediaItem] = field(default_factory=list)
 
+    @property
+    def target(self) -> str:
+        """What the task asks for: "text", or the medium the reply must hold."""
+        return self.task.split("->")[1]
+
 
 def _cycle(values: list[Any], n: int, rng: random.Random) -> list[Any]:
     """n values: every one in turn (shuffled), so small n still covers the range."""
@@ -197,10 +202,9 @@ def build_cases(cfg: EvalWorldConfig, seed: int) -> list[Case]:
 def _produced(case: Case, result: Any) -> Any:
     """What the case scores: the reply's text, or its first medium of the asked modality (None when
     the reply has none: every attribute is then wrong)."""
-    target = case.task.split("->")[1]
-    if target == "text":
+    if case.target == "text":
         return result.text
-    return next((m for m in result.media if m.modality == target), None)
+    return next((m for m in result.media if m.modality == case.target), None)
 
 
 def headline(report: WorldReport, task: str) -> float:
@@ -212,10 +216,9 @@ def headline(report: WorldReport, task: str) -> float:
 
 def case_options(case: Case, options: GenerationOptions, ask_media: bool) -> GenerationOptions:
     """`options`, with the case's medium asked for when `ask_media` and the task makes one."""
-    target = case.task.split("->")[1]
-    if not ask_media or target == "text":
+    if not ask_media or case.target == "text":
         return options
-    return replace(options, modalities=("text", target))
+    return replace(options, modalities=("text", case.target))
 
 
 def run_cases(
