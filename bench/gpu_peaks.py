@@ -3,6 +3,7 @@ device name (vendor datasheets), and the limits they put on a measured time."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,3 +55,30 @@ def find_peaks(device: str, peak_tflops: float | None, bandwidth_gbs: float | No
     if peak_tflops is not None or bandwidth_gbs is not None:
         source += "; overridden on the command line"
     return Peaks(peak_tflops or tflops, bandwidth_gbs or gbs, source)
+
+
+def measure_roof(
+    device: str, dtype: torch.dtype, *, size: int = 8192, copy_bytes: int = 4 << 30
+) -> dict[str, float]:
+    """This GPU's own roof, next to the datasheet's: the best of ten `size`^3 matrix products in `dtype`
+    (TFLOP/s, random data) and of ten device-to-device copies of `copy_bytes` (GB/s, bytes read plus
+    written). Clocks, power limits and the part's variant (SXM or PCIe) make it differ from `GPU_PEAKS`."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    src = torch.empty(copy_bytes // 2, dtype=torch.int16, device=device)
+    dst = torch.empty_like(src)
+
+    def best_seconds(fn: Callable[[], object]) -> float:
+        times = []
+        for i in range(13):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            if i >= 3:  # three warm-ups
+                times.append(start.elapsed_time(end) / 1e3)
+        return min(times)
+
+    matmul_s = best_seconds(lambda: a @ b)
+    copy_s = best_seconds(lambda: dst.copy_(src))
+    return {"tflops": 2 * size**3 / matmul_s / 1e12, "bandwidth_gbs": 2 * copy_bytes / copy_s / 1e9}

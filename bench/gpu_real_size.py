@@ -51,7 +51,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # design 4: more threads on a bus
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing comes from the hub
 
 import torch  # noqa: E402
-from gpu_peaks import GPU_PEAKS, Peaks, find_peaks, peaks_for_name  # noqa: E402, F401 - re-exported for tests
+from gpu_peaks import GPU_PEAKS, Peaks, find_peaks, measure_roof, peaks_for_name  # noqa: E402, F401 - re-exported for tests
 from real_size_models import (  # noqa: E402 - bench/ is the script's folder, on sys.path
     CONFIG_DIR,
     LLM_DIR,
@@ -524,7 +524,11 @@ def main(argv: list[str] | None = None) -> int:
         "workload": asdict(work),
         "components": {},
     }
+    if gpu:  # the datasheet's roof is the ratios' basis; this one says how far this machine is from it
+        report["measured_roof"] = measure_roof(args.device, getattr(torch, args.dtype))
+        logger.info("measured roof: %s", report["measured_roof"])
     failed = False
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gpu-real-size-") as tmp:
         target = Target(args.scale, args.device, getattr(torch, args.dtype))
         progress = args.progress if args.progress is not None else args.scale == "real"
@@ -540,10 +544,13 @@ def main(argv: list[str] | None = None) -> int:
                 report["components"][part] = {"error": traceback.format_exc(limit=3)}
             report["components"][part]["wall_s"] = round(time.perf_counter() - started, 2)
             ctx.free()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+            args.out.write_text(json.dumps(report, indent=2) + "\n")  # each part's figures kept at once
     print(markdown_table(report))
     print(f"\npeaks: {peaks.source}. Written to {args.out}")
+    if "measured_roof" in report:
+        roof = report["measured_roof"]
+        tflops, gbs = roof["tflops"], roof["bandwidth_gbs"]
+        print(f"measured here: {tflops:.0f} TFLOP/s ({args.dtype} matmul), {gbs:.0f} GB/s (copy)")
     return 1 if failed else 0
 
 
