@@ -123,6 +123,10 @@ async def measure_level(
         level["cpu_ms_per_request"] = (
             {k: round(1000 * v / ok, 1) for k, v in level["cpu_s"].items()} if ok else {}
         )
+        wire = level["wire_bytes"]
+        level["wire_kb_per_request"] = (
+            {k: {way: round(n / ok / 1000, 1) for way, n in v.items()} for k, v in wire.items()} if ok else {}
+        )
     level["load_average"] = {"before": load_before, "after": load_average()}
     progress.update(task, visible=False)
     p50 = (level["latency_ms"] or {}).get("p50", float("nan"))
@@ -271,12 +275,28 @@ def metric_deltas(before: dict[str, dict], after: dict[str, dict]) -> dict:
         for service in after
         if after.get(service) and before.get(service)
     }
+    # Bytes each backend's gRPC API read and wrote over the level, as encoded on the wire
+    # (`nextgpt_grpc_message_bytes`): the hops between the gateway and the backends.
+    wire = {
+        service: {
+            way: round(sum(v for _, v in delta(service, "nextgpt_grpc_message_bytes_sum", direction=way)))
+            for way in ("received", "sent")
+        }
+        for service in after
+        if service != "gateway" and after.get(service) and before.get(service)
+    }
     llm_batch = None  # rows per decode step of the HF engine (vLLM schedules its own batches)
     if after.get("llm") and before.get("llm"):
         steps = sum(v for _, v in delta("llm", "nextgpt_llm_batch_size_count"))
         rows = sum(v for _, v in delta("llm", "nextgpt_llm_batch_size_sum"))
         llm_batch = {"steps": round(steps), "mean": round(rows / steps, 2) if steps else None}
-    return {"decoder_batch_size": batches, "llm_batch_size": llm_batch, "encoder_cache": cache, "cpu_s": cpu}
+    return {
+        "decoder_batch_size": batches,
+        "llm_batch_size": llm_batch,
+        "encoder_cache": cache,
+        "cpu_s": cpu,
+        "wire_bytes": wire,
+    }
 
 
 def vllm_unusable() -> str | None:

@@ -215,6 +215,18 @@ def markdown(report: dict) -> str:
         for lv in c.get("levels", []):
             if cpu := lv.get("cpu_ms_per_request"):
                 lines.append(_row([c["name"], lv["concurrency"], *(cpu.get(name, "-") for name in services)]))
+    backends = services[1:]
+    lines += [
+        "",
+        "gRPC kB per request by backend, received / sent (as encoded on the wire; the mix's average):",
+        "",
+    ]
+    lines += [_row(["configuration", "concurrency", *backends]), _row(["---"] * (2 + len(backends)))]
+    for c in configs:
+        for lv in c.get("levels", []):
+            if wire := lv.get("wire_kb_per_request"):
+                cells = [f"{w['received']} / {w['sent']}" if (w := wire.get(b)) else "-" for b in backends]
+                lines.append(_row([c["name"], lv["concurrency"], *cells]))
     return "\n".join(lines) + "\n"
 
 

@@ -44,6 +44,40 @@ RPC_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 
+MESSAGE_BYTES = Histogram(
+    "nextgpt_grpc_message_bytes",
+    "Serialized size of each gRPC message a service received or sent, by method and direction",
+    ["method", "direction"],
+    buckets=tuple(4**k for k in range(3, 15)),  # 64 B .. 256 MiB (MAX_MESSAGE_BYTES)
+)
+
+
+def _measured(serialize: Callable[[Any], bytes] | None, method: str) -> Callable[[Any], bytes] | None:
+    """The response serializer, recording each message's size as it is written (no second encoding)."""
+    if serialize is None:
+        return None
+    sizes = MESSAGE_BYTES.labels(method, "sent")
+
+    def measured(message: Any) -> bytes:
+        data = serialize(message)
+        sizes.observe(len(data))
+        return data
+
+    return measured
+
+
+def _measuring(deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+    """The request deserializer, recording each message's size as it is read."""
+    if deserialize is None:
+        return None
+    sizes = MESSAGE_BYTES.labels(method, "received")
+
+    def measuring(data: bytes) -> Any:
+        sizes.observe(len(data))
+        return deserialize(data)
+
+    return measuring
+
 
 def status_code_for(exc: BaseException) -> grpc.StatusCode:
     """The gRPC code of an exception, from the one table in `nextgpt.errors`."""
@@ -77,9 +111,9 @@ def service_token() -> str | None:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps `NextGPTError`s to status codes, sets the request id, counts and times every call. With a
-    `service_token`, a call without it is refused (UNAUTHENTICATED); health and reflection stay open for
-    probes."""
+    """Maps `NextGPTError`s to status codes, sets the request id, counts and times every call and
+    measures its messages (`MESSAGE_BYTES`). With a `service_token`, a call without it is refused
+    (UNAUTHENTICATED); health and reflection stay open for probes."""
 
     def __init__(self, service_token: str | None = None) -> None:
         self._token = service_token.encode() if service_token else None
@@ -120,7 +154,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 return response
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
+                unary,
+                _measuring(handler.request_deserializer, method),
+                _measured(handler.response_serializer, method),
             )
         if handler.unary_stream is not None:
             inner_stream = cast(
@@ -139,7 +175,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 _end(method, "OK", started, token)
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
+                stream,
+                _measuring(handler.request_deserializer, method),
+                _measured(handler.response_serializer, method),
             )
         return handler
 

@@ -60,6 +60,9 @@ def test_quick_run_writes_json_table_and_plots(tiny_models_dir: Path, tmp_path: 
     assert set(cluster["overhead_c1_interleaved_ms"]) == KINDS  # one interleaved round under --quick
     assert all(isinstance(v, float) for v in cluster["overhead_c1_interleaved_ms"].values())
     assert {"gateway", "llm", "decoder-video"} <= set(cluster["levels"][-1]["cpu_ms_per_request"])
+    wire = cluster["levels"][-1]["wire_kb_per_request"]  # every backend read and wrote something
+    assert set(wire) == {"encoder", "llm", "decoder-image", "decoder-video", "decoder-audio"}
+    assert all(w["received"] > 0 and w["sent"] > 0 for w in wire.values()), wire
 
     for name in report["plots"] + ["serve.md"]:
         assert (out.parent / name).stat().st_size > 0
@@ -68,6 +71,7 @@ def test_quick_run_writes_json_table_and_plots(tiny_models_dir: Path, tmp_path: 
 
     # the documents' generated blocks: the full tables, and the short version for the README
     assert "CPU ms per request" in full.read_text() and "old" not in full.read_text()
+    assert "gRPC kB per request by backend" in full.read_text()
     text = short.read_text()
     assert "| cluster-hf |" in text and "interleaved" in text and "CPU ms per request" not in text
     assert "(serve_throughput.png)" in text and text.endswith("\n\nafter\n")

@@ -455,6 +455,9 @@ def _poll(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
+BYTES = "nextgpt_grpc_message_bytes_sum"
+
+
 def test_server_process(tiny_models_dir: Path, spans) -> None:
     port, metrics_port = _free_port(), _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NEXTGPT_MODELS_DIR": str(tiny_models_dir)}
@@ -497,7 +500,8 @@ def test_server_process(tiny_models_dir: Path, spans) -> None:
             names = {s.name for s in answer.list_services_response.service}
             assert {"nextgpt.v1.DecoderService", "grpc.health.v1.Health"} <= names
             stub = decoder_pb2_grpc.DecoderServiceStub(channel)
-            response = stub.Decode(_request(spans["audio"], steps=2), timeout=TIMEOUT)
+            request = _request(spans["audio"], steps=2)
+            response = stub.Decode(request, timeout=TIMEOUT)
             _check_media(response.media, "audio")
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
             metrics = reply.read().decode()
@@ -506,6 +510,9 @@ def test_server_process(tiny_models_dir: Path, spans) -> None:
             'nextgpt_decoder_batch_size_count{modality="audio"} 1.0',
             'nextgpt_decoder_stage_seconds_count{modality="audio",stage="diffuse"} 1.0',
             'nextgpt_decoder_queue_depth{modality="audio"} 0.0',
+            # the bytes on the wire, read off the serializers: exactly the messages' encoded sizes
+            f'{BYTES}{{direction="received",method="Decode"}} {float(request.ByteSize())}',
+            f'{BYTES}{{direction="sent",method="Decode"}} {float(response.ByteSize())}',
         ):
             assert name in metrics
         proc.send_signal(signal.SIGTERM)
