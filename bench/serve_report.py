@@ -14,7 +14,9 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from services.launcher import MODALITIES
 
@@ -157,6 +159,23 @@ def summary_markdown(report: dict) -> str:
     )
 
 
+def _per_service_table(
+    configs: list[dict], title: str, key: str, services: list[str], cell: Callable[[Any], str]
+) -> list[str]:
+    """A titled table of one per-service figure (`level[key][service]`), a row per measured level;
+    nothing when no level has it (a report from before the figure existed)."""
+    rows = []
+    for c in configs:
+        for lv in c.get("levels", []):
+            if figures := lv.get(key):
+                cells = [cell(figures[name]) if name in figures else "-" for name in services]
+                rows.append(_row([c["name"], lv["concurrency"], *cells]))
+    if not rows:
+        return []
+    header = [_row(["configuration", "concurrency", *services]), _row(["---"] * (2 + len(services)))]
+    return ["", title, "", *header, *rows]
+
+
 def markdown(report: dict) -> str:
     """The tables printed at the end (and written to `<stem>.md`)."""
     configs = [report["serial"], *report["configurations"]]
@@ -205,28 +224,20 @@ def markdown(report: dict) -> str:
     lines += ["", INTERLEAVED, ""]
     lines += _overhead_table(report, "overhead_c1_interleaved_ms", kinds)
     services = ["gateway", "encoder", "llm", *(f"decoder-{m}" for m in MODALITIES)]
-    lines += [
-        "",
+    lines += _per_service_table(
+        configs,
         "CPU ms per request by service (the mix's average; vLLM's engine processes not counted):",
-        "",
-    ]
-    lines += [_row(["configuration", "concurrency", *services]), _row(["---"] * (2 + len(services)))]
-    for c in configs:
-        for lv in c.get("levels", []):
-            if cpu := lv.get("cpu_ms_per_request"):
-                lines.append(_row([c["name"], lv["concurrency"], *(cpu.get(name, "-") for name in services)]))
-    backends = services[1:]
-    lines += [
-        "",
+        "cpu_ms_per_request",
+        services,
+        str,
+    )
+    lines += _per_service_table(
+        configs,
         "gRPC kB per request by backend, received / sent (as encoded on the wire; the mix's average):",
-        "",
-    ]
-    lines += [_row(["configuration", "concurrency", *backends]), _row(["---"] * (2 + len(backends)))]
-    for c in configs:
-        for lv in c.get("levels", []):
-            if wire := lv.get("wire_kb_per_request"):
-                cells = [f"{w['received']} / {w['sent']}" if (w := wire.get(b)) else "-" for b in backends]
-                lines.append(_row([c["name"], lv["concurrency"], *cells]))
+        "wire_kb_per_request",
+        services[1:],
+        lambda w: f"{w['received']} / {w['sent']}",
+    )
     return "\n".join(lines) + "\n"
 
 
