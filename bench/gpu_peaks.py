@@ -62,7 +62,9 @@ def measure_roof(
 ) -> dict[str, float]:
     """This GPU's own roof, next to the datasheet's: the best of ten `size`^3 matrix products in `dtype`
     (TFLOP/s, random data) and of ten device-to-device copies of `copy_bytes` (GB/s, bytes read plus
-    written). Clocks, power limits and the part's variant (SXM or PCIe) make it differ from `GPU_PEAKS`."""
+    written; at most a quarter of the free memory each way, so a small card measures too). Clocks, power
+    limits and the part's variant (SXM or PCIe) make it differ from `GPU_PEAKS`."""
+    copy_bytes = min(copy_bytes, torch.cuda.mem_get_info(device)[0] // 4 // 2 * 2)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     src = torch.empty(copy_bytes // 2, dtype=torch.int16, device=device)
     dst = torch.empty_like(src)
