@@ -392,8 +392,14 @@ class VLLMEngine:
 
     async def close(self) -> None:
         for engine in (self.generator, self.pooler):
-            await asyncio.to_thread(engine.shutdown)
-        # Dropped now, while the interpreter is whole: AsyncLLM.__del__ at exit shuts down again and fails.
+            # In this thread, not a worker's: shutdown stops the engine core and then cancels the engine's
+            # output task, which it does at once only from the loop's own thread. From another thread the
+            # task could wake between the two, find the core gone and log an EngineDeadError traceback.
+            engine.shutdown()
+            # AsyncLLM.__del__ shuts down again; at interpreter exit, with vLLM's module globals gone, that
+            # raises a TypeError into the log. Dropping our references does not free the engines first:
+            # `load`'s finished frame stays reachable (a stored traceback from an import made inside it).
+            engine.shutdown = _already_shut_down
         self.generator = self.pooler = None
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -417,6 +423,10 @@ def _worker_in_engine_core(enabled: bool) -> Iterator[None]:
         yield
     finally:
         os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+
+
+def _already_shut_down(timeout: float | None = None) -> None:
+    """Stands in for an AsyncLLM's `shutdown` once `VLLMEngine.close` has run it."""
 
 
 def _has_lora(model: Any) -> bool:

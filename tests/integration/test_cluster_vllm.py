@@ -28,7 +28,12 @@ def cluster(tiny_models_dir, tmp_path_factory):
         engine="vllm",
         extra_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
     ) as running:
+        llm_log = running.children["llm"].log_path
         yield running
+    # Stopped: the LLM service closed both vLLM engines and exited without a shutdown error in its log
+    # (AsyncLLM.__del__ used to shut down again at interpreter exit and raise a TypeError there).
+    log = llm_log.read_text(errors="replace")
+    assert "Exception ignored" not in log and "Traceback" not in log, log[-3000:]
 
 
 def test_llm_service_runs_the_vllm_engine(cluster):
