@@ -5,18 +5,21 @@ seed a generator, check a conditioning tensor. Everything model-specific stays i
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
+import numpy as np
 import torch
 
 # From its module, not `diffusers`: the package's TYPE_CHECKING branch types the lazy names as dummies.
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from torch import nn
 
-from nextgpt.config import DecoderConfig, Placement
+from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
 from nextgpt.decoders.invariance import make_batch_invariant, share_guidance_halves
 from nextgpt.errors import InvalidInput, ModelNotReady
+from nextgpt.types import MediaItem
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +158,78 @@ def check_cond(cond: torch.Tensor, expected: tuple[int, ...], what: str) -> None
         )
     if not torch.isfinite(cond).all():
         raise InvalidInput(f"{what} decoder: conditioning contains NaN or Inf values")
+
+
+class PipelineDecoder(Generic[P]):
+    """What the three decoders share: their pipeline on its placement, prepared for batching, one call at a
+    time, the empty caption's conditioning (the negative of classifier-free guidance) and the stage-2
+    targets. A decoder names its pipeline class, medium and guidance-shared modules, and supplies
+    `_encode` (captions -> its text conditioning), `diffuse` and `to_media`."""
+
+    PIPELINE: ClassVar[type[DiffusionPipeline]]
+    MODALITY: ClassVar[str]
+    GUIDANCE_SHARED: ClassVar[tuple[str, ...]]
+    """UNet modules whose two guidance halves carry equal values, computed once per batch instead of twice
+    (`invariance.share_guidance_halves`)."""
+
+    def __init__(self, pipe: P, cfg: DecoderConfig, placement: Placement) -> None:
+        self.pipe = pipe
+        self.cfg = cfg
+        self.placement = placement
+        # Pipelines are not reentrant (the scheduler keeps per-call timesteps): one decode at a time.
+        self._lock = threading.Lock()
+        prepare_for_batching(pipe, self.GUIDANCE_SHARED, self.MODALITY)
+        self.negative_embeds = self._encode([""])  # (1, ...) on the compute device
+
+    @classmethod
+    def load(cls, cfg: DecoderConfig) -> Self:
+        pipe, placement = load_pipeline(cls.PIPELINE, cfg, cls.MODALITY)
+        return cls(pipe, cfg, placement)  # type: ignore[arg-type]
+
+    @property
+    def defaults(self) -> DecodeDefaults:
+        return self.cfg.defaults
+
+    def _encode(self, captions: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """The text conditioning of `captions` as the pipeline computes it from a prompt: the stage-2
+        targets of this medium's output projector, float32 on the CPU, ready to cache."""
+        if not captions:
+            raise InvalidInput("encode_text needs at least one caption")
+        with self._lock:
+            return self._encode(list(captions)).float().cpu()
+
+    def decode(
+        self,
+        cond: torch.Tensor,
+        options: DecodeDefaults,
+        seed: int | None = None,
+        progress: bool = False,
+        *,
+        seeds: Sequence[int | None] | None = None,
+    ) -> list[MediaItem]:
+        """One medium per row of `cond`, in a single pipeline call.
+
+        Each row gets its own generator (`seeds[i]`, or `seed + i` from a single `seed`), so a row's
+        medium depends only on its conditioning, its seed and the options, not on the rest of the batch:
+        on the CPU the kernels are batch-invariant (`nextgpt.decoders.invariance`), so the file is the same
+        bytes in any batch (`tests/nextgpt/decoders/test_batch_invariance.py`).
+        """
+        return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
+
+    def diffuse(
+        self,
+        cond: torch.Tensor,
+        options: DecodeDefaults,
+        seed: int | None = None,
+        progress: bool = False,
+        *,
+        seeds: Sequence[int | None] | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+    def to_media(self, outputs: np.ndarray, options: DecodeDefaults) -> list[MediaItem]:
+        raise NotImplementedError

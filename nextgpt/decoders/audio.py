@@ -10,9 +10,7 @@ prompts are never tokenised at decode time: the pipeline reads its dtype.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from typing import Self
 
 import numpy as np
 import torch
@@ -21,15 +19,14 @@ import torch.nn.functional as F
 # From its module, not `diffusers`: the package's TYPE_CHECKING branch types the lazy names as dummies.
 from diffusers.pipelines.deprecated.audioldm.pipeline_audioldm import AudioLDMPipeline
 
-from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
+from nextgpt.config import DecodeDefaults
 from nextgpt.decoders._pipeline import (
+    PipelineDecoder,
     StopCheck,
     check_cond,
     execution_device,
     item_seeds,
-    load_pipeline,
     make_generators,
-    prepare_for_batching,
     stop_on_step,
 )
 from nextgpt.errors import InvalidInput
@@ -43,22 +40,14 @@ logger = logging.getLogger(__name__)
 GUIDANCE_SHARED = ("conv_in",)
 
 
-class AudioDecoder:
-    """AudioLDM (CLAP text projection -> latent diffusion over mel -> HiFi-GAN) from a local directory."""
+class AudioDecoder(PipelineDecoder[AudioLDMPipeline]):
+    """AudioLDM (CLAP text projection -> latent diffusion over mel -> HiFi-GAN) from a local directory;
+    `decode` gives one WAV (options.audio_seconds at the vocoder's rate, 16 kHz) per row of its (B, D)
+    conditioning (the projector's (B, 1, D) is accepted too)."""
 
-    def __init__(self, pipe: AudioLDMPipeline, cfg: DecoderConfig, placement: Placement) -> None:
-        self.pipe = pipe
-        self.cfg = cfg
-        self.placement = placement
-        # Pipelines are not reentrant (the scheduler keeps per-call timesteps): one decode at a time.
-        self._lock = threading.Lock()
-        prepare_for_batching(pipe, GUIDANCE_SHARED, "audio")
-        self.negative_embeds = self._encode([""])  # (1, D), unit norm, on the compute device
-
-    @classmethod
-    def load(cls, cfg: DecoderConfig) -> Self:
-        pipe, placement = load_pipeline(AudioLDMPipeline, cfg, "audio")
-        return cls(pipe, cfg, placement)
+    PIPELINE = AudioLDMPipeline
+    MODALITY = "audio"
+    GUIDANCE_SHARED = GUIDANCE_SHARED
 
     @property
     def cond_shape(self) -> tuple[int]:
@@ -68,10 +57,6 @@ class AudioDecoder:
     @property
     def sample_rate(self) -> int:
         return int(self.pipe.vocoder.config.sampling_rate)
-
-    @property
-    def defaults(self) -> DecodeDefaults:
-        return self.cfg.defaults
 
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> torch.Tensor:
@@ -89,29 +74,6 @@ class AudioDecoder:
             tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)
         )
         return F.normalize(out.text_embeds, dim=-1)  # (B, D)
-
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """Normalised CLAP text embeddings of `captions`: the stage-2 targets for the audio projector.
-        (B, D) float32 on the CPU, ready to cache."""
-        if not captions:
-            raise InvalidInput("encode_text needs at least one caption")
-        with self._lock:
-            return self._encode(list(captions)).float().cpu()
-
-    def decode(
-        self,
-        cond: torch.Tensor,
-        options: DecodeDefaults,
-        seed: int | None = None,
-        progress: bool = False,
-        *,
-        seeds: Sequence[int | None] | None = None,
-    ) -> list[MediaItem]:
-        """One WAV (options.audio_seconds at the vocoder's rate, 16 kHz) per row of `cond`, in a single
-        pipeline call. `cond` is (B, D); the projector's (B, 1, D) is accepted too. Each row gets its own
-        generator (`seeds[i]`, or `seed + i` from a single `seed`), and on the CPU the kernels are
-        batch-invariant (`nextgpt.decoders.invariance`): a row's WAV is the same bytes in any batch."""
-        return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
 
     def diffuse(
         self,

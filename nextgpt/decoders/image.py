@@ -8,9 +8,7 @@ pipeline would compute for an empty negative prompt). `encode_text` gives stage 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from typing import Self
 
 import numpy as np
 import torch
@@ -18,18 +16,16 @@ import torch
 # From its module, not `diffusers`: the package's TYPE_CHECKING branch types the lazy names as dummies.
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
-from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
+from nextgpt.config import DecodeDefaults
 from nextgpt.decoders._pipeline import (
+    PipelineDecoder,
     StopCheck,
     check_cond,
     execution_device,
     item_seeds,
-    load_pipeline,
     make_generators,
-    prepare_for_batching,
     stop_on_step_end,
 )
-from nextgpt.errors import InvalidInput
 from nextgpt.media.encode import PNG_MIME, encode_png, to_uint8
 from nextgpt.types import MediaItem
 
@@ -44,22 +40,13 @@ GUIDANCE_SHARED = (
 )
 
 
-class ImageDecoder:
-    """Stable Diffusion (SD 1.5: 77 x 768) loaded from a local diffusers directory."""
+class ImageDecoder(PipelineDecoder[StableDiffusionPipeline]):
+    """Stable Diffusion (SD 1.5: 77 x 768) loaded from a local diffusers directory; `decode` gives one PNG
+    per row of its (B, 77, D) conditioning."""
 
-    def __init__(self, pipe: StableDiffusionPipeline, cfg: DecoderConfig, placement: Placement) -> None:
-        self.pipe = pipe
-        self.cfg = cfg
-        self.placement = placement
-        # Pipelines are not reentrant (the scheduler keeps per-call timesteps): one decode at a time.
-        self._lock = threading.Lock()
-        prepare_for_batching(pipe, GUIDANCE_SHARED, "image")
-        self.negative_embeds = self._encode([""])  # (1, 77, D), on the compute device
-
-    @classmethod
-    def load(cls, cfg: DecoderConfig) -> Self:
-        pipe, placement = load_pipeline(StableDiffusionPipeline, cfg, "image")
-        return cls(pipe, cfg, placement)
+    PIPELINE = StableDiffusionPipeline
+    MODALITY = "image"
+    GUIDANCE_SHARED = GUIDANCE_SHARED
 
     @property
     def cond_shape(self) -> tuple[int, int]:
@@ -67,42 +54,12 @@ class ImageDecoder:
         config = self.pipe.text_encoder.config
         return (config.max_position_embeddings, config.hidden_size)
 
-    @property
-    def defaults(self) -> DecodeDefaults:
-        return self.cfg.defaults
-
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> torch.Tensor:
         embeds, _ = self.pipe.encode_prompt(
             captions, execution_device(self.pipe), num_images_per_prompt=1, do_classifier_free_guidance=False
         )
         return embeds  # (B, 77, D)
-
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """CLIP text states of `captions`: the stage-2 targets for the image projector. (B, 77, D) float32
-        on the CPU, ready to cache."""
-        if not captions:
-            raise InvalidInput("encode_text needs at least one caption")
-        with self._lock:
-            return self._encode(list(captions)).float().cpu()
-
-    def decode(
-        self,
-        cond: torch.Tensor,
-        options: DecodeDefaults,
-        seed: int | None = None,
-        progress: bool = False,
-        *,
-        seeds: Sequence[int | None] | None = None,
-    ) -> list[MediaItem]:
-        """One PNG per row of `cond` (B, 77, D), in a single pipeline call.
-
-        Each row gets its own generator (`seeds[i]`, or `seed + i` from a single `seed`), so a row's image
-        depends only on its conditioning, its seed and the options, not on the rest of the batch: on the
-        CPU the kernels are batch-invariant (`nextgpt.decoders.invariance`), so the PNG is the same bytes
-        in any batch (`tests/nextgpt/decoders/test_batch_invariance.py`).
-        """
-        return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
 
     def diffuse(
         self,

@@ -8,9 +8,7 @@ of "", and `encode_text` gives stage 2's alignment targets.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from typing import Self
 
 import numpy as np
 import torch
@@ -20,15 +18,14 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
     TextToVideoSDPipeline,
 )
 
-from nextgpt.config import DecodeDefaults, DecoderConfig, Placement
+from nextgpt.config import DecodeDefaults
 from nextgpt.decoders._pipeline import (
+    PipelineDecoder,
     StopCheck,
     check_cond,
     execution_device,
     item_seeds,
-    load_pipeline,
     make_generators,
-    prepare_for_batching,
     stop_on_step,
 )
 from nextgpt.errors import InvalidInput
@@ -49,22 +46,13 @@ GUIDANCE_SHARED = (
 )
 
 
-class VideoDecoder:
-    """Zeroscope / ModelScope text-to-video loaded from a local diffusers directory."""
+class VideoDecoder(PipelineDecoder[TextToVideoSDPipeline]):
+    """Zeroscope / ModelScope text-to-video loaded from a local diffusers directory; `decode` gives one MP4
+    (options.num_frames frames at options.fps) per row of its (B, 77, D) conditioning."""
 
-    def __init__(self, pipe: TextToVideoSDPipeline, cfg: DecoderConfig, placement: Placement) -> None:
-        self.pipe = pipe
-        self.cfg = cfg
-        self.placement = placement
-        # Pipelines are not reentrant (the scheduler keeps per-call timesteps): one decode at a time.
-        self._lock = threading.Lock()
-        prepare_for_batching(pipe, GUIDANCE_SHARED, "video")
-        self.negative_embeds = self._encode([""])  # (1, 77, D), on the compute device
-
-    @classmethod
-    def load(cls, cfg: DecoderConfig) -> Self:
-        pipe, placement = load_pipeline(TextToVideoSDPipeline, cfg, "video")
-        return cls(pipe, cfg, placement)
+    PIPELINE = TextToVideoSDPipeline
+    MODALITY = "video"
+    GUIDANCE_SHARED = GUIDANCE_SHARED
 
     @property
     def cond_shape(self) -> tuple[int, int]:
@@ -72,39 +60,12 @@ class VideoDecoder:
         config = self.pipe.text_encoder.config
         return (config.max_position_embeddings, config.hidden_size)
 
-    @property
-    def defaults(self) -> DecodeDefaults:
-        return self.cfg.defaults
-
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> torch.Tensor:
         embeds, _ = self.pipe.encode_prompt(
             captions, execution_device(self.pipe), num_images_per_prompt=1, do_classifier_free_guidance=False
         )
         return embeds  # (B, 77, D)
-
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """Text states of `captions`: the stage-2 targets for the video projector. (B, 77, D) float32 on
-        the CPU, ready to cache."""
-        if not captions:
-            raise InvalidInput("encode_text needs at least one caption")
-        with self._lock:
-            return self._encode(list(captions)).float().cpu()
-
-    def decode(
-        self,
-        cond: torch.Tensor,
-        options: DecodeDefaults,
-        seed: int | None = None,
-        progress: bool = False,
-        *,
-        seeds: Sequence[int | None] | None = None,
-    ) -> list[MediaItem]:
-        """One MP4 (options.num_frames frames at options.fps) per row of `cond` (B, 77, D), in a single
-        pipeline call. Each row gets its own generator (`seeds[i]`, or `seed + i` from a single `seed`), so
-        a row's video does not depend on the rest of the batch (on the CPU, bit for bit: the kernels are
-        batch-invariant, see `nextgpt.decoders.invariance`)."""
-        return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
 
     def diffuse(
         self,
