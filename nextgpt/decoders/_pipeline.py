@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
@@ -160,7 +161,7 @@ def check_cond(cond: torch.Tensor, expected: tuple[int, ...], what: str) -> None
         raise InvalidInput(f"{what} decoder: conditioning contains NaN or Inf values")
 
 
-class PipelineDecoder(Generic[P]):
+class PipelineDecoder(ABC, Generic[P]):
     """What the three decoders share: their pipeline on its placement, prepared for batching, one call at a
     time, the empty caption's conditioning (the negative of classifier-free guidance) and the stage-2
     targets. A decoder names its pipeline class, medium and guidance-shared modules, and supplies
@@ -190,8 +191,9 @@ class PipelineDecoder(Generic[P]):
     def defaults(self) -> DecodeDefaults:
         return self.cfg.defaults
 
+    @abstractmethod
     def _encode(self, captions: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+        """Captions -> this decoder's text conditioning on the compute device, as its pipeline makes it."""
 
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         """The text conditioning of `captions` as the pipeline computes it from a prompt: the stage-2
@@ -219,6 +221,7 @@ class PipelineDecoder(Generic[P]):
         """
         return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
 
+    @abstractmethod
     def diffuse(
         self,
         cond: torch.Tensor,
@@ -229,7 +232,8 @@ class PipelineDecoder(Generic[P]):
         seeds: Sequence[int | None] | None = None,
         should_stop: StopCheck | None = None,
     ) -> np.ndarray:
-        raise NotImplementedError
+        """The pipeline call of `decode`: float outputs, one per row of `cond`, not yet encoded."""
 
+    @abstractmethod
     def to_media(self, outputs: np.ndarray, options: DecodeDefaults) -> list[MediaItem]:
-        raise NotImplementedError
+        """`diffuse`'s outputs -> one encoded file per row."""
