@@ -417,10 +417,10 @@ def make_instructions(
     """Dialogues of five kinds: describe an input, produce an output, plain text Q&A, and a two-round
     chat that describes an image and then draws a variant of it. Plain text is 4 dialogues in 9 and
     a reply with a medium 4 replies in 10, so that a reply's prior does not lean towards a medium (with
-    text at 2 in 7, short unfamiliar requests were often answered with a picture). Since version 5 the
-    three media are asked for equally often: a picture had been asked for four times as often as a video
-    or a sound, and the tiny LLM answered most unseen requests for a sound with a picture or text
-    (docs/training.md has both builds)."""
+    text at 2 in 7, short unfamiliar requests were often answered with a picture). Since version 5 each
+    medium has its own request in every 9 dialogues (a picture also in the chat's second round): version 4
+    asked for a picture in 3 of 9 and for a clip or a sound in 1 of 18 each, and the tiny LLM answered
+    most unseen requests for a sound with a picture or text (docs/training.md has both builds)."""
     rng = _rng(cfg.seed, "instructions")
     pairs = {"image": images, "video": videos, "audio": audios}
     kinds = ["describe", "show_image", "show_video", "show_audio", "text", "text", "text", "text", "chat"]
