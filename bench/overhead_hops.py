@@ -49,6 +49,13 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def post_lines(http: httpx.Client, url: str, body: dict) -> list[str]:
+    """POST `body` on the client's kept-alive connection and read the whole answer (SSE lines or JSON)."""
+    with http.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        return list(response.iter_lines())
+
+
 def senders(
     model: NextGPT, cluster: LocalCluster, kind: Kind, tokens: int
 ) -> dict[str, Callable[[int], object]]:
@@ -77,9 +84,7 @@ def senders(
     def rest(stream: bool) -> Callable[[int], object]:
         def send(i: int) -> object:
             body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "seed": i}
-            with http.stream("POST", url, json={**body, "stream": stream}) as response:
-                response.raise_for_status()
-                return list(response.iter_lines())
+            return post_lines(http, url, {**body, "stream": stream})
 
         return send
 
@@ -105,9 +110,7 @@ def media_senders(
         return model.generate([Message("user", kind.prompt, media_for(kind, inputs))], options)
 
     def rest(i: int) -> object:
-        with http.stream("POST", url, json=request_body(kind, inputs, tokens, i)) as response:
-            response.raise_for_status()
-            return list(response.iter_lines())
+        return post_lines(http, url, request_body(kind, inputs, tokens, i))
 
     return {"in process": in_process, "REST streamed": rest}
 
