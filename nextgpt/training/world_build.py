@@ -13,9 +13,9 @@
    projected span land on the asked caption's decoder embedding?) and a grid of samples; OUT/report.json,
    OUT/report.md, OUT/eval-world.json and OUT/alignment.json.
 
-Resumable: a part whose OUT/<part>/report.json holds the same config (and trainer code hash) is not
-trained again, and each trainer keeps its loop state under OUT/<part>/state, so a killed build continues
-where it stopped.
+Resumable: a part whose OUT/<part>/report.json holds the same config (and hash of the code that trains it,
+blind to docstrings and comments) is not trained again, and each trainer keeps its loop state under
+OUT/<part>/state, so a killed build continues where it stopped.
 `smoke=True` runs every step with the trainers' reduced settings (seconds each): `make test` uses it to
 check the wiring, not the quality.
 """
@@ -107,19 +107,89 @@ def _done(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     return report if report.get("build_config") == config else None
 
 
-def trainer_code_hash() -> str:
-    """SHA-256 over the sources of the foundation trainers and the world they read (the files of
-    `nextgpt/training/foundation/` and `synthetic.py`): part of every part's build config, so a code
-    change retrains the part instead of reusing weights that another version of the code trained."""
+TRAINER_MODULES = {
+    "encoder": "nextgpt.training.foundation.encoder",
+    "image": "nextgpt.training.foundation.image",
+    "video": "nextgpt.training.foundation.video",
+    "audio": "nextgpt.training.foundation.audio",
+}
+"""The module that trains each part (`train_part` reaches it through `part_config`'s config class)."""
+
+
+def trainer_code_hash(part: str) -> str:
+    """SHA-256 over the code that trains `part`: its trainer module and every `nextgpt` module it
+    imports, directly or not (the world it reads, the shared loop, the served loaders and preprocessing
+    it trains through, the ImageBind arch table). Part of every part's build config, so a code change
+    retrains the parts it can change instead of reusing weights that another version of the code
+    trained, and leaves the others alone (an encoder change does not retrain the three pipelines).
+
+    It hashes each file's syntax tree without its docstrings (`code_fingerprint`), not its bytes: a
+    docstring, comment or formatting edit would otherwise retrain parts (up to ~25 minutes) for weights
+    that cannot differ."""
     import hashlib
 
-    from nextgpt.training.data import synthetic
-    from nextgpt.training.foundation import loop
-
     digest = hashlib.sha256()
-    for path in sorted(Path(loop.__file__).parent.glob("*.py")) + [Path(synthetic.__file__)]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name, path in sorted(nextgpt_imports(TRAINER_MODULES[part]).items()):
+        digest.update(name.encode() + b"\0" + code_fingerprint(path.read_text()).encode() + b"\0")
     return digest.hexdigest()
+
+
+def nextgpt_imports(module: str) -> dict[str, Path]:
+    """`module` and every `nextgpt` module it imports, at any depth and from any scope (function-level
+    imports too), by name -> source file; found by reading the sources, nothing is imported but the
+    packages on the way."""
+    import ast
+    import importlib.util
+
+    def source(name: str) -> Path | None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        origin = spec.origin if spec else None
+        return Path(origin) if origin and origin.endswith(".py") else None
+
+    found: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = source(name)
+        if name in found or path is None:
+            continue
+        found[name] = path
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, up level - 1
+                    anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{anchor}.{base}" if base else anchor
+                todo.append(base)
+                todo += [f"{base}.{alias.name}" for alias in node.names]  # submodules; others drop out
+        todo = [t for t in todo if t == "nextgpt" or t.startswith("nextgpt.")]
+    return found
+
+
+def code_fingerprint(source: str) -> str:
+    """The Python `source`'s syntax tree as text, docstrings left out: equal for two sources that differ
+    only in docstrings, comments, blank lines or layout."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or ([] if isinstance(node, ast.Module) else [ast.Pass()])
+    return ast.dump(tree)
 
 
 STATE_CONFIG = "state-config.json"
@@ -152,7 +222,7 @@ def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) ->
 
     torch.set_num_threads(1)
     cfg = part_config(part, seed, smoke)
-    config = {**_jsonable(asdict(cfg)), "code": trainer_code_hash()}
+    config = {**_jsonable(asdict(cfg)), "code": trainer_code_hash(part)}
     if (report := _done(out, config)) is not None:
         logger.info("%s: trained already (%s), skipped", part, out / "report.json")
         return report

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -47,7 +46,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.deprecated.audioldm.pipeline_audioldm import AudioLDMPipeline
@@ -83,9 +81,16 @@ from nextgpt.training.foundation.audio_parts import (
     tokenize,
     training_captions,
 )
-from nextgpt.training.foundation.diffusion import alphas_cumprod, train_denoiser
-from nextgpt.training.foundation.image import PartResult
-from nextgpt.training.foundation.loop import LoopConfig, train
+from nextgpt.training.foundation.diffusion import (
+    Denoise,
+    PartResult,
+    fit_part,
+    latent_bank,
+    run_times,
+    save_pipeline,
+    train_unet,
+    vae_loss,
+)
 from nextgpt.training.world_eval import AudioClip, caption_attributes, evaluate_world_media
 
 logger = logging.getLogger(__name__)
@@ -111,15 +116,11 @@ def train_vae(cfg: AudioTrainConfig, mel: LogMel, state: Path) -> tuple[Autoenco
         start = torch.randint(cfg.frames - cfg.vae_frames + 1, (cfg.vae_batch,), generator=gen).tolist()
         # (B, 1, F, M): the layout `decode_latents` returns, on a crop
         x = torch.stack([spec[i, s : s + cfg.vae_frames] for i, s in enumerate(start)]).unsqueeze(1)
-        posterior = vae.encode(x).latent_dist
-        # The mean, not a sample (as the image VAE): the UNet trains on means too.
-        recon = vae.decode(posterior.mean).sample
-        return F.mse_loss(recon, x) + F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        return vae_loss(vae, x, cfg.kl_weight)
 
-    loop = LoopConfig(steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=min(20, cfg.vae_steps), seed=cfg.seed)
-    result = train(vae, loss_fn, loop, name="audio-vae", state_dir=state / "vae", progress=cfg.progress)
-    vae.requires_grad_(False)
-    return vae, PartResult.of(result)
+    return vae, fit_part(
+        vae, loss_fn, cfg, steps=cfg.vae_steps, lr=cfg.vae_lr, name="audio-vae", state_dir=state / "vae"
+    )
 
 
 def stft_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -156,14 +157,15 @@ def train_vocoder(cfg: AudioTrainConfig, mel: LogMel, state: Path) -> tuple[Spee
             loss = float(loss_fn(0, torch.Generator().manual_seed(cfg.seed)))
         vocoder.requires_grad_(False)
         return vocoder, PartResult(loss, loss, 0, 0.0)
-    loop = LoopConfig(
-        steps=cfg.vocoder_steps, lr=cfg.vocoder_lr, warmup_steps=min(20, cfg.vocoder_steps), seed=cfg.seed
+    return vocoder, fit_part(
+        vocoder,
+        loss_fn,
+        cfg,
+        steps=cfg.vocoder_steps,
+        lr=cfg.vocoder_lr,
+        name="audio-vocoder",
+        state_dir=state / "vocoder",
     )
-    result = train(
-        vocoder, loss_fn, loop, name="audio-vocoder", state_dir=state / "vocoder", progress=cfg.progress
-    )
-    vocoder.requires_grad_(False)
-    return vocoder, PartResult.of(result)
 
 
 class SoundClassifier(nn.Module):
@@ -196,12 +198,15 @@ def train_text_encoder(
         embeds = encoder(ids[pick], attention_mask=mask[pick]).text_embeds  # (B, D)
         return classifier(embeds, target[pick])
 
-    loop = LoopConfig(
-        steps=cfg.text_steps, lr=cfg.text_lr, warmup_steps=min(20, cfg.text_steps), seed=cfg.seed
+    return encoder, fit_part(
+        module,
+        loss_fn,
+        cfg,
+        steps=cfg.text_steps,
+        lr=cfg.text_lr,
+        name="audio-text",
+        state_dir=state / "text",
     )
-    result = train(module, loss_fn, loop, name="audio-text", state_dir=state / "text", progress=cfg.progress)
-    encoder.requires_grad_(False)
-    return encoder, PartResult.of(result)
 
 
 @torch.no_grad()
@@ -218,69 +223,22 @@ def encode_captions(
 def encode_bank(
     vae: AutoencoderKL, mel: LogMel, cfg: AudioTrainConfig
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """`bank_size` clips, every sound in turn: unscaled latent means (N, C, h, w), their SOUNDS indices (N,),
-    and the scaling factor that gives the latents unit variance."""
+    """`latent_bank` of `bank_size` clips of the world sounds: latent means (N, C, h, w) of their log-mel."""
     rng = random.Random(f"{cfg.seed}:audio-bank")
-    which = torch.arange(cfg.bank_size) % len(SOUNDS)
-    latents = [
-        vae.encode(mel(render_sounds(chunk.tolist(), cfg, rng)).unsqueeze(1)).latent_dist.mean
-        for chunk in which.split(64)
-    ]
-    bank = torch.cat(latents)
-    return bank, which, float(1.0 / bank.std())
+
+    def encode(which: list[int]) -> torch.Tensor:
+        return vae.encode(mel(render_sounds(which, cfg, rng)).unsqueeze(1)).latent_dist.mean
+
+    return latent_bank(encode, len(SOUNDS), cfg.bank_size, chunk=64)
 
 
-def train_unet(
-    cfg: AudioTrainConfig,
-    latents: torch.Tensor,
-    sound_of: torch.Tensor,
-    embeds: torch.Tensor,
-    empty: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    state: Path,
-) -> tuple[UNet2DConditionModel, PartResult]:
-    """`latents` (N, C, h, w), scaled; `embeds` (sounds, phrasings, D) normalised; `empty` (D,): ""."""
-    torch.manual_seed(cfg.seed + 2)
-    unet = build_unet(cfg)
-    result = train_denoiser(
-        unet,
-        lambda xt, t, cond: unet(xt, t, encoder_hidden_states=None, class_labels=cond).sample,
-        latents,
-        sound_of,
-        embeds,
-        empty,
-        alphas_cumprod,
-        cfg,
-        name="audio-unet",
-        state_dir=state / "unet",
-    )
-    return unet, PartResult.of(result)
+def class_conditioned(unet: UNet2DConditionModel) -> Denoise:
+    """AudioLDM's UNet: the (normalised) CLAP embedding enters as `class_labels`, no cross-attention."""
+    return lambda xt, t, cond: unet(xt, t, encoder_hidden_states=None, class_labels=cond).sample
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The pipeline and its evaluation
-
-
-def save_pipeline(
-    out: Path,
-    vae: AutoencoderKL,
-    encoder: ClapTextModelWithProjection,
-    tokenizer: RobertaTokenizer,
-    unet: UNet2DConditionModel,
-    scheduler: DDIMScheduler,
-    vocoder: SpeechT5HifiGan,
-) -> Path:
-    """The real AudioLDM pipeline saved in diffusers' layout."""
-    pipe = AudioLDMPipeline(
-        vae=vae,
-        text_encoder=encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,  # type: ignore[arg-type]  # diffusers annotates schedulers as the KarrasDiffusionSchedulers enum
-        vocoder=vocoder,
-    )
-    pipe.save_pretrained(out, safe_serialization=True)
-    return out
 
 
 def decode_defaults(cfg: AudioTrainConfig) -> DecodeDefaults:
@@ -393,11 +351,23 @@ def train_audio_pipeline(out_dir: str | Path, cfg: AudioTrainConfig | None = Non
     embeds = embeds.view(len(SOUNDS), width, cfg.cond_dim)
     empty = encode_captions(encoder, tokenizer, [""])[0]  # (D,)
     scheduler = build_scheduler()
-    alphas = alphas_cumprod(scheduler)
-    unet, unet_result = train_unet(cfg, raw * scaling, sound_of, embeds, empty, alphas, state)
+    unet, unet_result = train_unet(
+        build_unet,
+        cfg,
+        raw * scaling,
+        sound_of,
+        embeds,
+        empty,
+        scheduler,
+        name="audio-unet",
+        state_dir=state / "unet",
+        denoise=class_conditioned,
+    )
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     # 5. Save in diffusers' layout, load through the served decoder, ask for every sound.
-    pipeline_dir = save_pipeline(out / "pipeline", vae, encoder, tokenizer, unet, scheduler, vocoder)
+    pipeline_dir = save_pipeline(
+        AudioLDMPipeline, out / "pipeline", vae, encoder, tokenizer, unet, scheduler, vocoder=vocoder
+    )
     heldout, samples = evaluate(pipeline_dir, cfg)
     grid = write_samples(samples, mel, out)
     report: dict[str, Any] = {
@@ -413,12 +383,7 @@ def train_audio_pipeline(out_dir: str | Path, cfg: AudioTrainConfig | None = Non
         "latent_scaling_factor": scaling,
         "heldout": heldout,
         "decode_defaults": asdict(decode_defaults(cfg)),
-        "train_seconds": train_seconds,
-        "total_seconds": time.perf_counter() - t0,
-        # CPU time of this process: the wall time on an idle machine at one thread, whatever the load.
-        "train_cpu_seconds": train_cpu,
-        "total_cpu_seconds": time.process_time() - cpu0,
-        "load_average": os.getloadavg(),
+        **run_times(t0, cpu0, train_seconds, train_cpu),
         "config": asdict(cfg),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

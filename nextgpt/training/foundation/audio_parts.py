@@ -30,6 +30,7 @@ from transformers.audio_utils import mel_filter_bank
 from nextgpt import tiny_profile as dims
 from nextgpt.tiny.diffusion import CLIP_MAX_LENGTH, HOP, SAMPLE_RATE, clap_text_encoder
 from nextgpt.training.data.synthetic import SOUNDS, WorldConfig, render_audio
+from nextgpt.training.foundation.diffusion import kl_vae
 
 logger = logging.getLogger(__name__)
 
@@ -296,18 +297,8 @@ def tokenize(tokenizer: RobertaTokenizer, captions: Sequence[str]) -> tuple[torc
 
 
 def build_vae(cfg: AudioTrainConfig) -> AutoencoderKL:
-    n = len(cfg.vae_channels)
-    return AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=cfg.vae_channels,
-        layers_per_block=1,
-        latent_channels=cfg.latent_channels,
-        norm_num_groups=8,
-        sample_size=cfg.n_mels,
-    )
+    """The mel VAE: one channel in and out, the (frames, mel bins) log-mel as its picture."""
+    return kl_vae(cfg.vae_channels, cfg.latent_channels, cfg.n_mels, in_channels=1)
 
 
 def build_vocoder(cfg: AudioTrainConfig) -> SpeechT5HifiGan:

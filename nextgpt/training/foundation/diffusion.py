@@ -1,33 +1,125 @@
-"""What the foundation trainers' denoisers share: the epsilon-prediction loss of one batch under a
-scheduler's noise schedule, with classifier-free-guidance dropout and min-SNR weighting. The image
-(UNet2D, cross-attention on CLIP states) and audio (UNet2D, class labels from CLAP) trainers call it with
-their own `denoise`; so will the video trainer."""
+"""What the three diffusion-pipeline trainers (`image.py`, `video.py`, `audio.py`) share: the KL VAE, one
+part's run of the shared loop and its summary, the latent bank, the UNet's epsilon-prediction training
+under a scheduler's noise schedule (with classifier-free-guidance dropout and min-SNR weighting), saving
+the real diffusers pipeline, and the report's timings. Each trainer keeps what differs: its data, its
+conditioning and its evaluation."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from torch import nn
+from torch.nn import functional as F
 
 from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(x_t, t, cond) -> predicted noise: how a trainer calls its UNet."""
+LossFn = Callable[[int, torch.Generator], torch.Tensor]
+"""The loop's `loss_fn(step, generator)`."""
+UNet = TypeVar("UNet", bound=nn.Module)
 
 
-class DenoiserSettings(Protocol):
-    """The UNet fields every trainer's config has (`ImageTrainConfig`, `AudioTrainConfig`)."""
+class RunSettings(Protocol):
+    """What every part's run reads from its trainer's config."""
+
+    seed: int
+    progress: bool
+
+
+class DenoiserSettings(RunSettings, Protocol):
+    """The UNet fields every trainer's config has (`ImageTrainConfig`, `VideoTrainConfig`,
+    `AudioTrainConfig`)."""
 
     unet_steps: int
     unet_lr: float
     unet_batch: int
     uncond_prob: float
     snr_gamma: float | None
-    seed: int
-    progress: bool
+
+
+Settings = TypeVar("Settings", bound=DenoiserSettings)
+
+
+@dataclass
+class PartResult:
+    """One trained part's loss at the start and at the end of its run (`LoopResult.first`, `.last`)."""
+
+    first: float
+    last: float
+    steps: int
+    seconds: float
+
+    @classmethod
+    def of(cls, result: LoopResult) -> PartResult:
+        return cls(result.first, result.last, len(result.losses), result.seconds)
+
+
+def fit_part(
+    module: nn.Module, loss_fn: LossFn, cfg: RunSettings, *, steps: int, lr: float, name: str, state_dir: Path
+) -> PartResult:
+    """`steps` steps of the shared loop (20 warm-up steps, resumable from `state_dir`), then the module
+    frozen: every part but the UNet is trained once and then only read (by the next part, or saved)."""
+    loop = LoopConfig(steps=steps, lr=lr, warmup_steps=min(20, steps), seed=cfg.seed)
+    result = train(module, loss_fn, loop, name=name, state_dir=state_dir, progress=cfg.progress)
+    module.requires_grad_(False)
+    return PartResult.of(result)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The VAE and the latent bank
+
+
+def kl_vae(
+    channels: tuple[int, ...], latent_channels: int, sample_size: int, in_channels: int = 3
+) -> AutoencoderKL:
+    """The small `AutoencoderKL` every pipeline uses: one ResNet layer per block, len(channels) - 1
+    downsamplings, `in_channels` in and out (3 for pictures, 1 for a log-mel)."""
+    n = len(channels)
+    return AutoencoderKL(
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=channels,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=sample_size,
+    )
+
+
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    """Reconstruction (MSE + L1) of `x` from the posterior's mean, plus `kl_weight` x the KL. The mean, not
+    a sample: at init the posterior's std is ~1, and a decoder that must see through that noise stays
+    blurred for the few hundred steps we can afford. The UNet trains on means too."""
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.mean).sample
+    return F.mse_loss(recon, x) + F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+
+
+@torch.no_grad()
+def latent_bank(
+    encode: Callable[[list[int]], torch.Tensor], kinds: int, size: int, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """`size` examples, every kind (combination, sound) in turn, encoded `chunk` at a time by
+    `encode(kind indices) -> latent means`: the unscaled latents, their kinds (size,), and the scaling
+    factor that gives the latents unit variance (SD's 0.18215). The UNet's steps draw from it."""
+    which = torch.arange(size) % kinds
+    bank = torch.cat([encode(part.tolist()) for part in which.split(chunk)])
+    return bank, which, float(1.0 / bank.std())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The UNet
 
 
 def alphas_cumprod(scheduler: Any) -> torch.Tensor:
@@ -71,29 +163,40 @@ def denoising_loss(
     return mse.mean()
 
 
-def train_denoiser(
-    unet: nn.Module,
-    denoise: Denoise,
+def cross_attention(unet: nn.Module) -> Denoise:
+    """A UNet that cross-attends to its conditioning (the image and video UNets' CLIP states)."""
+    return lambda xt, t, cond: unet(xt, t, cond).sample
+
+
+def train_unet(
+    build: Callable[[Settings], UNet],
+    cfg: Settings,
     latents: torch.Tensor,
     cond_of: torch.Tensor,
     cond_bank: torch.Tensor,
     empty: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    cfg: DenoiserSettings,
+    scheduler: Any,
     *,
     name: str,
     state_dir: Path,
-) -> LoopResult:
-    """`cfg.unet_steps` steps of `denoising_loss` on the shared loop (50 warm-up steps, resumable)."""
+    denoise: Callable[[UNet], Denoise] = cross_attention,
+) -> tuple[UNet, PartResult]:
+    """`build(cfg)` under seed + 2 (the VAE is built under `seed`, the text encoder under seed + 1), then
+    `cfg.unet_steps` steps of `denoising_loss` under `scheduler`'s noise schedule on the shared loop (50
+    warm-up steps, resumable), the UNet called as `denoise(unet)` says. `latents` are scaled; `cond_bank`
+    is (kinds, phrasings, ...) and `empty` the empty caption's conditioning."""
+    torch.manual_seed(cfg.seed + 2)
+    unet = build(cfg)
+    call, alphas = denoise(unet), alphas_cumprod(scheduler)
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         return denoising_loss(
-            denoise,
+            call,
             latents,
             cond_of,
             cond_bank,
             empty,
-            alphas_cumprod,
+            alphas,
             gen,
             batch=cfg.unet_batch,
             uncond_prob=cfg.uncond_prob,
@@ -107,4 +210,42 @@ def train_denoiser(
         seed=cfg.seed,
         ema_decay=getattr(cfg, "ema_decay", None),  # settings without the field train without EMA
     )
-    return train(unet, loss_fn, loop, name=name, state_dir=state_dir, progress=cfg.progress)
+    result = train(unet, loss_fn, loop, name=name, state_dir=state_dir, progress=cfg.progress)
+    return unet, PartResult.of(result)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def save_pipeline(
+    pipeline: Callable[..., DiffusionPipeline],
+    out: Path,
+    vae: AutoencoderKL,
+    text_encoder: nn.Module,
+    tokenizer: Any,
+    unet: nn.Module,
+    scheduler: Any,
+    **extra: Any,
+) -> Path:
+    """The trained components wired into the real diffusers `pipeline` class (with `extra`, its other
+    arguments) and saved in diffusers' layout (safetensors), so that the served decoder loads it as it
+    loads the real weights."""
+    pipe = pipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, **extra
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def run_times(t0: float, cpu0: float, train_seconds: float, train_cpu: float) -> dict[str, Any]:
+    """The report's timings of a run that started at `time.perf_counter()` `t0` and `time.process_time()`
+    `cpu0`: wall and CPU seconds of the training and of the whole run, and the load average. The CPU time
+    of this process is the wall time on an idle machine at one thread, whatever the load."""
+    return {
+        "train_seconds": train_seconds,
+        "total_seconds": time.perf_counter() - t0,
+        "train_cpu_seconds": train_cpu,
+        "total_cpu_seconds": time.process_time() - cpu0,
+        "load_average": os.getloadavg(),
+    }

@@ -7,10 +7,10 @@ unchanged:
 1. the VAE (`AutoencoderKL`, x2: 32 px images -> 16 x 16 x 4 latents): reconstruction (MSE + L1) and a
    small KL, on shapes rendered on the fly. (An x4 VAE, 8 x 8 latents, still blurred stars into pentagons
    after 600 steps; x2 reconstructs every held-out picture right after 300);
-2. the CLIP-format text encoder (`CLIPTextModel`, real CLIP tokenizer): attribute heads (colour, shape,
-   background) on the mean of its 77 states, over the world's caption and paraphrases of it, so that the
-   77 x D conditioning says what to draw however it is phrased. It is then frozen: the UNet's conditioning
-   (and the output projector's stage-2 target) is a fixed function of the caption;
+2. the CLIP-format text encoder (`CLIPTextModel`, real CLIP tokenizer; `clip_text.py`): attribute heads
+   (colour, shape, background) on the mean of its 77 states, over the world's caption and paraphrases of
+   it, so that the 77 x D conditioning says what to draw however it is phrased. It is then frozen: the
+   UNet's conditioning (and the output projector's stage-2 target) is a fixed function of the caption;
 3. the UNet (`UNet2DConditionModel`): epsilon prediction under SD 1.5's noise schedule (the saved PNDM
    scheduler's `alphas_cumprod`), min-SNR weighting, and the empty caption for 10% of the examples so that
    classifier-free guidance works.
@@ -42,13 +42,10 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from PIL import Image, ImageDraw
-from torch import nn
-from torch.nn import functional as F
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from nextgpt import tiny_profile as dims
 from nextgpt.config import DecodeDefaults, DecoderConfig
-from nextgpt.tiny.diffusion import build_clip_tokenizer, clip_text_encoder, sd_scheduler_kwargs
+from nextgpt.tiny.diffusion import build_clip_tokenizer, sd_scheduler_kwargs
 from nextgpt.training.data.synthetic import (
     BACKGROUNDS,
     COLOURS,
@@ -59,14 +56,24 @@ from nextgpt.training.data.synthetic import (
     heldout_image_combos,
     image_caption,
 )
-from nextgpt.training.foundation.diffusion import alphas_cumprod, train_denoiser
-from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
+from nextgpt.training.foundation.clip_text import caption_bank, train_text_encoder
+from nextgpt.training.foundation.diffusion import (
+    PartResult,
+    fit_part,
+    kl_vae,
+    latent_bank,
+    save_pipeline,
+    train_unet,
+    vae_loss,
+)
 from nextgpt.training.world_eval import evaluate_world_media
 
 logger = logging.getLogger(__name__)
 
 Combo = tuple[str, str, str]
 """(colour, shape, background)."""
+ATTRIBUTES = {"colour": COLOURS, "shape": SHAPES, "background": BACKGROUNDS}
+"""What the text stage's heads read, in a Combo's order."""
 
 TEMPLATES = (
     "{a} {c} {s} on a {b} background",  # the world's own caption (`image_caption`)
@@ -81,11 +88,6 @@ TEMPLATES = (
 """Caption phrasings trained on: the world's caption first, then paraphrases (the LLM's phrasings vary)."""
 HELDOUT_TEMPLATE = "one {c} {s} placed in front of a plain {b} background"
 """A phrasing never trained on, for the held-out evaluation."""
-FILLERS = tuple(
-    "small big simple little bright single flat nice the some here is showing with please".split()
-)
-"""Words the text stage inserts at random into its captions, so that words it has not seen (a phrasing's
-"plain", "placed") move the conditioning little. None of them is in HELDOUT_TEMPLATE."""
 
 
 @dataclass
@@ -115,7 +117,7 @@ class ImageTrainConfig:
     """Width of the CLIP text states the UNet cross-attends to (the output projector's target width)."""
     text_steps: int = 200
     filled_copies: int = 2
-    """Copies of each training caption with 1-2 random FILLERS words, for the text stage."""
+    """Copies of each training caption with 1-2 random `clip_text.FILLERS` words, for the text stage."""
     text_batch: int = 64
     text_lr: float = 2e-3
     unet_channels: tuple[int, ...] = (32, 64, 64)
@@ -191,12 +193,9 @@ def phrase(template: str, combo: Combo, variant: int = 0) -> str:
     return template.format(a=article(colour), c=colour, s=shape, b=background)
 
 
-def with_fillers(caption: str, rng: random.Random, n: int) -> str:
-    """`caption` with `n` words of FILLERS inserted at random places."""
-    words = caption.split()
-    for _ in range(n):
-        words.insert(rng.randrange(len(words) + 1), rng.choice(FILLERS))
-    return " ".join(words)
+def phrasings(combo: Combo) -> list[str]:
+    """`combo` in every TEMPLATES phrasing (the text stage's captions and the UNet's conditioning)."""
+    return [phrase(t, combo, v) for v, t in enumerate(TEMPLATES)]
 
 
 def render(combo: Combo, size: int, radius: tuple[float, float], rng: random.Random) -> np.ndarray:
@@ -227,21 +226,6 @@ def render_batch(
 # Components
 
 
-def build_vae(cfg: ImageTrainConfig) -> AutoencoderKL:
-    n = len(cfg.vae_channels)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=cfg.vae_channels,
-        layers_per_block=1,
-        latent_channels=cfg.latent_channels,
-        norm_num_groups=8,
-        sample_size=cfg.image_size,
-    )
-
-
 def build_unet(cfg: ImageTrainConfig) -> UNet2DConditionModel:
     # Cross-attention at the finest level (the served decoder shares `down_blocks.0.attentions.0` across the
     # guidance halves, see `nextgpt.decoders.image.GUIDANCE_SHARED`), in the mid block (the coarsest) and
@@ -261,104 +245,23 @@ def build_unet(cfg: ImageTrainConfig) -> UNet2DConditionModel:
     )
 
 
-class AttributeHeads(nn.Module):
-    """Colour, shape and background read linearly from the mean of the text encoder's states."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.colour = nn.Linear(width, len(COLOURS))
-        self.shape = nn.Linear(width, len(SHAPES))
-        self.background = nn.Linear(width, len(BACKGROUNDS))
-
-    def forward(self, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pooled = states.mean(dim=1)  # (B, D): the padding states after EOS have seen the whole caption
-        heads = (self.colour, self.shape, self.background)
-        return sum(
-            (F.cross_entropy(head(pooled), labels[:, i]) for i, head in enumerate(heads)), torch.zeros(())
-        )
-
-
-def combo_labels(combos: Sequence[Combo]) -> torch.Tensor:
-    """(N, 3) long: colour, shape and background indices."""
-    colours, shapes, backgrounds = list(COLOURS), list(SHAPES), list(BACKGROUNDS)
-    return torch.tensor([[colours.index(c), shapes.index(s), backgrounds.index(b)] for c, s, b in combos])
-
-
-def tokenize(tokenizer: CLIPTokenizer, captions: Sequence[str]) -> torch.Tensor:
-    """(N, 77) ids, padded as the pipeline's `encode_prompt` pads."""
-    return tokenizer(
-        list(captions),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The three parts
-
-
-@dataclass
-class PartResult:
-    first: float
-    last: float
-    steps: int
-    seconds: float
-
-    @classmethod
-    def of(cls, result: LoopResult) -> PartResult:
-        return cls(result.first, result.last, len(result.losses), result.seconds)
 
 
 def train_vae(
     cfg: ImageTrainConfig, combos: Sequence[Combo], state: Path
 ) -> tuple[AutoencoderKL, PartResult]:
     torch.manual_seed(cfg.seed)
-    vae = build_vae(cfg)
+    vae = kl_vae(cfg.vae_channels, cfg.latent_channels, cfg.image_size)
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         x, _ = render_batch(combos, cfg.vae_batch, cfg, gen)  # (B, 3, H, W)
-        posterior = vae.encode(x).latent_dist
-        # The mean, not a sample: at init the posterior's std is ~1, and a decoder that must see through
-        # that noise stays blurred for the few hundred steps we can afford. The UNet trains on means too.
-        recon = vae.decode(posterior.mean).sample
-        return F.mse_loss(recon, x) + F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        return vae_loss(vae, x, cfg.kl_weight)
 
-    loop = LoopConfig(steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=min(20, cfg.vae_steps), seed=cfg.seed)
-    result = train(vae, loss_fn, loop, name="image-vae", state_dir=state / "vae", progress=cfg.progress)
-    return vae, PartResult.of(result)
-
-
-def train_text_encoder(
-    cfg: ImageTrainConfig, combos: Sequence[Combo], tokenizer: CLIPTokenizer, state: Path
-) -> tuple[CLIPTextModel, PartResult]:
-    torch.manual_seed(cfg.seed + 1)
-    encoder = clip_text_encoder(cfg.cond_dim)
-    heads = AttributeHeads(cfg.cond_dim)
-    # Each (combo, phrasing) as is and with 1 or 2 filler words: (N x T x (1 + FILLED), 77) ids.
-    rng = random.Random(f"{cfg.seed}:image-text")
-    captions = [
-        with_fillers(phrase(t, c, v), rng, k % 3)
-        for c in combos
-        for v, t in enumerate(TEMPLATES)
-        for k in range(1 + cfg.filled_copies)
-    ]
-    ids = tokenize(tokenizer, captions)
-    labels = combo_labels(combos).repeat_interleave(len(captions) // len(combos), dim=0)  # (N x ..., 3)
-    module = nn.ModuleDict({"encoder": encoder, "heads": heads})
-
-    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
-        pick = torch.randint(len(ids), (cfg.text_batch,), generator=gen)
-        states = encoder(ids[pick]).last_hidden_state  # (B, 77, D)
-        return heads(states, labels[pick])
-
-    loop = LoopConfig(
-        steps=cfg.text_steps, lr=cfg.text_lr, warmup_steps=min(20, cfg.text_steps), seed=cfg.seed
+    return vae, fit_part(
+        vae, loss_fn, cfg, steps=cfg.vae_steps, lr=cfg.vae_lr, name="image-vae", state_dir=state / "vae"
     )
-    result = train(module, loss_fn, loop, name="image-text", state_dir=state / "text", progress=cfg.progress)
-    encoder.requires_grad_(False)
-    return encoder, PartResult.of(result)
 
 
 @torch.no_grad()
@@ -369,7 +272,7 @@ def vae_fidelity(vae: AutoencoderKL, cfg: ImageTrainConfig, per_combo: int = 4) 
     x = to_tensor([render(c, cfg.image_size, cfg.radius, rng) for c in combos])
     recon = vae.decode(vae.encode(x).latent_dist.mean).sample  # (N, 3, H, W) in [-1, 1]
     images = ((recon.permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1).numpy()
-    expected = [dict(zip(("colour", "shape", "background"), c, strict=True)) for c in combos]
+    expected = [dict(zip(ATTRIBUTES, c, strict=True)) for c in combos]
     return evaluate_world_media(zip(expected, images, strict=True)).accuracy()
 
 
@@ -377,78 +280,18 @@ def vae_fidelity(vae: AutoencoderKL, cfg: ImageTrainConfig, per_combo: int = 4) 
 def encode_bank(
     vae: AutoencoderKL, combos: Sequence[Combo], cfg: ImageTrainConfig
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """`bank_size` pictures, every training combination in turn: unscaled latent means (N, C, h, w), their
-    combo indices (N,), and the scaling factor that gives the latents unit variance (SD's 0.18215)."""
+    """`latent_bank` of `bank_size` pictures of the training combinations: latent means (N, C, h, w)."""
     rng = random.Random(f"{cfg.seed}:image-bank")
-    which = torch.arange(cfg.bank_size) % len(combos)
-    latents = []
-    for chunk in which.split(256):
-        x = to_tensor([render(combos[i], cfg.image_size, cfg.radius, rng) for i in chunk.tolist()])
-        latents.append(vae.encode(x).latent_dist.mean)
-    bank = torch.cat(latents)
-    return bank, which, float(1.0 / bank.std())
 
+    def encode(which: list[int]) -> torch.Tensor:
+        x = to_tensor([render(combos[i], cfg.image_size, cfg.radius, rng) for i in which])
+        return vae.encode(x).latent_dist.mean
 
-def train_unet(
-    cfg: ImageTrainConfig,
-    latents: torch.Tensor,
-    combo_of: torch.Tensor,
-    embeds: torch.Tensor,
-    empty: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    state: Path,
-) -> tuple[UNet2DConditionModel, PartResult]:
-    """`latents` (N, C, h, w), scaled; `embeds` (combos, templates, 77, D); `empty` (77, D): "" encoded."""
-    torch.manual_seed(cfg.seed + 2)
-    unet = build_unet(cfg)
-    result = train_denoiser(
-        unet,
-        lambda xt, t, cond: unet(xt, t, cond).sample,
-        latents,
-        combo_of,
-        embeds,
-        empty,
-        alphas_cumprod,
-        cfg,
-        name="image-unet",
-        state_dir=state / "unet",
-    )
-    return unet, PartResult.of(result)
-
-
-@torch.no_grad()
-def encode_captions(
-    encoder: CLIPTextModel, tokenizer: CLIPTokenizer, captions: Sequence[str]
-) -> torch.Tensor:
-    """(N, 77, D) text states, as the pipeline's `encode_prompt` computes them."""
-    return torch.cat([encoder(ids).last_hidden_state for ids in tokenize(tokenizer, captions).split(256)])
+    return latent_bank(encode, len(combos), cfg.bank_size, chunk=256)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The pipeline
-
-
-def save_pipeline(
-    out: Path,
-    vae: AutoencoderKL,
-    encoder: CLIPTextModel,
-    tokenizer: CLIPTokenizer,
-    unet: UNet2DConditionModel,
-    scheduler: PNDMScheduler,
-) -> Path:
-    """The real SD pipeline saved in diffusers' layout (no safety checker: `ImageDecoder` needs none)."""
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,  # type: ignore[arg-type]  # diffusers annotates schedulers as the KarrasDiffusionSchedulers enum
-        safety_checker=None,  # type: ignore[arg-type]  # None is diffusers' documented way to drop it
-        feature_extractor=None,  # type: ignore[arg-type]
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out, safe_serialization=True)
-    return out
 
 
 def decode_defaults(cfg: ImageTrainConfig) -> DecodeDefaults:
@@ -475,7 +318,7 @@ def evaluate(
         captions = [phrase(template, combo) for combo in combos for _ in range(cfg.eval_seeds)]
         seeds = [cfg.seed * 1000 + k for _ in combos for k in range(cfg.eval_seeds)]
         images = decoder.diffuse(decoder.encode_text(captions), options, seeds=seeds)  # (N, H, W, 3)
-        expected = [dict(zip(("colour", "shape", "background"), combo, strict=True)) for combo in combos]
+        expected = [dict(zip(ATTRIBUTES, combo, strict=True)) for combo in combos]
         scored = evaluate_world_media(
             (expected[i // cfg.eval_seeds], image) for i, image in enumerate(images)
         )
@@ -515,25 +358,43 @@ def train_image_pipeline(out_dir: str | Path, cfg: ImageTrainConfig | None = Non
     combos = train_combos(cfg)
     # 1. VAE.
     vae, vae_result = train_vae(cfg, combos, state)
-    vae.requires_grad_(False)
     reconstruction = vae_fidelity(vae, cfg)
     logger.info("image VAE reconstructions of held-out combinations: %s", reconstruction)
     # 2. Text encoder over the world's caption and its paraphrases.
     tokenizer = build_clip_tokenizer(state / "tokenizer")
-    encoder, text_result = train_text_encoder(cfg, combos, tokenizer, state)
+    encoder, text_result = train_text_encoder(
+        cfg, combos, phrasings, ATTRIBUTES, tokenizer, name="image-text", state_dir=state / "text"
+    )
     # 3. UNet on the VAE's latents of a fixed bank, conditioned on the frozen encoder's states.
     raw, combo_of, scaling = encode_bank(vae, combos, cfg)
     vae.register_to_config(scaling_factor=scaling)
-    captions = [phrase(t, c, v) for c in combos for v, t in enumerate(TEMPLATES)]
-    embeds = encode_captions(encoder, tokenizer, captions).view(len(combos), len(TEMPLATES), 77, cfg.cond_dim)
-    empty = encode_captions(encoder, tokenizer, [""])[0]  # (77, D)
+    embeds, empty = caption_bank(encoder, tokenizer, combos, phrasings)  # (combos, templates, 77, D), (77, D)
     scheduler = PNDMScheduler(skip_prk_steps=True, **sd_scheduler_kwargs())
     unet, unet_result = train_unet(
-        cfg, raw * scaling, combo_of, embeds, empty, alphas_cumprod(scheduler), state
+        build_unet,
+        cfg,
+        raw * scaling,
+        combo_of,
+        embeds,
+        empty,
+        scheduler,
+        name="image-unet",
+        state_dir=state / "unet",
     )
     train_seconds, train_cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     # 4. Save in diffusers' layout, load through the served decoder, draw the held-out combinations.
-    pipeline_dir = save_pipeline(out / "pipeline", vae, encoder, tokenizer, unet, scheduler)
+    pipeline_dir = save_pipeline(
+        StableDiffusionPipeline,
+        out / "pipeline",
+        vae,
+        encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        safety_checker=None,  # `ImageDecoder` needs none
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     heldout, samples = evaluate(pipeline_dir, cfg)
     grid = sample_grid(samples, cfg.eval_seeds, out / "samples.png")
     report: dict[str, Any] = {

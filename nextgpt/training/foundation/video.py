@@ -7,11 +7,11 @@ frames into the batch) and the 3D UNet denoises the (C, frames, h, w) latents of
 
 1. the VAE (`AutoencoderKL`, x4: 32 px frames -> 8 x 8 x 4 latents): reconstruction (MSE + L1) and a
    small KL on single frames of clips rendered on the fly;
-2. the CLIP-format text encoder (`CLIPTextModel`, real CLIP tokenizer): attribute heads (colour, shape,
-   direction) on the mean of its 77 states, over the world's caption and paraphrases of it, as the image
-   trainer's; then frozen, so that the UNet's conditioning (and the video output projector's stage-2
-   target) is a fixed function of the caption;
-3. the UNet (`UNet3DConditionModel`): `train_denoiser`'s epsilon prediction under Zeroscope's schedule
+2. the CLIP-format text encoder (`CLIPTextModel`, real CLIP tokenizer; `clip_text.py`): attribute heads
+   (colour, shape, direction) on the mean of its 77 states, over the world's caption and paraphrases of
+   it, as the image trainer's; then frozen, so that the UNet's conditioning (and the video output
+   projector's stage-2 target) is a fixed function of the caption;
+3. the UNet (`UNet3DConditionModel`): `train_unet`'s epsilon prediction under Zeroscope's schedule
    (the saved DDIM scheduler's `alphas_cumprod`), min-SNR weighting, and the empty caption for 10% of the
    clips so that classifier-free guidance works. Its temporal convolutions, zero-padded over the frames,
    tell each frame where it sits in the clip (the temporal attention has no positions), which is what
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -49,13 +48,10 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
     TextToVideoSDPipeline,
 )
 from PIL import Image, ImageDraw
-from torch import nn
-from torch.nn import functional as F
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from nextgpt import tiny_profile as dims
 from nextgpt.config import DecodeDefaults, DecoderConfig
-from nextgpt.tiny.diffusion import build_clip_tokenizer, clip_text_encoder, sd_scheduler_kwargs
+from nextgpt.tiny.diffusion import build_clip_tokenizer, sd_scheduler_kwargs
 from nextgpt.training.data.synthetic import (
     BACKGROUNDS,
     COLOURS,
@@ -65,16 +61,24 @@ from nextgpt.training.data.synthetic import (
     draw_shape,
     video_caption,
 )
-from nextgpt.training.foundation.diffusion import alphas_cumprod, train_denoiser
-from nextgpt.training.foundation.image import PartResult, encode_captions, tokenize, with_fillers
-from nextgpt.training.foundation.loop import LoopConfig, train
+from nextgpt.training.foundation.clip_text import caption_bank, train_text_encoder
+from nextgpt.training.foundation.diffusion import (
+    PartResult,
+    fit_part,
+    kl_vae,
+    latent_bank,
+    run_times,
+    save_pipeline,
+    train_unet,
+)
 from nextgpt.training.world_eval import evaluate_world_media
 
 logger = logging.getLogger(__name__)
 
 Combo = tuple[str, str, str]
 """(colour, shape, direction)."""
-ATTRIBUTES = ("colour", "shape", "direction")
+ATTRIBUTES = {"colour": COLOURS, "shape": SHAPES, "direction": DIRECTIONS}
+"""What the text stage's heads read and `world_eval` scores, in a Combo's order."""
 
 ALONG = {"left": "to the left", "right": "to the right", "up": "upwards", "down": "downwards"}
 """Each direction as an adverb, for the phrasings that say "drifting to the left"."""
@@ -95,7 +99,7 @@ HELDOUT_TEMPLATES = (
     "watch {a} {c} {s} as it glides {along}",
 )
 """Phrasings never trained on, for the held-out evaluation; none of their other words is in TEMPLATES or
-FILLERS but "a", "to" and "the"."""
+`clip_text.FILLERS` but "a", "to" and "the"."""
 
 
 @dataclass
@@ -133,7 +137,7 @@ class VideoTrainConfig:
     """Width of the CLIP text states the UNet cross-attends to (the video output projector's target width)."""
     text_steps: int = 200
     filled_copies: int = 2
-    """Copies of each training caption with 1-2 random FILLERS words, for the text stage."""
+    """Copies of each training caption with 1-2 random `clip_text.FILLERS` words, for the text stage."""
     text_batch: int = 64
     text_lr: float = 2e-3
     unet_channels: tuple[int, ...] = (32, 64, 64)
@@ -214,6 +218,11 @@ def phrase(template: str, combo: Combo) -> str:
     return template.format(a=article(colour), c=colour, s=shape, d=direction, along=ALONG[direction])
 
 
+def phrasings(combo: Combo) -> list[str]:
+    """`combo` in every TEMPLATES phrasing (the text stage's captions and the UNet's conditioning)."""
+    return [phrase(t, combo) for t in TEMPLATES]
+
+
 def render_clip(combo: Combo, cfg: VideoTrainConfig, rng: random.Random) -> np.ndarray:
     """(T, H, W, 3) uint8: the shape crosses a white frame in its direction at constant speed, as the
     world's `render_video` draws it, at this trainer's size, frame count and radius."""
@@ -250,21 +259,6 @@ def to_frames(x: torch.Tensor, n: int) -> np.ndarray:
 # Components
 
 
-def build_vae(cfg: VideoTrainConfig) -> AutoencoderKL:
-    n = len(cfg.vae_channels)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=cfg.vae_channels,
-        layers_per_block=1,
-        latent_channels=cfg.latent_channels,
-        norm_num_groups=8,
-        sample_size=cfg.frame_size,
-    )
-
-
 def build_unet(cfg: VideoTrainConfig) -> UNet3DConditionModel:
     # As the image UNet: cross-attention at the finest level (the served decoder shares
     # `down_blocks.0.attentions.0`'s self-attention across the guidance halves, see
@@ -286,29 +280,6 @@ def build_unet(cfg: VideoTrainConfig) -> UNet3DConditionModel:
     )
 
 
-class AttributeHeads(nn.Module):
-    """Colour, shape and direction read linearly from the mean of the text encoder's states."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.colour = nn.Linear(width, len(COLOURS))
-        self.shape = nn.Linear(width, len(SHAPES))
-        self.direction = nn.Linear(width, len(DIRECTIONS))
-
-    def forward(self, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pooled = states.mean(dim=1)  # (B, D): the padding states after EOS have seen the whole caption
-        heads = (self.colour, self.shape, self.direction)
-        return sum(
-            (F.cross_entropy(head(pooled), labels[:, i]) for i, head in enumerate(heads)), torch.zeros(())
-        )
-
-
-def combo_labels(combos: Sequence[Combo]) -> torch.Tensor:
-    """(N, 3) long: colour, shape and direction indices."""
-    colours = list(COLOURS)
-    return torch.tensor([[colours.index(c), SHAPES.index(s), DIRECTIONS.index(d)] for c, s, d in combos])
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The three parts
 
@@ -317,7 +288,7 @@ def train_vae(
     cfg: VideoTrainConfig, combos: Sequence[Combo], state: Path
 ) -> tuple[AutoencoderKL, PartResult]:
     torch.manual_seed(cfg.seed)
-    vae = build_vae(cfg)
+    vae = kl_vae(cfg.vae_channels, cfg.latent_channels, cfg.frame_size)
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         which = torch.randint(len(combos), (cfg.vae_batch,), generator=gen).tolist()
@@ -325,48 +296,16 @@ def train_vae(
         rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
         x = to_tensor([render_clip(combos[i], cfg, rng)[f] for i, f in zip(which, frame, strict=True)])
         posterior = vae.encode(x).latent_dist  # (B, 3, H, W) -> (B, C, h, w)
-        # The mean, not a sample, as the image VAE: the UNet trains on means too.
+        # The mean, not a sample, as `vae_loss`: the UNet trains on means too.
         recon = vae.decode(posterior.mean).sample
         shape = (x < 1).any(dim=1, keepdim=True)  # (B, 1, H, W): not white
         weight = 1 + cfg.foreground_weight * shape.float()
         error = (recon - x).pow(2) + (recon - x).abs()  # MSE + L1, per pixel
         return (weight * error).mean() / weight.mean() + cfg.kl_weight * posterior.kl().mean()
 
-    loop = LoopConfig(steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=min(20, cfg.vae_steps), seed=cfg.seed)
-    result = train(vae, loss_fn, loop, name="video-vae", state_dir=state / "vae", progress=cfg.progress)
-    vae.requires_grad_(False)
-    return vae, PartResult.of(result)
-
-
-def train_text_encoder(
-    cfg: VideoTrainConfig, combos: Sequence[Combo], tokenizer: CLIPTokenizer, state: Path
-) -> tuple[CLIPTextModel, PartResult]:
-    torch.manual_seed(cfg.seed + 1)
-    encoder = clip_text_encoder(cfg.cond_dim)
-    heads = AttributeHeads(cfg.cond_dim)
-    # Each (combo, phrasing) as is and with 1 or 2 filler words: (N x T x (1 + FILLED), 77) ids.
-    rng = random.Random(f"{cfg.seed}:video-text")
-    captions = [
-        with_fillers(phrase(t, c), rng, k % 3)
-        for c in combos
-        for t in TEMPLATES
-        for k in range(1 + cfg.filled_copies)
-    ]
-    ids = tokenize(tokenizer, captions)
-    labels = combo_labels(combos).repeat_interleave(len(captions) // len(combos), dim=0)  # (N x ..., 3)
-    module = nn.ModuleDict({"encoder": encoder, "heads": heads})
-
-    def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
-        pick = torch.randint(len(ids), (cfg.text_batch,), generator=gen)
-        states = encoder(ids[pick]).last_hidden_state  # (B, 77, D)
-        return heads(states, labels[pick])
-
-    loop = LoopConfig(
-        steps=cfg.text_steps, lr=cfg.text_lr, warmup_steps=min(20, cfg.text_steps), seed=cfg.seed
+    return vae, fit_part(
+        vae, loss_fn, cfg, steps=cfg.vae_steps, lr=cfg.vae_lr, name="video-vae", state_dir=state / "vae"
     )
-    result = train(module, loss_fn, loop, name="video-text", state_dir=state / "text", progress=cfg.progress)
-    encoder.requires_grad_(False)
-    return encoder, PartResult.of(result)
 
 
 def score(combos: Sequence[Combo], videos: np.ndarray) -> dict[str, Any]:
@@ -395,45 +334,16 @@ def vae_fidelity(vae: AutoencoderKL, cfg: VideoTrainConfig, per_combo: int = 2) 
 def encode_bank(
     vae: AutoencoderKL, combos: Sequence[Combo], cfg: VideoTrainConfig
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """`bank_size` clips, every training combination in turn: unscaled latent means (N, C, T, h, w) (the
-    UNet3D's layout), their combo indices (N,), and the scaling factor that gives the latents unit
-    variance (Zeroscope's 0.18215)."""
+    """`latent_bank` of `bank_size` clips of the training combinations: latent means (N, C, T, h, w), the
+    UNet3D's layout (the VAE encodes the frames one by one)."""
     rng = random.Random(f"{cfg.seed}:video-bank")
-    which = torch.arange(cfg.bank_size) % len(combos)
-    latents = []
-    for chunk in which.split(32):
-        x = to_tensor([render_clip(combos[i], cfg, rng) for i in chunk.tolist()])  # (n x T, 3, H, W)
+
+    def encode(which: list[int]) -> torch.Tensor:
+        x = to_tensor([render_clip(combos[i], cfg, rng) for i in which])  # (n x T, 3, H, W)
         z = vae.encode(x).latent_dist.mean  # (n x T, C, h, w)
-        latents.append(z.view(len(chunk), cfg.num_frames, *z.shape[1:]).transpose(1, 2))
-    bank = torch.cat(latents)
-    return bank, which, float(1.0 / bank.std())
+        return z.view(len(which), cfg.num_frames, *z.shape[1:]).transpose(1, 2)
 
-
-def train_unet(
-    cfg: VideoTrainConfig,
-    latents: torch.Tensor,
-    combo_of: torch.Tensor,
-    embeds: torch.Tensor,
-    empty: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    state: Path,
-) -> tuple[UNet3DConditionModel, PartResult]:
-    """`latents` (N, C, T, h, w), scaled; `embeds` (combos, templates, 77, D); `empty` (77, D): ""."""
-    torch.manual_seed(cfg.seed + 2)
-    unet = build_unet(cfg)
-    result = train_denoiser(
-        unet,
-        lambda xt, t, cond: unet(xt, t, cond).sample,
-        latents,
-        combo_of,
-        embeds,
-        empty,
-        alphas_cumprod,
-        cfg,
-        name="video-unet",
-        state_dir=state / "unet",
-    )
-    return unet, PartResult.of(result)
+    return latent_bank(encode, len(combos), cfg.bank_size, chunk=32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -443,26 +353,6 @@ def train_unet(
 def build_scheduler() -> DDIMScheduler:
     """Zeroscope's: DDIM under SD 1.5's noise schedule, as the tiny profile's."""
     return DDIMScheduler(clip_sample=False, **sd_scheduler_kwargs())
-
-
-def save_pipeline(
-    out: Path,
-    vae: AutoencoderKL,
-    encoder: CLIPTextModel,
-    tokenizer: CLIPTokenizer,
-    unet: UNet3DConditionModel,
-    scheduler: DDIMScheduler,
-) -> Path:
-    """The real TextToVideoSD pipeline saved in diffusers' layout."""
-    pipe = TextToVideoSDPipeline(
-        vae=vae,
-        text_encoder=encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,  # type: ignore[arg-type]  # diffusers annotates schedulers as the KarrasDiffusionSchedulers enum
-    )
-    pipe.save_pretrained(out, safe_serialization=True)
-    return out
 
 
 def decode_defaults(cfg: VideoTrainConfig) -> DecodeDefaults:
@@ -539,20 +429,30 @@ def train_video_pipeline(out_dir: str | Path, cfg: VideoTrainConfig | None = Non
     logger.info("video VAE reconstructions of held-out clips: %s", reconstruction)
     # 2. Text encoder over the world's caption and its paraphrases.
     tokenizer = build_clip_tokenizer(state / "tokenizer")
-    encoder, text_result = train_text_encoder(cfg, combos, tokenizer, state)
+    encoder, text_result = train_text_encoder(
+        cfg, combos, phrasings, ATTRIBUTES, tokenizer, name="video-text", state_dir=state / "text"
+    )
     # 3. UNet3D on the VAE's latents of a fixed bank of clips, conditioned on the frozen encoder's states.
     raw, combo_of, scaling = encode_bank(vae, combos, cfg)
     vae.register_to_config(scaling_factor=scaling)
-    captions = [phrase(t, c) for c in combos for t in TEMPLATES]
-    embeds = encode_captions(encoder, tokenizer, captions).view(len(combos), len(TEMPLATES), 77, cfg.cond_dim)
-    empty = encode_captions(encoder, tokenizer, [""])[0]  # (77, D)
+    embeds, empty = caption_bank(encoder, tokenizer, combos, phrasings)  # (combos, templates, 77, D), (77, D)
     scheduler = build_scheduler()
     unet, unet_result = train_unet(
-        cfg, raw * scaling, combo_of, embeds, empty, alphas_cumprod(scheduler), state
+        build_unet,
+        cfg,
+        raw * scaling,
+        combo_of,
+        embeds,
+        empty,
+        scheduler,
+        name="video-unet",
+        state_dir=state / "unet",
     )
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     # 4. Save in diffusers' layout, load through the served decoder, ask for the held-out combinations.
-    pipeline_dir = save_pipeline(out / "pipeline", vae, encoder, tokenizer, unet, scheduler)
+    pipeline_dir = save_pipeline(
+        TextToVideoSDPipeline, out / "pipeline", vae, encoder, tokenizer, unet, scheduler
+    )
     heldout, samples = evaluate(pipeline_dir, cfg)
     grid = sample_grid(samples, out / "samples.png")
     report: dict[str, Any] = {
@@ -568,12 +468,7 @@ def train_video_pipeline(out_dir: str | Path, cfg: VideoTrainConfig | None = Non
         "heldout_captions": [video_caption(*c) for c in heldout_combos(cfg)],
         "heldout": heldout,
         "decode_defaults": asdict(decode_defaults(cfg)),
-        "train_seconds": train_seconds,
-        "total_seconds": time.perf_counter() - t0,
-        # CPU time of this process: the wall time on an idle machine at one thread, whatever the load.
-        "train_cpu_seconds": train_cpu,
-        "total_cpu_seconds": time.process_time() - cpu0,
-        "load_average": os.getloadavg(),
+        **run_times(t0, cpu0, train_seconds, train_cpu),
         "config": asdict(cfg),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -13,9 +13,12 @@ import pytest
 from nextgpt.profiles import load_profile
 from nextgpt.training.world_build import (
     FOLDERS,
+    TRAINER_MODULES,
     WorldBuildConfig,
     build_shapes,
+    code_fingerprint,
     discard_stale_state,
+    nextgpt_imports,
     train_parts,
     trainer_code_hash,
 )
@@ -64,7 +67,35 @@ def test_a_second_run_reuses_the_trained_parts(built: tuple[WorldBuildConfig, di
     assert {p: (cfg.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts} == before
     assert set(reports) == set(cfg.parts)
     # the trainers' code is part of the key: another version of it would train the part again
-    assert all(r["build_config"]["code"] == trainer_code_hash() for r in reports.values())
+    assert all(r["build_config"]["code"] == trainer_code_hash(p) for p, r in reports.items())
+
+
+def test_the_code_fingerprint_ignores_docs_but_not_code() -> None:
+    """A docstring or comment edit must not retrain the four parts (~25 min); a code edit must."""
+    source = 'def f(x):\n    """Twice x."""\n    return 2 * x  # doubled\n'
+    documented = 'def f(x):\n    """Two times x, reworded."""\n\n    # a new comment\n    return 2 * x\n'
+    undocumented = "def f(x):\n    return 2 * x\n"
+    assert code_fingerprint(source) == code_fingerprint(documented) == code_fingerprint(undocumented)
+    assert code_fingerprint(source) != code_fingerprint(source.replace("2 * x", "3 * x"))
+    assert code_fingerprint('"""Module."""\n') == code_fingerprint("")  # a docstring-only body
+    assert code_fingerprint('x = "text"\n') != code_fingerprint("x = 'other'\n")  # strings that are code
+
+
+def test_each_part_is_keyed_by_the_code_that_trains_it() -> None:
+    """An encoder change retrains the encoder only; what a trainer reads through other modules (the
+    served preprocessing, the ImageBind arch table, the shared diffusion code) is part of its key."""
+    encoder = nextgpt_imports(TRAINER_MODULES["encoder"])
+    image = nextgpt_imports(TRAINER_MODULES["image"])
+    assert {
+        "nextgpt.encoders.imagebind",
+        "nextgpt.encoders.preprocess",
+        "nextgpt.training.data.synthetic",
+    } <= set(encoder)
+    assert "nextgpt.training.foundation.diffusion" not in encoder
+    assert {"nextgpt.training.foundation.diffusion", "nextgpt.training.foundation.loop"} <= set(image)
+    assert "nextgpt.training.foundation.encoder" not in image
+    assert "nextgpt.training.foundation.audio_parts" in nextgpt_imports(TRAINER_MODULES["audio"])
+    assert len({trainer_code_hash(part) for part in TRAINER_MODULES}) == len(TRAINER_MODULES)
 
 
 def test_a_loop_state_from_another_config_is_discarded(tmp_path: Path) -> None:
