@@ -261,12 +261,21 @@ def train_parts(cfg: WorldBuildConfig, world_dir: Path) -> dict[str, dict[str, A
 
 
 def install(cfg: WorldBuildConfig, reports: dict[str, dict[str, Any]]) -> Path:
-    """Copy the trained parts where the `shapes` profile reads them; write its manifest. Returns
-    MODELS/shapes."""
+    """Copy the trained parts where the `shapes` profile reads them; write its manifest anew. Returns
+    MODELS/shapes.
+
+    What an earlier build left of the LLM (the chat-tuned base, the delta and the LoRA shape in the
+    manifest) is removed first: the LLM stages that follow train on this profile, and a LoRA left in its
+    manifest gave stages 1 and 2 LoRA layers (with dropout) that a build into an empty folder does not
+    have, so a rebuild differed from a clean one. `train_llm` installs the new LLM."""
     from nextgpt.profiles import SHAPES_MANIFEST
 
     root = cfg.models_dir / "shapes"
     root.mkdir(parents=True, exist_ok=True)
+    for stale in (root / "vicuna", root / "nextgpt"):
+        if stale.exists():
+            shutil.rmtree(stale)
+    (root / SHAPES_MANIFEST).unlink(missing_ok=True)
     profile: dict[str, Any] = {"decoders": {}, "output_projectors": {}}
     if "encoder" in reports:
         target = root / ENCODER_FILE

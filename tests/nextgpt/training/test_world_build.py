@@ -6,11 +6,13 @@ checked here: each trainer's own test checks that it learns, and the full build 
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from nextgpt.profiles import load_profile
+from nextgpt.profiles import SHAPES_MANIFEST, load_profile
 from nextgpt.training.world_build import (
     FOLDERS,
     TRAINER_MODULES,
@@ -18,6 +20,7 @@ from nextgpt.training.world_build import (
     build_shapes,
     code_fingerprint,
     discard_stale_state,
+    install,
     nextgpt_imports,
     train_parts,
     trainer_code_hash,
@@ -79,6 +82,21 @@ def test_the_code_fingerprint_ignores_docs_but_not_code() -> None:
     assert code_fingerprint(source) != code_fingerprint(source.replace("2 * x", "3 * x"))
     assert code_fingerprint('"""Module."""\n') == code_fingerprint("")  # a docstring-only body
     assert code_fingerprint('x = "text"\n') != code_fingerprint("x = 'other'\n")  # strings that are code
+
+
+def test_a_rebuild_starts_from_a_profile_without_the_old_llm(
+    built: tuple[WorldBuildConfig, dict], tmp_path: Path
+) -> None:
+    """The LLM stages of a rebuild train on the installed profile: the LoRA shape a previous build wrote
+    into its manifest gave stages 1 and 2 LoRA layers, and a rebuild differed from a clean build."""
+    cfg, _ = built
+    again = replace(cfg, models_dir=tmp_path / "models")
+    shutil.copytree(cfg.models_dir / "shapes", again.models_dir / "shapes")
+    assert "lora" in json.loads((again.models_dir / "shapes" / SHAPES_MANIFEST).read_text())["profile"]["llm"]
+    root = install(again, train_parts(cfg, cfg.out / "world"))
+    assert "llm" not in json.loads((root / SHAPES_MANIFEST).read_text())["profile"]
+    assert not (root / "nextgpt").exists() and not (root / "vicuna").exists()
+    assert (root / "stable-diffusion").is_dir()
 
 
 def test_each_part_is_keyed_by_the_code_that_trains_it() -> None:
