@@ -79,12 +79,15 @@ ARCHS: dict[str, dict[str, Any]] = {
     # Same input sizes as the real model; coarser patches (28 px vision, 16 x 16 non-overlapping audio)
     # cut the tokens 4x / 2.4x, which buys the width and the second vision block that shapes and motion
     # directions need, within the CPU budget. `out_embed_dim` is the width the input projector reads.
+    # 16 vision heads of 4 dims: the class token is the only read-out, and each head picks its own few
+    # patches (a corner, a tip), as the channels of a max pooling do; with 4 heads the tower stayed at
+    # chance on shapes (docs/training.md, "the encoder's read-out").
     "shapes": {
         "out_embed_dim": 64,
         "kernel_size": (2, 28, 28),
         "vision_embed_dim": 64,
         "vision_num_blocks": 2,
-        "vision_num_heads": 4,
+        "vision_num_heads": 16,
         "audio_kernel_size": 16,
         "audio_stride": 16,
         "audio_embed_dim": 64,

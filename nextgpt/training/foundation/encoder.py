@@ -92,12 +92,15 @@ class EncoderTrainConfig:
 
     arch: str = "shapes"
     """ImageBind size in `nextgpt.encoders.imagebind.ARCHS`; its `out_embed_dim` is the embedding width."""
-    steps: int = 600
-    """Optimiser steps; each sees one batch of every modality."""
+    steps: int = 1200
+    """Optimiser steps; each sees one batch of every modality. 1200 cost ~9.5 min of CPU, which the build
+    hides: the encoder and the video trainer together take no longer than the image and audio ones."""
     batch_size: int = 32
     """Pictures per step; videos and sounds take half as many (a video is the dearest medium, the eight
     sounds are the easiest to tell apart)."""
-    lr: float = 3e-3
+    lr: float = 1e-3
+    """At 3e-3 (the default until 2026-11-30) the 16-head tower stayed at chance on shapes (held-out 38%
+    after 1200 steps); at 1e-3 it reaches 83%."""
     warmup_steps: int = 20
     weight_decay: float = 0.01
     seed: int = 0
@@ -131,8 +134,9 @@ class EncoderTrainConfig:
     """Start the vision position embeddings from 2-D sines and cosines (`sincos_pos`) this many times as
     long as a patch's content (RMS-normalised stem output, length sqrt(width)); 0: random, as built
     (length ~1 against the stem's ~8 to 60: the position is all but lost in the LayerNorm)."""
-    vision_qk_scale: float = 1.0
-    """Scale of the vision tower's initial query and key weights (`sharpen_attention`); 1: as built."""
+    vision_qk_scale: float = 4.0
+    """Scale of the vision tower's initial query and key weights (`sharpen_attention`); 1: as built. 4
+    starts each head's attention nearly one-hot, a max pooling over patches (8 learnt more slowly)."""
     checkpoint_every: int = 0
     """Steps between resumable states in `state_dir` (0: only at the end)."""
 
