@@ -10,8 +10,16 @@ as the trainer starts it (`encoder.build_initial`) with a linear shape head; `cn
 convolutional network on the same 224 px inputs. `--random-colours` repaints every training picture in
 random colours, so that the colour cannot tell the shape. `--fresh N` trains on N pictures newly drawn by
 the world's `render_image` (any colour, shape and background, random size and place) instead of the
-world's 192, and holds out 300 more, to tell a lack of data from a lack of capacity. Prints accuracy on
-training, held-out and novel-combination pictures every 100 steps; docs/training.md has the results.
+world's 192, and holds out 300 more, to tell a lack of data from a lack of capacity. `--heads` and `--qk`
+change the vit's vision heads and the scale of its initial queries and keys (`sharpen_attention`);
+`plain-vit` is a hand-written ViT of the same size whose read-out `--pool` picks: the class token (as
+ImageBind's), the mean or the per-channel max of the patch tokens. Prints accuracy on training,
+held-out and novel-combination pictures every 100 steps; docs/training.md has the results.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/probe_encoder_shapes.py --model plain-vit --pool max \\
+        --fresh 2000 --random-colours
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/probe_encoder_shapes.py --heads 16 --qk 4 --steps 1250 \\
+        --fresh 3000 --random-colours
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from nextgpt.encoders.imagebind import ARCHS  # noqa: E402
 from nextgpt.media.encode import encode_png  # noqa: E402
 from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, SHAPES, image_caption, render_image  # noqa: E402
 from nextgpt.training.foundation import encoder as enc  # noqa: E402
@@ -44,14 +53,40 @@ class ViTShapeClassifier(nn.Module):
     """The `shapes` ImageBind model as the encoder trainer starts it, with a linear shape head on its
     vision tower's unit-vector output."""
 
-    def __init__(self, pictures: torch.Tensor, arch: str) -> None:
+    def __init__(self, pictures: torch.Tensor, arch: str, qk: float) -> None:
         super().__init__()
-        cfg = enc.EncoderTrainConfig(arch=arch)
+        cfg = enc.EncoderTrainConfig(arch=arch, vision_qk_scale=qk)
         self.model = enc.build_initial(cfg, pictures)
         self.head = nn.Linear(cfg.embed_dim, len(SHAPES))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(enc.embed_vision(self.model, x) * 10.0)  # scaled as a logit temperature
+
+
+class PlainViT(nn.Module):
+    """A pre-norm ViT of the `shapes` tower's size (28 px patches, width 64, 4 heads, 2 blocks) with a
+    choice of read-out: what the tower's class token costs against pooling the patch tokens."""
+
+    def __init__(self, pool: str, width: int = 64, patch: int = 28, blocks: int = 2) -> None:
+        super().__init__()
+        self.pool = pool
+        self.stem = nn.Conv2d(3, width, patch, patch)
+        self.pos = nn.Parameter(torch.randn(1, (224 // patch) ** 2 + 1, width) * 0.02)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        layer = nn.TransformerEncoderLayer(
+            width, 4, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.trunk = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, len(SHAPES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        tokens = self.norm(self.trunk(torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.pos))
+        if self.pool == "cls":
+            return self.head(tokens[:, 0])
+        patches = tokens[:, 1:]
+        return self.head(patches.mean(1) if self.pool == "mean" else patches.max(1).values)
 
 
 def fresh_items(count: int, size: int, rng: random.Random) -> list[enc.Item]:
@@ -85,7 +120,10 @@ def cnn_classifier() -> nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("vit", "cnn"), default="vit")
+    parser.add_argument("--model", choices=("vit", "plain-vit", "cnn"), default="vit")
+    parser.add_argument("--pool", choices=("cls", "mean", "max"), default="cls", help="plain-vit read-out")
+    parser.add_argument("--heads", type=int, default=0, help="vit: vision heads (0: the arch's)")
+    parser.add_argument("--qk", type=float, default=1.0, help="vit: initial query / key scale")
     parser.add_argument("--world", type=Path, default=Path("out/train-world/world"))
     parser.add_argument("--arch", default="shapes", help="ImageBind arch of the vit (encoder.ARCHS)")
     parser.add_argument("--steps", type=int, default=600)
@@ -106,9 +144,13 @@ def main() -> None:
         rng = random.Random(f"{args.seed}:fresh")
         train, held = fresh_items(args.fresh, size, rng), fresh_items(300, size, rng)
     novel = enc.novel_items(args.world, 4, args.seed)
+    if args.heads:
+        ARCHS[args.arch] = {**ARCHS[args.arch], "vision_num_heads": args.heads}
     classifier = (
-        ViTShapeClassifier(torch.cat([it.inputs for it in train[:64]]), args.arch)
+        ViTShapeClassifier(torch.cat([it.inputs for it in train[:64]]), args.arch, args.qk)
         if args.model == "vit"
+        else PlainViT(args.pool)
+        if args.model == "plain-vit"
         else cnn_classifier()
     )
     optimiser = torch.optim.AdamW(classifier.parameters(), lr=args.lr, weight_decay=0.01)
