@@ -27,20 +27,18 @@ world's real file bytes, exactly as the served encoder reads them, so what it le
 
 The loop is `nextgpt.training.foundation.loop.train` (resumable, deterministic for a seed).
 
-Measured (default `WorldConfig(seed=0)`, default `EncoderTrainConfig`: arch "shapes", 600 steps, one thread
-on the shared, heavily loaded 2-core machine): 266 s of CPU in all (preprocessing 16 s wall), so about 4.5
-minutes alone on one core. Loss 1.86 -> 0.78. Held out (48 pictures, 13 videos, 13 sounds): colour and
-background 100 %, every sound attribute 100 % (retrieval 100 %), but shape only 33 % (pictures) / 46 %
-(videos), motion direction 38 %; on the 24 novel-combination pictures colour and background 100 %, shape
-13 %. Training items are hardly better (shape 48 %, direction 37 %): shapes and motion are under-learnt,
-not over-fitted, at this size and budget; a world of 960 pictures and 256 videos gave the same (shape 41 %,
-direction 20 %). Colours, backgrounds and sounds are ready; shapes and directions are not yet. The
-vision tower is the bottleneck: a linear probe on its features finds the shape in 56 % of training and
-31 % of held-out pictures, while the text tower keeps the four shape words apart. 14 px patches (2.6x
-the cost) did no better (pictures only, 400 steps: held-out shape 30 %, 28 % at 28 px), and 4 vision
-blocks only fitted the training pictures (81 %, held-out 21 %; a run before shifts were added); 1000
-picture-only steps reached 59 % on training and 38 % on held-out pictures. On a shared machine run it
-with one thread: two threads against other load took 6.8 s a step instead of 0.27 s (pictures only).
+Measured (default `WorldConfig(seed=0)`, default `EncoderTrainConfig`: arch "shapes" with 16 vision heads
+started sharp, 1200 steps at 1e-3, one thread): 566 s of CPU. Loss 2.36 -> 0.89. Held out (48 pictures,
+13 videos, 13 sounds): colour and background 100 %, every sound attribute 100 %, shape 83 % (pictures) /
+77 % (videos), motion direction 31 % (chance 25 %); on the 24 novel-combination pictures shape 42 %;
+training pictures 89 %. Until 2026-11-30 the tower had 4 heads and trained at 3e-3 for 600 steps: shape
+27 % / 46 % held out, 17 % novel, 35 % on training pictures, under-learnt rather than over-fitted. Its
+class token, the only read-out of ImageBind's head, averaged over mostly-background patches; 16 heads
+whose attention starts nearly one-hot pick a patch each, as the channels of a max pooling do, and a
+plain ViT's max-pooled patch tokens learn the shapes where its class token does not
+(`scripts/probe_encoder_shapes.py`; docs/training.md lists every variant tried). Motion direction is
+not learnt yet. On a shared machine run it with one thread: two threads against other load took 6.8 s a
+step instead of 0.27 s (pictures only).
 """
 
 from __future__ import annotations
