@@ -29,7 +29,7 @@ The loop is `nextgpt.training.foundation.loop.train` (resumable, deterministic f
 
 Measured (default `WorldConfig(seed=0)`, default `EncoderTrainConfig`: arch "shapes" with 16 vision heads
 started sharp, 1200 steps at 1e-3, one thread): 566 s of CPU. Loss 2.36 -> 0.89. Held out (48 pictures,
-13 videos, 13 sounds): colour and background 100 %, every sound attribute 100 %, shape 83 % (pictures) /
+13 videos, 13 sounds): colour and background 100 %, sound kind 100 % (pitch 75 %), shape 83 % (pictures) /
 77 % (videos), motion direction 31 % (chance 25 %); on the 24 novel-combination pictures shape 42 %;
 training pictures 89 %. Until 2026-11-30 the tower had 4 heads and trained at 3e-3 for 600 steps: shape
 27 % / 46 % held out, 17 % novel, 35 % on training pictures, under-learnt rather than over-fitted. Its
