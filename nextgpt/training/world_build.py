@@ -22,6 +22,7 @@ check the wiring, not the quality.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import multiprocessing
@@ -41,8 +42,8 @@ from nextgpt.training.world_eval.end_to_end import EvalWorldConfig
 logger = logging.getLogger(__name__)
 
 PARTS = ("encoder", "image", "video", "audio")
-"""Foundation parts, longest first within each worker's likely share (image ~14 CPU-min, video ~12,
-audio ~6, encoder ~5)."""
+"""Foundation parts, longest first within each worker's likely share (image ~15 CPU-min, video ~12,
+encoder ~10, audio ~7)."""
 FOLDERS = {"image": "stable-diffusion", "video": "zeroscope", "audio": "audioldm"}
 """Where the `shapes` profile reads each pipeline, under MODELS/shapes/."""
 ENCODER_FILE = Path("imagebind") / "imagebind_shapes.pth"
@@ -113,7 +114,7 @@ TRAINER_MODULES = {
     "video": "nextgpt.training.foundation.video",
     "audio": "nextgpt.training.foundation.audio",
 }
-"""The module that trains each part (`train_part` reaches it through `part_config`'s config class)."""
+"""The module that trains each part: `train_part` calls its trainer from it, `trainer_code_hash` reads it."""
 
 
 def trainer_code_hash(part: str) -> str:
@@ -228,22 +229,15 @@ def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) ->
         return report
     if discard_stale_state(out, config):
         logger.warning("%s: the loop state under %s was left by another config; starting over", part, out)
+    trainer: Any = importlib.import_module(TRAINER_MODULES[part])  # the module its code hash reads
     if part == "encoder":
-        from nextgpt.training.foundation.encoder import train_encoder
-
-        report = train_encoder(world_dir, out / "imagebind_shapes.pth", cfg, state_dir=out / "state")
+        report = trainer.train_encoder(world_dir, out / "imagebind_shapes.pth", cfg, state_dir=out / "state")
     elif part == "image":
-        from nextgpt.training.foundation.image import train_image_pipeline
-
-        report = train_image_pipeline(out, cfg)
+        report = trainer.train_image_pipeline(out, cfg)
     elif part == "video":
-        from nextgpt.training.foundation.video import train_video_pipeline
-
-        report = train_video_pipeline(out, cfg)
+        report = trainer.train_video_pipeline(out, cfg)
     else:
-        from nextgpt.training.foundation.audio import train_audio_pipeline
-
-        report = train_audio_pipeline(out, cfg)
+        report = trainer.train_audio_pipeline(out, cfg)
     report = {**_jsonable(report), "build_config": config}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
