@@ -43,14 +43,9 @@ def predicted_clips(
         len(captions), -1, -1, -1, -1
     )
     out = pipe.unet(noise, timestep, cond).sample
-    signal = pipe.scheduler.alphas_cumprod[timestep]
-    if pipe.scheduler.config.prediction_type == "v_prediction":
-        x0 = signal.sqrt() * noise - (1 - signal).sqrt() * out
-    else:
-        x0 = (noise - (1 - signal).sqrt() * out) / signal.sqrt()
-    b, c, t, h, w = x0.shape
-    flat = (x0 / pipe.vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-    pixels = pipe.vae.decode(flat).sample.reshape(b, t, 3, size, size)
+    pipe.scheduler.set_timesteps(1)  # `step` needs a schedule; its x0 estimate does not depend on it
+    x0 = pipe.scheduler.step(out, timestep, noise).pred_original_sample  # noise or v prediction alike
+    pixels = pipe.decode_latents(x0).transpose(1, 2)  # (B, C, T, H, W) in [-1, 1] -> (B, T, C, H, W)
     return ((pixels + 1) / 2).clamp(0, 1)
 
 
