@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,16 +29,11 @@ import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from nextgpt._proto import common_pb2, llm_pb2, llm_pb2_grpc  # noqa: E402
+from services.launcher import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CONCURRENCY = (1, 16)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -49,9 +43,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_server(interval_ms: float, models_dir: Path, stack: ExitStack) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    port, metrics_port = free_ports(2)
     cmd = [sys.executable, "-m", "services.llm.server", "--engine", "hf", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--metrics-port", str(free_port()), "--stream-interval-ms", str(interval_ms)]
+    cmd += [
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--stream-interval-ms",
+        str(interval_ms),
+    ]
     env = {**os.environ, "NEXTGPT_MODELS_DIR": str(models_dir), "NEXTGPT_PROFILE": "tiny"}
     process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stack.callback(process.wait, 30)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -64,15 +65,42 @@ class ClusterPorts:
         )
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out as the source of outgoing connections (Linux's default where the
+    file is missing)."""
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        low, high = (int(v) for v in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 now, picked outside the kernel's ephemeral range.
+
+    A port from inside it (what `bind(0)` gives) can also become the source port of an outgoing
+    connection: a client that connects to it while nothing listens there yet, or on ::1 where
+    `localhost` resolves first, may then connect to itself and read its own request back as the reply
+    (seen as httpx's "illegal request line" in the README examples' test)."""
+    low, high = ephemeral_range()
+    ranges = [r for r in (range(LOWEST_PORT, low), range(high + 1, 65536)) if len(r) > 0]
+    candidates = [port for r in ranges for port in r]
+    rng = random.Random()  # not seeded: parallel launchers must not try the same ports in order
+    picked: list[int] = []
+    for port in rng.sample(candidates, min(len(candidates), 50 * n + 100)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        picked.append(port)
+        if len(picked) == n:
+            return picked
+    raise RuntimeError(f"no {n} free ports outside the ephemeral range {low}-{high} on 127.0.0.1")
 
 
 @dataclass

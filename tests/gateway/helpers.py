@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
+from services.launcher import free_ports
 from tests.gateway.fakes import FakeCluster, sample_mp4, sample_png, sample_wav
 
 
@@ -57,17 +57,11 @@ def media_of(content) -> list[tuple[str, bytes]]:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_gateway_process(
     cluster: FakeCluster, env: dict[str, str] | None = None, *, output: int | None = subprocess.DEVNULL
 ) -> tuple[subprocess.Popen, int, int]:
     """`python -m gateway.server` against the fake backends, on free ports: (process, REST, gRPC port)."""
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_ports(2)
     targets = {name: f"127.0.0.1:{server.port}" for name, server in cluster.servers.items()}
     full_env = {
         **os.environ,

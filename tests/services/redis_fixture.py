@@ -11,7 +11,6 @@ Use in a test module or conftest:
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,14 +20,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from services.launcher import free_ports
+
 REDIS_SERVER = "/usr/bin/redis-server"
 START_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def redis_binary() -> str:
@@ -42,7 +37,7 @@ class RedisProcess:
     """One redis-server child; `stop()` and `start()` again keep the port (and so the URL)."""
 
     def __init__(self, port: int | None = None, maxmemory: str = "64mb") -> None:
-        self.port = port or free_port()
+        self.port = port or free_ports(1)[0]
         self.maxmemory = maxmemory
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="redis-test-")

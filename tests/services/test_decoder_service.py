@@ -8,7 +8,6 @@ import dataclasses
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +46,7 @@ from services.decoders.config import (
 )
 from services.decoders.core import DecoderCore
 from services.decoders.server import build_core, start
+from services.launcher import free_ports
 
 MODALITIES = ("image", "video", "audio")
 MAX_BATCH = 4
@@ -440,12 +440,6 @@ def test_max_queue_setting() -> None:
 # -- a real process ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _poll(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -459,7 +453,7 @@ BYTES = "nextgpt_grpc_message_bytes_sum"
 
 
 def test_server_process(tiny_models_dir: Path, spans) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_ports(2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NEXTGPT_MODELS_DIR": str(tiny_models_dir)}
     env.pop("NEXTGPT_CONFIG", None)
     env["NEXTGPT_PROFILE"] = "tiny"

@@ -35,8 +35,9 @@ from services.encoder.cache import EmbeddingCache, LRUCache, RedisCache
 from services.encoder.config import EncoderServiceSettings
 from services.encoder.core import EncoderCore
 from services.encoder.server import start
+from services.launcher import free_ports
 from tests.nextgpt.encoders.media_factory import indexed_frames, png_bytes, sine, video_bytes, wav_bytes
-from tests.services.redis_fixture import RedisProcess, free_port, redis_process  # noqa: F401
+from tests.services.redis_fixture import RedisProcess, redis_process  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_MODALITY = {
@@ -260,7 +261,7 @@ def test_service_survives_redis_stopping_mid_run(
 
 
 def test_server_process_health_reflection_metrics_and_sigterm(tiny_models_dir: Path) -> None:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NEXTGPT_MODELS_DIR": str(tiny_models_dir)}
     env["NEXTGPT_ENCODER_REDIS_URL"] = ""
     args = [sys.executable, "-m", "services.encoder.server", "--port", str(port)]

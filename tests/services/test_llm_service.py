@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from nextgpt.types import MediaItem, Message
 from services.common import tensors
 from services.common.server import channel, start_server
 from services.common.settings import load_settings
+from services.launcher import free_ports
 from services.llm.config import ENV_PREFIX, LLMServiceSettings, resolve_engine
 from services.llm.hf_engine import HFEngine
 from services.llm.server import SERVICE_NAME
@@ -245,14 +245,8 @@ async def poll(condition, timeout: float = 10.0) -> None:
 
 
 # ---------------------------------------------------------------------- the process
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_process_health_reflection_metrics_and_draining_sigterm(tiny_models_dir, tmp_path):
-    port, metrics = free_port(), free_port()
+    port, metrics = free_ports(2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NEXTGPT_MODELS_DIR": str(tiny_models_dir)}
     log = (tmp_path / "llm.log").open("w")
     proc = subprocess.Popen(
