@@ -224,6 +224,8 @@ def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) ->
     torch.set_num_threads(1)
     cfg = part_config(part, seed, smoke)
     config = {**_jsonable(asdict(cfg)), "code": trainer_code_hash(part)}
+    if part == "encoder":  # the one part that learns from the world's files: their sizes are its data
+        config["world"] = json.loads((world_dir / "world.json").read_text())["config"]
     if (report := _done(out, config)) is not None:
         logger.info("%s: trained already (%s), skipped", part, out / "report.json")
         return report

@@ -73,6 +73,25 @@ def test_a_second_run_reuses_the_trained_parts(built: tuple[WorldBuildConfig, di
     assert all(r["build_config"]["code"] == trainer_code_hash(p) for p, r in reports.items())
 
 
+def test_another_world_retrains_the_encoder_only(
+    built: tuple[WorldBuildConfig, dict], tmp_path: Path
+) -> None:
+    """The encoder learns from the world's files, the pipelines from media they render themselves: a world
+    of other sizes (more clips) retrains the encoder, where its code and settings alone would have kept
+    the weights learnt from the old world."""
+    cfg, _ = built
+    again = replace(cfg, out=tmp_path / "out")
+    shutil.copytree(cfg.out, again.out, ignore=shutil.ignore_patterns("llm"))
+    world = json.loads((again.out / "world" / "world.json").read_text())
+    world["config"]["n_videos"] += 1
+    (again.out / "world" / "world.json").write_text(json.dumps(world))
+    before = {p: (again.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts}
+    reports = train_parts(again, again.out / "world")
+    after = {p: (again.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts}
+    assert [p for p in cfg.parts if after[p] != before[p]] == ["encoder"]
+    assert reports["encoder"]["build_config"]["world"]["n_videos"] == world["config"]["n_videos"]
+
+
 def test_the_code_fingerprint_ignores_docs_but_not_code() -> None:
     """A docstring or comment edit must not retrain the four parts (~25 min); a code edit must."""
     source = 'def f(x):\n    """Twice x."""\n    return 2 * x  # doubled\n'
