@@ -174,23 +174,21 @@ def nextgpt_imports(module: str) -> dict[str, Path]:
 
 
 def code_fingerprint(source: str) -> str:
-    """The Python `source`'s syntax tree as text, docstrings left out: equal for two sources that differ
-    only in docstrings, comments, blank lines or layout."""
+    """The Python `source`'s syntax tree as text, without its docstrings (a module's, class's and
+    function's, and the string under each dataclass field) and `pass` statements: equal for two sources
+    that differ only in those, comments, blank lines or layout. Neither kind of statement does anything
+    when run, so no trainer can learn differently for them."""
     import ast
 
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-            and isinstance(body, list)
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or ([] if isinstance(node, ast.Module) else [ast.Pass()])
-    return ast.dump(tree)
+    class DropInert(ast.NodeTransformer):
+        def visit_Expr(self, node: ast.Expr) -> ast.AST | None:
+            inert = isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+            return None if inert else node
+
+        def visit_Pass(self, node: ast.Pass) -> None:
+            return None
+
+    return ast.dump(DropInert().visit(ast.parse(source)))
 
 
 STATE_CONFIG = "state-config.json"
@@ -362,14 +360,15 @@ def draw_samples(model: Any, path: Path, seed: int) -> Path:
                 tiles = [_spectrogram_tile(wave.mean(axis=0))]
         rows.append((f"{prompt} -> {result.text[:60]}", tiles))
     side, pad, label = 64, 4, 300
-    width = label + 8 * (side + pad) + pad
+    columns = max((len(tiles) for _, tiles in rows), default=1)  # a clip's frames, else one tile
+    width = label + columns * (side + pad) + pad
     grid = Image.new("RGB", (width, len(rows) * (side + pad) + pad), "white")
     draw = ImageDraw.Draw(grid)
     for r, (text, tiles) in enumerate(rows):
         top = pad + r * (side + pad)
         lines = textwrap.wrap(text, 48)[:5]  # the prompt and the reply, up to five lines of ~11 px
         draw.multiline_text((pad, top + side // 2 - 6 * len(lines)), "\n".join(lines), fill="black")
-        for k, tile in enumerate(tiles[:8]):
+        for k, tile in enumerate(tiles):
             picture = Image.fromarray(np.asarray(tile, dtype=np.uint8)).resize(
                 (side, side), Image.Resampling.NEAREST
             )

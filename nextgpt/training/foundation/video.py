@@ -15,17 +15,18 @@ frames into the batch) and the 3D UNet denoises the (C, frames, h, w) latents of
    (the saved DDIM scheduler's `alphas_cumprod`), min-SNR weighting, and the empty caption for 10% of the
    clips so that classifier-free guidance works. Only its temporal convolutions, zero-padded over the
    frames, can tell a frame where it sits in the clip (the temporal attention has no positions), and
-   "left" differs from "right" only in which frame comes first: measured, the trained UNet does not
-   learn this (`scripts/probe_video_direction.py`: its first estimate of the clip is the same for all
-   four directions), so its clips move along the asked axis with a random sign.
+   "left" differs from "right" only in which frame comes first: measured, with 8 frames the trained UNet
+   does not learn this (`scripts/probe_video_direction.py`: its first estimate of the clip is the same
+   for all four directions), so its clips moved along the asked axis with a random sign. With 4 frames
+   (the default) the padding reaches every frame: the axis is mostly right, the sign still often not.
 
 The trainer's held-out (colour, shape, direction) combinations never appear in training (neither as clips
 nor as captions), nor do the HELDOUT_TEMPLATES phrasings; `train_video_pipeline` ends by asking for the
 held-out combinations through the real decoder, in the world's caption and in those phrasings, and
 scoring the clips with `world_eval`'s video classifiers (colour, shape, direction of the centroid track).
 
-Measured (see `VideoTrainConfig`): about 800 s of CPU for a full run at one thread (the UNet 690 s),
-~950 s with the held-out evaluation.
+Measured (see `VideoTrainConfig`): about 820 s of CPU for a full run at one thread (the UNet 730 s),
+~900 s with the held-out evaluation.
 
 Every random draw comes from the loop's per-step generator or from generators seeded by `cfg.seed`, so a
 seed gives the same weights (with a fixed thread count; run with OMP_NUM_THREADS=1).
@@ -109,9 +110,9 @@ HELDOUT_TEMPLATES = (
 class VideoTrainConfig:
     """Sizes and step counts of the video pipeline; the defaults are the `shapes` profile's.
 
-    Measured at the defaults (seed 0, 2026-11-30): VAE 77 s, text encoder 20 s, UNet 693 s of CPU; UNet
-    loss 0.42 -> 0.017; held-out combinations through `VideoDecoder`: colour 95-100%, direction 13-19%,
-    shape 25-28% (VAE reconstructions of the same clips: colour and direction 100%, shape 25%).
+    Measured at the defaults (seed 0, 2026-11-30, 4 frames): VAE 67 s, text encoder 18 s, UNet 731 s of
+    CPU; UNet loss 0.25 -> 0.012; held-out combinations through `VideoDecoder`: colour 100%, direction
+    56%, shape 25% (with 8 frames and 600 steps: colour 95-100%, direction 13-19%, shape 25-28%).
     Not better (docs/training.md): the temporal convolutions started open or causal, 1200 steps,
     cross-attention at every level, v-prediction."""
 

@@ -101,6 +101,11 @@ def test_the_code_fingerprint_ignores_docs_but_not_code() -> None:
     assert code_fingerprint(source) != code_fingerprint(source.replace("2 * x", "3 * x"))
     assert code_fingerprint('"""Module."""\n') == code_fingerprint("")  # a docstring-only body
     assert code_fingerprint('x = "text"\n') != code_fingerprint("x = 'other'\n")  # strings that are code
+    field = 'class C:\n    steps: int = {}\n    """{}"""\n    lr: float = 1.0\n'
+    # a field's docstring (the project's style for settings) is no code either; its value is
+    assert code_fingerprint(field.format(3, "Steps.")) == code_fingerprint(field.format(3, "Steps, timed."))
+    assert code_fingerprint(field.format(3, "Steps.")) != code_fingerprint(field.format(4, "Steps."))
+    assert code_fingerprint("def f(x):\n    return x\n") != code_fingerprint("def f(x):\n    return 'x'\n")
 
 
 def test_a_rebuild_starts_from_a_profile_without_the_old_llm(
