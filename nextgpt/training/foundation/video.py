@@ -124,7 +124,8 @@ class VideoTrainConfig:
     The UNet can only tell a frame's place in the clip from its temporal convolutions' zero padding, which
     reaches every frame of 4 but not the middle of 8: with 8 frames its first estimate of a clip was the
     same for all four directions (centroids <= 1.9 px apart), with 4 the axes part (10.1 px) and direction
-    on the held-out combinations went from 13-19% to 62% (docs/training.md)."""
+    on the held-out combinations went from 13-19% to 56% in the trainer (62% in the first try, a UNet
+    retrained alone; docs/training.md)."""
     fps: int = 2
     """Frames per second of the served MP4: 4 frames over the world's 2 s."""
     radius: tuple[float, float] = (0.16, 0.24)
