@@ -297,7 +297,8 @@ def make_synthetic_cmd(
     n_heldout_images: Annotated[int, typer.Option(help="image captions kept out of training")] = 6,
 ) -> None:
     """Write the synthetic "shapes world" (media, caption pairs, instructions, held-out prompts)."""
-    from nextgpt.training.data.synthetic import WorldConfig, make_world
+    from nextgpt.training.data.synthetic import make_world
+    from nextgpt.training.data.world_media import WorldConfig
 
     try:
         cfg = WorldConfig(

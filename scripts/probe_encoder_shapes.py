@@ -45,7 +45,7 @@ from torch import nn  # noqa: E402
 
 from nextgpt.encoders.imagebind import ARCHS  # noqa: E402
 from nextgpt.media.encode import encode_mp4, encode_png  # noqa: E402
-from nextgpt.training.data.synthetic import (  # noqa: E402
+from nextgpt.training.data.world_media import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,

@@ -27,7 +27,7 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
     TextToVideoSDPipeline,
 )
 
-from nextgpt.training.data.synthetic import DIRECTIONS, video_caption  # noqa: E402
+from nextgpt.training.data.world_media import DIRECTIONS, video_caption
 
 
 @torch.no_grad()

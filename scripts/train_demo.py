@@ -90,7 +90,8 @@ def evaluate(profile_yaml: Path) -> dict:
 
 
 def main() -> None:
-    from nextgpt.training.data.synthetic import WorldConfig, make_world
+    from nextgpt.training.data.synthetic import make_world
+    from nextgpt.training.data.world_media import WorldConfig
     from nextgpt.training.world_stages import N_INSTRUCTIONS, train_llm_stages
 
     started = time.perf_counter()

@@ -64,7 +64,7 @@ class WorldBuildConfig:
 
 
 def world_config(cfg: WorldBuildConfig) -> Any:
-    from nextgpt.training.data.synthetic import WorldConfig
+    from nextgpt.training.data.world_media import WorldConfig
     from nextgpt.training.world_stages import N_INSTRUCTIONS
 
     if cfg.smoke:

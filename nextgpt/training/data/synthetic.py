@@ -2,8 +2,9 @@
 
 Images of coloured shapes, videos of a shape moving in one direction, and sounds (tones, chords, sweeps),
 each captioned from the attributes that made it ("a red circle on a white background", "a blue square
-moving right", "a high tone"). The files are written in the community layouts, so the same readers serve
-the synthetic world and the real data sets:
+moving right", "a high tone"); what they are and how they are drawn is `world_media`, this module adds
+the dialogues and writes the files. They are written in the community layouts, so the same readers
+serve the synthetic world and the real data sets:
 
     DIR/images/*.png  DIR/videos/*.mp4  DIR/audios/*.wav
     DIR/cc3m.json       [{"caption", "image_name"}]     (X-caption pairs, stage 1)
@@ -27,87 +28,89 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageDraw
-
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
+from nextgpt.training.data.world_media import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    SOUNDS,
+    WorldConfig,
+    article,
+    heldout_image_combos,
+    image_caption,
+    render_audio,
+    render_image,
+    render_video,
+    sentence_case,
+    video_caption,
+    world_rng,
+)
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 6
+WORLD_VERSION = 7
 """Bump when the same seed would give different files or captions."""
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 160, 60),
-    "blue": (30, 60, 220),
-    "yellow": (240, 210, 20),
-    "purple": (140, 50, 170),
-    "orange": (245, 130, 20),
-}
-SHAPES = ("circle", "square", "triangle", "star")
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "white": (255, 255, 255),
-    "black": (0, 0, 0),
-    "gray": (128, 128, 128),
-}
-DIRECTIONS = ("left", "right", "up", "down")
-SOUNDS = (
-    "a low tone",
-    "a high tone",
-    "a low beeping tone",
-    "a high beeping tone",
-    "a major chord",
-    "a minor chord",
-    "a rising sweep",
-    "a falling sweep",
-)
 
+REQUEST_FRAMES = ("{}.", "Can you {}?", "Would you {}?", "I'd like you to {}.", "Now {}.")
+"""Wrappers of an imperative request, the same for every kind of request (describe, show, plain text), so
+that the wrapper says nothing about the reply: since world version 7. With bare sentences (up to version
+6) the tiny LLM answered 12 of 12 unseen "Please produce a high tone." with text. `nextgpt eval-world`
+asks in wrappers that are not among these ("Please ...", "Could you ...?")."""
 DESCRIBE_PROMPTS = {
     "image": (
-        "Describe this image.",
+        "describe this image",
         "What is in this picture?",
         "What do you see?",
         "What is shown here?",
-        "Can you describe this picture?",
+        "describe this picture",
     ),
     "video": (
-        "Describe this video.",
+        "describe this video",
         "What happens in this video?",
         "What do you see in this video?",
-        "Describe the clip.",
+        "describe the clip",
     ),
     "audio": (
-        "Describe this sound.",
+        "describe this sound",
         "What do you hear?",
         "Which sound is playing?",
-        "Describe what you hear.",
+        "describe what you hear",
     ),
 }
-"""Requests to describe an input medium. `nextgpt eval-world` asks in other words (`end_to_end.py`)."""
+"""Requests to describe an input medium: a sentence as is, or an imperative (no final stop) in one of
+`REQUEST_FRAMES`. `nextgpt eval-world` asks in other words (`end_to_end.py`)."""
 SHOW_PROMPTS = {
     "image": (
-        "Show me a picture of {}.",
-        "Can you draw {}?",
-        "Generate an image of {}.",
+        "show me a picture of {}",
+        "draw {}",
+        "generate an image of {}",
         "I'd like to see a picture of {}.",
     ),
     "video": (
-        "Show me a video of {}.",
-        "Make a clip of {}.",
-        "Generate a video of {}.",
+        "show me a video of {}",
+        "make a clip of {}",
+        "generate a video of {}",
         "I'd like a clip of {}.",
     ),
-    "audio": ("Play me {}.", "Let me hear {}.", "Generate the sound of {}.", "Can you play {}?"),
+    "audio": ("play me {}", "let me hear {}", "generate the sound of {}", "play {}"),
 }
-"""Requests for a medium. Version 4 of the world doubled the video and audio phrasings (with two each, a
-trained tiny LLM answered an unseen request for a sound with a picture or with text)."""
+"""Requests for a medium, written like `DESCRIBE_PROMPTS`. Version 4 of the world doubled the video and
+audio phrasings (with two each, a trained tiny LLM answered an unseen request for a sound with a picture
+or with text)."""
+NEUTRAL_SHOW_PROMPTS = ("generate {}", "make {}", "give me {}")
+"""Requests that name no medium, asked for a world caption: "Generate a high tone." wants a sound, "Make a
+red circle moving left." a clip, so the caption decides the medium as much as the verb (since world
+version 7). With only a medium's own verbs, the tiny LLM routed an unseen verb by its likeness to the
+seen ones: 23 of 32 "Please produce a high tone." got a picture, 31 of 32 "Please animate ..." text.
+The same verbs ask for text too ("Make a list of ...", "Generate a number ..."); there the object
+decides as well."""
 SHOW_REPLIES = ("Here it is: {}", "Sure! {}", "Of course. {}")
 MARKER = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 TEXT_QA = (
@@ -151,183 +154,26 @@ HELDOUT_TEXT_QA = (
 """Plain text prompts never seen in training, for which a trained model should answer without a span."""
 
 
-@dataclass
-class WorldConfig:
-    """Sizes of the shapes world; the defaults generate in a few seconds and train on CPU."""
-
-    seed: int = 0
-    n_images: int = 240
-    """Image-caption pairs (cc3m.json)."""
-    n_videos: int = 64
-    """Video-caption pairs (webvid.json)."""
-    n_audios: int = 64
-    """Audio-caption pairs (audiocaps.json)."""
-    n_instructions: int = 320
-    """Dialogues in instructions.json."""
-    n_heldout_images: int = 6
-    """Image captions (colour, shape, background) kept out of all training data, asked for in heldout.json."""
-    image_size: int = 64
-    """Side of the square images and video frames, in pixels."""
-    video_frames: int = 8
-    video_fps: int = 4
-    video_travel: float = 0.25
-    """Share of the frame's free width a clip's shape travels (1: from one edge to the other, as until
-    world version 5). ImageBind reads a clip as its first and last frame, one 28 px patch stem over both
-    (the `shapes` arch): when the shape overlaps itself between them, the stem sees the motion within a
-    patch; when it crosses the frame, direction is a relation between patches far apart, which the
-    encoder's tower learnt only in part (held-out 54%). On fresh clips, the tower on a direction loss
-    alone reached 94% in 500 steps at 0.25, 66% at 0.4 and ~50% after 1200 steps at 1
-    (`scripts/probe_encoder_shapes.py --task direction`)."""
-    audio_seconds: float = 2.0
-    sample_rate: int = 16000
-
-    def __post_init__(self) -> None:
-        for name in ("n_images", "n_videos", "n_audios", "n_instructions", "n_heldout_images"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        combos = len(COLOURS) * len(SHAPES) * len(BACKGROUNDS)
-        if self.n_heldout_images >= combos:
-            raise ValueError(
-                f"n_heldout_images={self.n_heldout_images} must be below {combos} (all combinations)"
-            )
-        if self.image_size < 16:
-            raise ValueError(f"image_size={self.image_size} must be >= 16 pixels")
-        if not 0 < self.video_travel <= 1:
-            raise ValueError(f"video_travel={self.video_travel} must be in (0, 1]")
-        if self.video_frames < 2 or self.video_fps <= 0:
-            raise ValueError(f"video_frames={self.video_frames} (>= 2) / video_fps={self.video_fps} (> 0)")
-        if not 0.1 <= self.audio_seconds <= 30 or self.sample_rate < 8000:
-            raise ValueError(f"audio_seconds={self.audio_seconds} (0.1-30) / sample_rate={self.sample_rate}")
+def is_imperative(prompt: str) -> bool:
+    """A prompt without a final stop or question mark is an imperative to wrap in a request frame."""
+    return not prompt.endswith((".", "?", "!"))
 
 
-def _rng(seed: int, stream: str) -> random.Random:
-    """An independent generator per stream, so changing one count leaves the other files unchanged."""
-    return random.Random(f"{seed}:{stream}")
+def ask(prompt: str, rng: random.Random) -> str:
+    """The prompt as a user would type it: an imperative in a random `REQUEST_FRAMES` wrapper."""
+    return sentence_case(rng.choice(REQUEST_FRAMES).format(prompt)) if is_imperative(prompt) else prompt
 
 
-# --- images and videos ------------------------------------------------------------------------------
+def prompt_sentences(prompts: tuple[str, ...]) -> list[str]:
+    """Every sentence `ask` can make of these prompts; the first is the first prompt said plainly."""
+    return [
+        sentence_case(frame.format(prompt)) if is_imperative(prompt) else prompt
+        for prompt in prompts
+        for frame in (REQUEST_FRAMES if is_imperative(prompt) else ("{}",))
+    ]
 
 
-def article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def sentence_case(text: str) -> str:
-    """`text` with its first letter capitalised (unlike str.capitalize, the rest is left alone)."""
-    return text[:1].upper() + text[1:]
-
-
-def image_caption(colour: str, shape: str, background: str) -> str:
-    return f"{article(colour)} {colour} {shape} on a {background} background"
-
-
-def video_caption(colour: str, shape: str, direction: str) -> str:
-    return f"{article(colour)} {colour} {shape} moving {direction}"
-
-
-def shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
-    """Outline of a triangle (apex up) or five-pointed star centred at (cx, cy) with outer radius r."""
-    if shape == "triangle":
-        angles = [-90.0, 30.0, 150.0]
-        return [(cx + r * math.cos(math.radians(a)), cy + r * math.sin(math.radians(a))) for a in angles]
-    points = []
-    for i in range(10):
-        radius = r if i % 2 == 0 else 0.45 * r
-        a = math.radians(-90.0 + 36.0 * i)
-        points.append((cx + radius * math.cos(a), cy + radius * math.sin(a)))
-    return points
-
-
-def draw_shape(canvas: Image.Image, shape: str, colour: str, cx: float, cy: float, r: float) -> None:
-    draw = ImageDraw.Draw(canvas)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif shape == "square":
-        s = r * 0.85  # a square of the same visual weight as the circle
-        draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
-    elif shape in ("triangle", "star"):
-        draw.polygon(shape_points(shape, cx, cy, r), fill=fill)
-    else:
-        raise ValueError(f"unknown shape {shape!r}; use one of {SHAPES}")
-
-
-def render_image(colour: str, shape: str, background: str, size: int, rng: random.Random) -> np.ndarray:
-    """(H, W, 3) uint8: one shape of random size and position on a plain background."""
-    canvas = Image.new("RGB", (size, size), BACKGROUNDS[background])
-    r = rng.uniform(0.15, 0.35) * size
-    cx = rng.uniform(r + 1, size - r - 1)
-    cy = rng.uniform(r + 1, size - r - 1)
-    draw_shape(canvas, shape, colour, cx, cy, r)
-    return np.asarray(canvas)
-
-
-def render_video(colour: str, shape: str, direction: str, cfg: WorldConfig, rng: random.Random) -> np.ndarray:
-    """(T, H, W, 3) uint8: the shape moves in `direction` at constant speed over `cfg.video_travel` of
-    the white frame's free width, from a random start."""
-    size = cfg.image_size
-    r = rng.uniform(0.12, 0.2) * size
-    lo, hi = r + 1, size - r - 1
-    across = rng.uniform(lo, hi)  # the fixed coordinate
-    span = cfg.video_travel * (hi - lo)
-    start = rng.uniform(lo, hi - span)  # the lower end of the track
-    frames = []
-    for t in range(cfg.video_frames):
-        f = t / (cfg.video_frames - 1)
-        along = start + f * span if direction in ("right", "down") else start + span - f * span
-        cx, cy = (along, across) if direction in ("left", "right") else (across, along)  # y grows down
-        canvas = Image.new("RGB", (size, size), BACKGROUNDS["white"])
-        draw_shape(canvas, shape, colour, float(cx), float(cy), r)
-        frames.append(np.asarray(canvas))
-    return np.stack(frames)
-
-
-# --- audio ------------------------------------------------------------------------------------------
-
-
-def render_audio(caption: str, cfg: WorldConfig, rng: random.Random) -> np.ndarray:
-    """(N,) float32 in [-1, 1]: the sound a caption of SOUNDS names, with a random pitch and loudness."""
-    n = int(cfg.audio_seconds * cfg.sample_rate)
-    t = np.arange(n, dtype=np.float64) / cfg.sample_rate
-    low = rng.uniform(150.0, 300.0)
-    high = rng.uniform(900.0, 1500.0)
-    if caption in ("a low tone", "a low beeping tone"):
-        wave = np.sin(2 * np.pi * low * t)
-    elif caption in ("a high tone", "a high beeping tone"):
-        wave = np.sin(2 * np.pi * high * t)
-    elif caption in ("a major chord", "a minor chord"):
-        root = rng.uniform(200.0, 400.0)
-        third = 2 ** ((4 if caption == "a major chord" else 3) / 12)
-        wave = (
-            sum((np.sin(2 * np.pi * root * k * t) for k in (1.0, third, 2 ** (7 / 12))), np.zeros_like(t)) / 3
-        )
-    elif caption in ("a rising sweep", "a falling sweep"):
-        f0, f1 = (low, high) if caption == "a rising sweep" else (high, low)
-        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * cfg.audio_seconds))  # linear chirp
-        wave = np.sin(phase)
-    else:
-        raise ValueError(f"unknown sound {caption!r}; use one of {SOUNDS}")
-    if "beeping" in caption:
-        wave = wave * ((t * 4.0) % 1.0 < 0.5)  # 4 beeps per second
-    fade = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.01)  # 10 ms ramps: no clicks
-    return (rng.uniform(0.3, 0.8) * wave * fade).astype(np.float32)
-
-
-# --- the world --------------------------------------------------------------------------------------
-
-
-def world_captions(modality: str) -> list[str]:
-    """Every caption the world can give a medium of `modality` ("image", "video" or "audio")."""
-    if modality == "image":
-        return [image_caption(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
-    if modality == "video":
-        return [video_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
-    return list(SOUNDS)
-
-
-def heldout_image_combos(cfg: WorldConfig) -> list[tuple[str, str, str]]:
-    combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
-    return sorted(_rng(cfg.seed, "heldout").sample(combos, cfg.n_heldout_images))
+# --- the world's files -----------------------------------------------------------------------------
 
 
 def make_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str, Any]:
@@ -342,7 +188,7 @@ def make_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str,
     ]
 
     # 1. images: every training combination in turn, so small worlds still cover the attribute space.
-    rng = _rng(cfg.seed, "images")
+    rng = world_rng(cfg.seed, "images")
     order = rng.sample(train_combos, len(train_combos))
     images = []
     for i in range(cfg.n_images):
@@ -353,7 +199,7 @@ def make_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str,
         images.append({"caption": image_caption(colour, shape, background), "image_name": name})
 
     # 2. videos.
-    rng = _rng(cfg.seed, "videos")
+    rng = world_rng(cfg.seed, "videos")
     video_combos = [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
     order_v = rng.sample(video_combos, len(video_combos))
     videos = []
@@ -365,7 +211,7 @@ def make_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str,
         videos.append({"caption": video_caption(colour, shape, direction), "video_name": name})
 
     # 3. audio.
-    rng = _rng(cfg.seed, "audios")
+    rng = world_rng(cfg.seed, "audios")
     audios = []
     for i in range(cfg.n_audios):
         caption = SOUNDS[i % len(SOUNDS)]
@@ -377,7 +223,7 @@ def make_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str,
     instructions = make_instructions(cfg, images, videos, audios, train_combos)
     held = [
         {
-            "prompt": SHOW_PROMPTS["image"][0].format(image_caption(*combo)),
+            "prompt": prompt_sentences(SHOW_PROMPTS["image"])[0].format(image_caption(*combo)),
             "expect": "image",
             "caption": image_caption(*combo),
         }
@@ -408,9 +254,12 @@ def _turn(who: str, value: str, **extra: Any) -> dict[str, Any]:
     return {"from": who, "value": value, **extra}
 
 
-def _show(modality: str, caption: str, rng: random.Random) -> list[dict[str, Any]]:
-    """Human asks for a medium; gpt answers with its placeholder, the caption as the alignment target."""
-    prompt = rng.choice(SHOW_PROMPTS[modality]).format(caption)
+def _show(modality: str, caption: str, rng: random.Random, *, world: bool = True) -> list[dict[str, Any]]:
+    """Human asks for a medium; gpt answers with its placeholder, the caption as the alignment target.
+    A third of the requests for a `world` caption (one only a medium of `modality` has) use a verb that
+    names no medium (`NEUTRAL_SHOW_PROMPTS`)."""
+    prompts = NEUTRAL_SHOW_PROMPTS if world and rng.random() < 1 / 3 else SHOW_PROMPTS[modality]
+    prompt = ask(rng.choice(prompts), rng).format(caption)
     reply = rng.choice(SHOW_REPLIES).format(MARKER[modality])
     return [
         _turn("human", prompt),
@@ -432,7 +281,7 @@ def make_instructions(
     medium has its own request in every 9 dialogues (a picture also in the chat's second round): version 4
     asked for a picture in 3 of 9 and for a clip or a sound in 1 of 18 each, and the tiny LLM answered
     most unseen requests for a sound with a picture or text (docs/training.md has both builds)."""
-    rng = _rng(cfg.seed, "instructions")
+    rng = world_rng(cfg.seed, "instructions")
     pairs = {"image": images, "video": videos, "audio": audios}
     kinds = ["describe", "show_image", "show_video", "show_audio", "text", "text", "text", "text", "chat"]
     records: list[dict[str, Any]] = []
@@ -445,7 +294,7 @@ def make_instructions(
             else:
                 modality = rng.choice(available)
                 item = rng.choice(pairs[modality])
-                prompt = rng.choice(DESCRIBE_PROMPTS[modality])
+                prompt = ask(rng.choice(DESCRIBE_PROMPTS[modality]), rng)
                 answer = sentence_case(item["caption"]) + "."
                 records.append(
                     {
@@ -460,10 +309,12 @@ def make_instructions(
         if kind == "show_image":
             if rng.random() < 0.25:
                 thing = rng.choice(THINGS)
-                caption = f"{article(thing)} {thing}"
+                caption, world = f"{article(thing)} {thing}", False
             else:
-                caption = image_caption(*rng.choice(train_combos))
-            records.append({"image_captions": [caption], "conversations": _show("image", caption, rng)})
+                caption, world = image_caption(*rng.choice(train_combos)), True
+            records.append(
+                {"image_captions": [caption], "conversations": _show("image", caption, rng, world=world)}
+            )
         elif kind in ("show_video", "show_audio"):
             modality = kind.removeprefix("show_")
             if modality == "video":
@@ -487,7 +338,7 @@ def make_instructions(
                     "image_list": [item["image_name"]],
                     "image_captions": [new],
                     "conversations": [
-                        _turn("human", f"<image>\n{rng.choice(DESCRIBE_PROMPTS['image'])}"),
+                        _turn("human", f"<image>\n{ask(rng.choice(DESCRIBE_PROMPTS['image']), rng)}"),
                         _turn("gpt", sentence_case(item["caption"]) + "."),
                         _turn("human", f"Now show me {article(new_colour)} {new_colour} one."),
                         _turn(
@@ -504,11 +355,11 @@ def make_instructions(
 
 def text_task(rng: random.Random) -> tuple[str, str]:
     """One plain text exchange (no media in, none out): questions and, as often, imperatives ("Count
-    to four.", "Say thanks."), and for each show prompt's frame a text request in the same frame ("Show
-    me how to spell red.", "Can you count to three?", "Make a list of ...", "Let me know ..."), so that
-    a request means "make a medium" only when it asks for a picture, a video or a sound. Text replies
-    never use the show replies' openers, so a reply's first token already says whether a medium
-    follows. Held-out prompts (HELDOUT_TEXT_QA) are not used."""
+    to four.", "Say thanks.") in the same `REQUEST_FRAMES` as the media requests, and for each show
+    prompt's verb a text request with it ("Show me how to spell red.", "Make a list of ...", "Let me know
+    ..."), so that a request means "make a medium" only when it asks for a picture, a video or a
+    sound. Text replies never use the show replies' openers, so a reply's first token already says
+    whether a medium follows. Held-out prompts (HELDOUT_TEXT_QA) are not used."""
     colours, shapes = list(COLOURS), list(SHAPES)
     a, b = rng.randint(1, 9), rng.randint(1, 9)
     shape, colour, word = rng.choice(shapes), rng.choice(colours), rng.choice(SAY_WORDS)
@@ -524,25 +375,25 @@ def text_task(rng: random.Random) -> tuple[str, str]:
             f"{max(a, b)} minus {min(a, b)} is {abs(a - b)}.",
         ),
         lambda: (f"How many sides does {article(shape)} {shape} have?", SHAPE_FACTS[shape][1]),
-        lambda: (f"Tell me a fact about {shape}s.", SHAPE_FACTS[shape][0]),
-        lambda: (f"Count from one to {NUMBER_WORDS[n]}.", counted),
-        lambda: (f"Can you count to {NUMBER_WORDS[n]}?", counted),
-        lambda: (f"Spell the word {colour}.", "-".join(colour) + "."),
-        lambda: (f"Show me how to spell {colour}.", "-".join(colour) + "."),
-        lambda: (f"Write the number {a} in words.", f"{a} is written {NUMBER_WORDS[a]}."),
+        lambda: (ask(f"tell me a fact about {shape}s", rng), SHAPE_FACTS[shape][0]),
+        lambda: (ask(f"count from one to {NUMBER_WORDS[n]}", rng), counted),
+        lambda: (ask(f"count to {NUMBER_WORDS[n]}", rng), counted),
+        lambda: (ask(f"spell the word {colour}", rng), "-".join(colour) + "."),
+        lambda: (ask(f"show me how to spell {colour}", rng), "-".join(colour) + "."),
+        lambda: (ask(f"write the number {a} in words", rng), f"{a} is written {NUMBER_WORDS[a]}."),
         lambda: (
             f"Is {a} bigger than {b}?",
             f"Yes, {a} is bigger than {b}." if a > b else f"No, {a} is not bigger than {b}.",
         ),
-        lambda: (f"Repeat the word {shape}.", f"{sentence_case(shape)}."),
-        lambda: (f"Say {word}.", f"{sentence_case(word)}!"),
+        lambda: (ask(f"repeat the word {shape}", rng), f"{sentence_case(shape)}."),
+        lambda: (ask(f"say {word}", rng), f"{sentence_case(word)}!"),
         lambda: (f"I'd like to know how many sides {article(shape)} {shape} has.", SHAPE_FACTS[shape][1]),
-        lambda: ("List the shapes you know.", "Circle, square, triangle and star."),
+        lambda: (ask("list the shapes you know", rng), "Circle, square, triangle and star."),
         lambda: (f"What colour is {a_thing}?", f"{sentence_case(a_thing)} can have many colours."),
-        lambda: (f"Tell me about {a_thing}.", f"{sentence_case(a_thing)} is not a shape I know."),
-        lambda: ("Make a list of the shapes you know.", "Circle, square, triangle and star."),
-        lambda: (f"Let me know what {a} plus {b} is.", f"{a} plus {b} is {a + b}."),
-        lambda: (f"Generate a number bigger than {a}.", f"{a + 1} is bigger than {a}."),
+        lambda: (ask(f"tell me about {a_thing}", rng), f"{sentence_case(a_thing)} is not a shape I know."),
+        lambda: (ask("make a list of the shapes you know", rng), "Circle, square, triangle and star."),
+        lambda: (ask(f"let me know what {a} plus {b} is", rng), f"{a} plus {b} is {a + b}."),
+        lambda: (ask(f"generate a number bigger than {a}", rng), f"{a + 1} is bigger than {a}."),
         lambda: ("Thank you!", "You are welcome!"),
     ]
     return rng.choice(tasks)()

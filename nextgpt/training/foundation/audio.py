@@ -61,7 +61,7 @@ from transformers import (
 from nextgpt.config import DecodeDefaults, DecoderConfig
 from nextgpt.media.encode import encode_wav
 from nextgpt.tiny.diffusion import HOP, SAMPLE_RATE
-from nextgpt.training.data.synthetic import SOUNDS
+from nextgpt.training.data.world_media import SOUNDS
 from nextgpt.training.foundation.audio_parts import (
     LOG_FLOOR,
     PHRASES,

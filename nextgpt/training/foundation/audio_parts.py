@@ -29,7 +29,7 @@ from transformers.audio_utils import mel_filter_bank
 
 from nextgpt import tiny_profile as dims
 from nextgpt.tiny.diffusion import CLIP_MAX_LENGTH, HOP, SAMPLE_RATE, clap_text_encoder
-from nextgpt.training.data.synthetic import SOUNDS, WorldConfig, render_audio
+from nextgpt.training.data.world_media import SOUNDS, WorldConfig, render_audio
 from nextgpt.training.foundation.diffusion import kl_vae
 
 logger = logging.getLogger(__name__)

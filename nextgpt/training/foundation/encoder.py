@@ -62,7 +62,7 @@ from torch import nn
 from nextgpt.encoders import preprocess as pp
 from nextgpt.encoders.imagebind import ARCHS, build_model, tokenize
 from nextgpt.media.encode import encode_png
-from nextgpt.training.data.synthetic import (
+from nextgpt.training.data.world_media import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,

@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw
 from nextgpt import tiny_profile as dims
 from nextgpt.config import DecodeDefaults, DecoderConfig
 from nextgpt.tiny.diffusion import build_clip_tokenizer, sd_scheduler_kwargs
-from nextgpt.training.data.synthetic import (
+from nextgpt.training.data.world_media import (
     BACKGROUNDS,
     COLOURS,
     SHAPES,

@@ -22,7 +22,8 @@ import torch
 
 from nextgpt.config import GenerationOptions
 from nextgpt.llm.prompt import build_prompt
-from nextgpt.training.data.synthetic import SHOW_PROMPTS, world_captions
+from nextgpt.training.data.synthetic import SHOW_PROMPTS, prompt_sentences
+from nextgpt.training.data.world_media import world_captions
 from nextgpt.types import MODALITIES, Message, Modality
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def span_alignment(model: NextGPT, per_modality: int = 24, seed: int = 0) -> dic
         items: list[dict[str, Any]] = []
         right, distances = 0, []
         for asked, caption in enumerate(captions):
-            prompt = SHOW_PROMPTS[modality][0].format(caption)
+            prompt = prompt_sentences(SHOW_PROMPTS[modality])[0].format(caption)
             segments = build_prompt([Message("user", prompt)], [[]], model.profile.llm.prompt_format)
             options = GenerationOptions(seed=seed, max_new_tokens=48)
             out = model.llm.generate(model.llm.embed(segments).embeds, options, force=[modality])

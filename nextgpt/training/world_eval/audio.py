@@ -22,7 +22,7 @@ from nextgpt.training.world_eval.image import UNKNOWN
 
 LOW_TONE_HZ = (150.0, 300.0)
 HIGH_TONE_HZ = (900.0, 1500.0)
-"""The world's pitch ranges (`synthetic.render_audio` draws a low and a high frequency from them)."""
+"""The world's pitch ranges (`world_media.render_audio` draws a low and a high frequency from them)."""
 PITCH_SPLIT_HZ = math.sqrt(LOW_TONE_HZ[1] * HIGH_TONE_HZ[0])
 """Low below, high above: the geometric middle of the gap between the ranges (~520 Hz)."""
 MIN_SWEEP_OCTAVES = 0.5

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from nextgpt.config import GenerationOptions
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
-from nextgpt.training.data.synthetic import (
+from nextgpt.training.data.world_media import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,

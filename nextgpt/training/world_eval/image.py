@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from nextgpt.media.encode import to_uint8
-from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, draw_shape
+from nextgpt.training.data.world_media import BACKGROUNDS, COLOURS, draw_shape
 
 UNKNOWN = "unknown"
 MIN_FOREGROUND = 12

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SOUNDS
+from nextgpt.training.data.world_media import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SOUNDS
 
 COLOUR_WORDS: dict[str, str] = {
     **{name: name for name in (*COLOURS, *BACKGROUNDS)},

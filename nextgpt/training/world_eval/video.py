@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nextgpt.training.data.synthetic import BACKGROUNDS
+from nextgpt.training.data.world_media import BACKGROUNDS
 from nextgpt.training.world_eval.image import (
     MIN_FOREGROUND,
     UNKNOWN,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nextgpt.training.data.synthetic import SOUNDS
+from nextgpt.training.data.world_media import SOUNDS
 from nextgpt.training.world_eval.alignment import asked_captions, markdown_lines, nearest, span_alignment
 
 

@@ -12,12 +12,11 @@ from typer.testing import CliRunner
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 from nextgpt.training.data.synthetic import (
     DESCRIBE_PROMPTS,
+    NEUTRAL_SHOW_PROMPTS,
     SHOW_PROMPTS,
-    WorldConfig,
-    render_audio,
-    render_image,
-    render_video,
+    prompt_sentences,
 )
+from nextgpt.training.data.world_media import WorldConfig, render_audio, render_image, render_video
 from nextgpt.training.world_eval.end_to_end import (
     DESCRIBE_PHRASINGS,
     SHOW_PHRASINGS,
@@ -36,9 +35,9 @@ CFG = EvalWorldConfig(seeds=(0, 1), items=4)
 
 def test_phrasings_are_not_the_training_ones():
     for modality, phrasings in SHOW_PHRASINGS.items():
-        assert not set(phrasings) & set(SHOW_PROMPTS[modality])
+        assert not set(phrasings) & set(prompt_sentences(SHOW_PROMPTS[modality] + NEUTRAL_SHOW_PROMPTS))
     for modality, phrasings in DESCRIBE_PHRASINGS.items():
-        assert not set(phrasings) & set(DESCRIBE_PROMPTS[modality])
+        assert not set(phrasings) & set(prompt_sentences(DESCRIBE_PROMPTS[modality]))
 
 
 def test_cases_are_deterministic_per_seed_and_cover_every_task():

@@ -11,7 +11,14 @@ import pytest
 from typer.testing import CliRunner
 
 from nextgpt.media.decode import read_audio, read_image, read_video
-from nextgpt.training.data.synthetic import BACKGROUNDS, COLOURS, SHOW_REPLIES, WorldConfig, make_world
+from nextgpt.training.data.synthetic import (
+    REQUEST_FRAMES,
+    SHOW_REPLIES,
+    WORLD_VERSION,
+    make_instructions,
+    make_world,
+)
+from nextgpt.training.data.world_media import BACKGROUNDS, COLOURS, WorldConfig
 from nextgpt_serve.cli import app
 
 SMALL = {"n_images": 16, "n_videos": 4, "n_audios": 8, "n_instructions": 28}
@@ -124,6 +131,25 @@ def test_instructions_and_heldout(world):
     text_replies = [r["conversations"][-1]["value"] for r in plain]
     openers = {reply.split()[0] for reply in SHOW_REPLIES}
     assert not any(reply.split()[0] in openers for reply in text_replies), "text replies reuse show openers"
+
+
+def test_every_request_frame_asks_for_text_media_and_descriptions():
+    """The wrapper of a request ("Can you ...?") must not tell which reply follows: each frame wraps
+    plain text requests, requests for a medium and requests to describe one."""
+    cfg = WorldConfig(seed=WORLD_VERSION, n_instructions=900)
+    images = [{"caption": "a red circle on a white background", "image_name": "img.png"}]
+    videos = [{"caption": "a red circle moving up", "video_name": "vid.mp4"}]
+    audios = [{"caption": "a high tone", "audio_name": "aud.wav"}]
+    records = make_instructions(cfg, images, videos, audios, [("blue", "circle", "white")])
+    openers = {frame.split("{}")[0] for frame in REQUEST_FRAMES if not frame.startswith("{}")}
+    kinds: dict[str, set[str]] = {opener: set() for opener in openers}
+    for record in records:
+        human, gpt = record["conversations"][:2]
+        kind = "describe" if "\n" in human["value"] else "show" if "output_modality" in gpt else "text"
+        for opener in openers:
+            if human["value"].split("\n")[-1].startswith(opener[:1].upper() + opener[1:]):
+                kinds[opener].add(kind)
+    assert all(found == {"describe", "show", "text"} for found in kinds.values()), kinds
 
 
 def test_cli_make_synthetic(tmp_path):

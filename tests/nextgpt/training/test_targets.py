@@ -10,13 +10,14 @@ from typer.testing import CliRunner
 
 from nextgpt.errors import ConfigError
 from nextgpt.profiles import load_profile
-from nextgpt.training.data.synthetic import WorldConfig, make_world
+from nextgpt.training.data.synthetic import make_world
 from nextgpt.training.data.targets import (
     check_target_dims,
     load_data_targets,
     load_targets,
     precompute_targets,
 )
+from nextgpt.training.data.world_media import WorldConfig
 from nextgpt_serve.cli import app
 
 CAPTIONS = ["a red circle", "a blue square", "a red circle", "a high tone"]

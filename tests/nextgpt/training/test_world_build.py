@@ -125,19 +125,21 @@ def test_a_rebuild_starts_from_a_profile_without_the_old_llm(
 
 def test_each_part_is_keyed_by_the_code_that_trains_it() -> None:
     """An encoder change retrains the encoder only; what a trainer reads through other modules (the
-    served preprocessing, the ImageBind arch table, the shared diffusion code) is part of its key."""
+    served preprocessing, the ImageBind arch table, the shared diffusion code, the world's media) is
+    part of its key; the LLM's dialogues are not (a change to them retrains the LLM only)."""
     encoder = nextgpt_imports(TRAINER_MODULES["encoder"])
     image = nextgpt_imports(TRAINER_MODULES["image"])
     assert {
         "nextgpt.encoders.imagebind",
         "nextgpt.encoders.preprocess",
-        "nextgpt.training.data.synthetic",
+        "nextgpt.training.data.world_media",
     } <= set(encoder)
     assert "nextgpt.training.foundation.diffusion" not in encoder
     assert {"nextgpt.training.foundation.diffusion", "nextgpt.training.foundation.loop"} <= set(image)
     assert "nextgpt.training.foundation.encoder" not in image
     assert "nextgpt.training.foundation.audio_parts" in nextgpt_imports(TRAINER_MODULES["audio"])
     assert len({trainer_code_hash(part) for part in TRAINER_MODULES}) == len(TRAINER_MODULES)
+    assert not any("nextgpt.training.data.synthetic" in nextgpt_imports(m) for m in TRAINER_MODULES.values())
 
 
 def test_a_loop_state_from_another_config_is_discarded(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from nextgpt.media.decode import read_audio, read_image, read_video
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 from nextgpt.media.files import read_media_file
-from nextgpt.training.data.synthetic import (
+from nextgpt.training.data.synthetic import make_world
+from nextgpt.training.data.world_media import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
@@ -27,7 +28,6 @@ from nextgpt.training.data.synthetic import (
     SOUNDS,
     WorldConfig,
     image_caption,
-    make_world,
     render_audio,
     render_image,
     render_video,

@@ -16,7 +16,8 @@ _WORLD: dict[str, Path] = {}
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shapes world small enough that reading and embedding it takes a few seconds (built once)."""
     if "dir" not in _WORLD:
-        from nextgpt.training.data.synthetic import WorldConfig, make_world
+        from nextgpt.training.data.synthetic import make_world
+        from nextgpt.training.data.world_media import WorldConfig
 
         root = tmp_path_factory.mktemp("shapes-world")
         make_world(root, WorldConfig(n_images=48, n_videos=4, n_audios=8, n_instructions=64))

@@ -18,7 +18,7 @@ from nextgpt.config import DecodeDefaults, DecoderConfig
 from nextgpt.decoders.audio import AudioDecoder
 from nextgpt.media.decode import read_audio
 from nextgpt.tiny.diffusion import HOP
-from nextgpt.training.data.synthetic import SOUNDS
+from nextgpt.training.data.world_media import SOUNDS
 from nextgpt.training.foundation.audio import AudioTrainConfig, score, train_audio_pipeline
 from nextgpt.training.foundation.audio_parts import (
     HELDOUT_TEMPLATES,

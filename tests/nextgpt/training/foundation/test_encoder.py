@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from nextgpt.config import EncoderConfig
 from nextgpt.encoders.imagebind import ImageBindEncoder, build_model, tokenize
-from nextgpt.training.data.synthetic import DIRECTIONS, WorldConfig, make_world
+from nextgpt.training.data.synthetic import make_world
+from nextgpt.training.data.world_media import DIRECTIONS, WorldConfig
 from nextgpt.training.foundation.encoder import (
     AttributeHeads,
     EncoderTrainConfig,

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from nextgpt.config import DecodeDefaults, DecoderConfig
 from nextgpt.decoders.image import ImageDecoder
-from nextgpt.training.data.synthetic import heldout_image_combos
+from nextgpt.training.data.world_media import heldout_image_combos
 from nextgpt.training.foundation.image import (
     TEMPLATES,
     ImageTrainConfig,
