@@ -60,8 +60,8 @@ WORLD_VERSION = 7
 
 REQUEST_FRAMES = ("{}.", "Can you {}?", "Would you {}?", "I'd like you to {}.", "Now {}.")
 """Wrappers of an imperative request, the same for every kind of request (describe, show, plain text), so
-that the wrapper says nothing about the reply: since world version 7. With bare sentences (up to version
-6) the tiny LLM answered 12 of 12 unseen "Please produce a high tone." with text. `nextgpt eval-world`
+that the wrapper says nothing about the reply (since world version 7). Alone they did not teach the
+tiny LLM to route unseen requests (`NEUTRAL_SHOW_PROMPTS` did; docs/training.md). `nextgpt eval-world`
 asks in wrappers that are not among these ("Please ...", "Could you ...?")."""
 DESCRIBE_PROMPTS = {
     "image": (
@@ -108,7 +108,9 @@ NEUTRAL_SHOW_PROMPTS = ("generate {}", "make {}", "give me {}")
 """Requests that name no medium, asked for a world caption: "Generate a high tone." wants a sound, "Make a
 red circle moving left." a clip, so the caption decides the medium as much as the verb (since world
 version 7). With only a medium's own verbs, the tiny LLM routed an unseen verb by its likeness to the
-seen ones: 23 of 32 "Please produce a high tone." got a picture, 31 of 32 "Please animate ..." text.
+seen ones: version 6's build answered all 12 "Please produce ..." (a tone or a sweep) with text; with
+`REQUEST_FRAMES` alone 23 of 32 got a picture and 31 of 32 "Please animate ..." text. With these verbs
+every request for a medium got it (LLM stages on version 6's parts, world seed 0).
 The same verbs ask for text too ("Make a list of ...", "Generate a number ..."); there the object
 decides as well."""
 SHOW_REPLIES = ("Here it is: {}", "Sure! {}", "Of course. {}")
