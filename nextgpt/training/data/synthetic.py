@@ -161,15 +161,20 @@ def is_imperative(prompt: str) -> bool:
     return not prompt.endswith((".", "?", "!"))
 
 
+def in_frame(prompt: str, frame: str) -> str:
+    """`prompt` put into `frame` ("Can you {}?"), capitalised; a sentence in the bare frame "{}" is itself."""
+    return sentence_case(frame.format(prompt))
+
+
 def ask(prompt: str, rng: random.Random) -> str:
     """The prompt as a user would type it: an imperative in a random `REQUEST_FRAMES` wrapper."""
-    return sentence_case(rng.choice(REQUEST_FRAMES).format(prompt)) if is_imperative(prompt) else prompt
+    return in_frame(prompt, rng.choice(REQUEST_FRAMES)) if is_imperative(prompt) else prompt
 
 
 def prompt_sentences(prompts: tuple[str, ...]) -> list[str]:
     """Every sentence `ask` can make of these prompts; the first is the first prompt said plainly."""
     return [
-        sentence_case(frame.format(prompt)) if is_imperative(prompt) else prompt
+        in_frame(prompt, frame)
         for prompt in prompts
         for frame in (REQUEST_FRAMES if is_imperative(prompt) else ("{}",))
     ]
