@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
+from nextgpt.training.losses import denoise_target
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(x_t, t, cond) -> predicted noise: how a trainer calls its UNet."""
@@ -134,33 +135,55 @@ def denoising_loss(
     cond_of: torch.Tensor,
     cond_bank: torch.Tensor,
     empty: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
+    scheduler: Any,
     gen: torch.Generator,
     *,
     batch: int,
     uncond_prob: float,
     snr_gamma: float | None,
 ) -> torch.Tensor:
-    """Mean epsilon MSE over `batch` latents drawn from `latents` (N, C, ...), each noised to a random
-    timestep and conditioned on a random phrasing of its caption: `cond_bank[cond_of[i], k]` (`cond_bank`
-    is (captions, phrasings, ...)), replaced by `empty` for a share `uncond_prob` (guidance dropout).
-    `denoise(x_t, t, cond)` returns the predicted noise. With `snr_gamma`, min-SNR weighting (Hang et al.
-    2023): each example's loss times min(SNR, gamma) / SNR."""
+    """Mean MSE of the prediction that `scheduler`'s `prediction_type` asks for (`losses.denoise_target`)
+    over `batch` latents drawn from `latents` (N, C, ...), each noised to a random timestep and
+    conditioned on a random phrasing of its caption: `cond_bank[cond_of[i], k]` (`cond_bank` is
+    (captions, phrasings, ...)), replaced by `empty` for a share `uncond_prob` (guidance dropout).
+    `denoise(x_t, t, cond)` returns the predicted noise (epsilon) or velocity (v_prediction). With
+    `snr_gamma`, min-SNR weighting (Hang et al. 2023): each example's loss times min(SNR, gamma) / SNR
+    (epsilon), min(SNR + 1, gamma) / (SNR + 1) (v)."""
+    alphas = alphas_cumprod(scheduler)
     pick = torch.randint(len(latents), (batch,), generator=gen)
     x0 = latents[pick]
-    t = torch.randint(len(alphas_cumprod), (batch,), generator=gen)
+    t = torch.randint(len(alphas), (batch,), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
-    ab = alphas_cumprod[t].view(-1, *[1] * (x0.dim() - 1))
+    ab = alphas[t].view(-1, *[1] * (x0.dim() - 1))
     xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     phrasing = torch.randint(cond_bank.shape[1], (batch,), generator=gen)
     cond = cond_bank[cond_of[pick], phrasing]
     drop = torch.rand(batch, generator=gen) < uncond_prob
     cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), empty, cond)
-    mse = (denoise(xt, t, cond) - noise).pow(2).flatten(1).mean(dim=1)  # (B,)
+    target = denoise_target(scheduler, x0, noise, t)
+    mse = (denoise(xt, t, cond) - target).pow(2).flatten(1).mean(dim=1)  # (B,)
     if snr_gamma is not None:
         snr = (ab / (1 - ab)).flatten()
-        mse = mse * snr.clamp(max=snr_gamma) / snr
+        # Both losses weight the x0 error by an SNR: epsilon's by snr, v's by snr + 1; min-SNR caps that
+        # weight at gamma. For v it caps snr + 1, so that pure noise (snr = 0) keeps its full weight.
+        if scheduler.config.prediction_type == "v_prediction":
+            weight = (snr_gamma / (snr + 1)).clamp(max=1)
+        else:
+            weight = snr.clamp(max=snr_gamma) / snr
+        mse = mse * weight
     return mse.mean()
+
+
+ZERO_TERMINAL_SNR = {
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+    "prediction_type": "v_prediction",
+}
+"""Scheduler settings of Lin et al. 2024 ("Common diffusion noise schedules and sample steps are flawed"),
+all fields of diffusers' saved scheduler config: the betas rescaled so that the last timestep is pure
+noise, sampling that starts there, and v-prediction (epsilon is undefined at zero SNR). Under SD's own
+schedule the last timestep keeps 7% of the clean latents, so in training the UNet reads a clip's layout
+from that leak instead of from its caption, and at sampling, from pure noise, the layout is the seed's."""
 
 
 def cross_attention(unet: nn.Module) -> Denoise:
@@ -187,7 +210,7 @@ def train_unet(
     is (kinds, phrasings, ...) and `empty` the empty caption's conditioning."""
     torch.manual_seed(cfg.seed + 2)
     unet = build(cfg)
-    call, alphas = denoise(unet), alphas_cumprod(scheduler)
+    call = denoise(unet)
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         return denoising_loss(
@@ -196,7 +219,7 @@ def train_unet(
             cond_of,
             cond_bank,
             empty,
-            alphas,
+            scheduler,
             gen,
             batch=cfg.unet_batch,
             uncond_prob=cfg.uncond_prob,

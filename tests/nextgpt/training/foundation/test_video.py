@@ -19,6 +19,7 @@ from nextgpt.training.foundation.video import (
     HELDOUT_TEMPLATES,
     TEMPLATES,
     VideoTrainConfig,
+    build_unet,
     heldout_combos,
     phrase,
     render_clip,
@@ -85,6 +86,25 @@ def test_rendered_training_clips_read_right() -> None:
     combos = train_combos(cfg)[::3]
     readings = [classify_video(render_clip(c, cfg, rng)).attributes() for c in combos]
     assert readings == [dict(zip(("colour", "shape", "direction"), c, strict=True)) for c in combos]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_only_a_causal_start_tells_the_first_frame_from_the_last(causal: bool) -> None:
+    # A UNet3D as diffusers starts it is time-reversal symmetric: a clip played backwards gets the same
+    # prediction played backwards, so "left" cannot differ from "right". The causal start breaks that.
+    cfg = replace(VideoTrainConfig.reduced(), causal_temporal_init=causal)
+    torch.manual_seed(0)
+    unet = build_unet(cfg).eval()
+    latent = cfg.frame_size // 2 ** (len(cfg.vae_channels) - 1)
+    x = torch.randn(
+        1, cfg.latent_channels, cfg.num_frames, latent, latent, generator=torch.Generator().manual_seed(1)
+    )
+    cond = torch.randn(1, 77, cfg.cond_dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        forward = unet(x, 999, cond).sample
+        backward = unet(x.flip(2), 999, cond).sample.flip(2)
+    gap = float((forward - backward).norm() / forward.norm())
+    assert (gap > 1e-3) if causal else (gap < 1e-5), gap
 
 
 def test_one_seed_gives_one_pipeline(tmp_path: Path) -> None:
