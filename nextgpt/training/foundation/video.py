@@ -44,7 +44,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
     TextToVideoSDPipeline,
 )
 from PIL import Image, ImageDraw
+from torch import nn
 
 from nextgpt import tiny_profile as dims
 from nextgpt.config import DecodeDefaults, DecoderConfig
@@ -338,7 +339,8 @@ def start_temporal_convs_causal(unet: UNet3DConditionModel, seed: int) -> None:
     for module in unet.modules():
         if not isinstance(module, TemporalConvLayer):
             continue
-        convs = [module.conv1[-1], module.conv2[-1], module.conv3[-1], module.conv4[-1]]
+        stack = (module.conv1, module.conv2, module.conv3, module.conv4)
+        convs = [cast(nn.Conv3d, layers[-1]) for layers in stack]  # each: norm, SiLU, (dropout,) conv
         last = convs[-1].weight
         fan_in = last.shape[1] * last.shape[2]
         last.copy_(torch.randn(last.shape, generator=generator) * 0.1 / fan_in**0.5)
