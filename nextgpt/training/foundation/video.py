@@ -333,8 +333,9 @@ def start_temporal_convs_causal(unet: UNet3DConditionModel, seed: int) -> None:
 
     A UNet3D started as diffusers builds it is time-reversal symmetric (the temporal branch is zero, its
     attention has no positions, its padding is the same at both ends), so for "left" it can only learn
-    the mixture of a left and a right clip, and that symmetry is a saddle training does not leave. Only
-    the start is causal: training moves every tap."""
+    the mixture of a left and a right clip, and training leaves that saddle too slowly (1200 steps were
+    not enough, `VideoTrainConfig.zero_terminal_snr`). Only the start is causal: training moves every
+    tap."""
     generator = torch.Generator().manual_seed(seed + 7)
     for module in unet.modules():
         if not isinstance(module, TemporalConvLayer):
