@@ -9,7 +9,8 @@ away from white) frame by frame. A UNet that reads the direction draws four diff
 "right" on the left, of "left" on the right); one that does not draws the same track four times,
 whatever its sampled clips then do. The last line gives the largest distance between two directions'
 centroids in any frame, in pixels (the world's clips start ~16 px apart at 32 px). At the smaller
-timesteps the noise stands in for a noised clip, which it is not: only the first is a clean test.
+timesteps the noise stands in for a noised clip, which it is not: only the first is a clean test (under
+a zero-terminal-SNR schedule, where timestep 999 is pure noise).
 
 Cheap (seconds): it runs one UNet call per noise level, no sampling loop.
 """
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("--colour", default="red")
     parser.add_argument("--shape", default="circle")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[999, 800, 500])
-    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=4, help="frames of the clip (the shapes profile: 4)")
     parser.add_argument("--size", type=int, default=32, help="frame side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

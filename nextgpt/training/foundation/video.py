@@ -28,8 +28,8 @@ nor as captions), nor do the HELDOUT_TEMPLATES phrasings; `train_video_pipeline`
 held-out combinations through the real decoder, in the world's caption and in those phrasings, and
 scoring the clips with `world_eval`'s video classifiers (colour, shape, direction of the centroid track).
 
-Measured (see `VideoTrainConfig`): about 820 s of CPU for a full run at one thread (the UNet 730 s),
-~900 s with the held-out evaluation.
+Measured (see `VideoTrainConfig`): about 1030 s of CPU for a full run at one thread, ~1120 s with the
+held-out evaluation (seed 0 build, 2026-12-01).
 
 Every random draw comes from the loop's per-step generator or from generators seeded by `cfg.seed`, so a
 seed gives the same weights (with a fixed thread count; run with OMP_NUM_THREADS=1).
