@@ -23,7 +23,7 @@ from nextgpt.training.foundation.loop import LoopConfig, LoopResult, train
 from nextgpt.training.losses import denoise_target
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""(x_t, t, cond) -> predicted noise: how a trainer calls its UNet."""
+"""(x_t, t, cond) -> the noise or velocity its scheduler asks for: how a trainer calls its UNet."""
 LossFn = Callable[[int, torch.Generator], torch.Tensor]
 """The loop's `loss_fn(step, generator)`."""
 UNet = TypeVar("UNet", bound=nn.Module)

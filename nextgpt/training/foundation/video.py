@@ -176,7 +176,7 @@ class VideoTrainConfig:
     uncond_prob: float = 0.1
     """Share of UNet examples conditioned on the empty caption (classifier-free guidance)."""
     snr_gamma: float | None = 5.0
-    """Min-SNR loss weighting (Hang et al. 2023); None for the plain epsilon MSE."""
+    """Min-SNR loss weighting (Hang et al. 2023); None for the plain MSE (of v, under `zero_terminal_snr`)."""
     causal_temporal_init: bool = True
     """Start the UNet's temporal convolutions causal and open (`start_temporal_convs_causal`), so that it
     can tell the first frame from the last. Needs `zero_terminal_snr` to matter (measured below)."""
