@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from nextgpt.config import DecodeDefaults, DecoderConfig
 from nextgpt.decoders.video import VideoDecoder
@@ -89,10 +90,10 @@ def test_rendered_training_clips_read_right() -> None:
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_only_a_causal_start_tells_the_first_frame_from_the_last(causal: bool) -> None:
+def test_only_causal_convs_tell_the_first_frame_from_the_last(causal: bool) -> None:
     # A UNet3D as diffusers starts it is time-reversal symmetric: a clip played backwards gets the same
-    # prediction played backwards, so "left" cannot differ from "right". The causal start breaks that.
-    cfg = replace(VideoTrainConfig.reduced(), causal_temporal_init=causal)
+    # prediction played backwards, so "left" cannot differ from "right". Causal convolutions break that.
+    cfg = replace(VideoTrainConfig.reduced(), causal_temporal_convs=causal)
     torch.manual_seed(0)
     unet = build_unet(cfg).eval()
     latent = cfg.frame_size // 2 ** (len(cfg.vae_channels) - 1)
@@ -105,6 +106,24 @@ def test_only_a_causal_start_tells_the_first_frame_from_the_last(causal: bool) -
         backward = unet(x.flip(2), 999, cond).sample.flip(2)
     gap = float((forward - backward).norm() / forward.norm())
     assert (gap > 1e-3) if causal else (gap < 1e-5), gap
+
+
+def test_the_temporal_convs_stay_causal_through_training() -> None:
+    cfg = VideoTrainConfig.reduced()
+    torch.manual_seed(0)
+    unet = build_unet(cfg)
+    convs = [m for m in unet.modules() if isinstance(m, nn.Conv3d) and m.kernel_size == (3, 1, 1)]
+    assert convs
+    before = [c.weight[:, :, :2].clone() for c in convs]
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-2, weight_decay=0.1)
+    latent = cfg.frame_size // 2 ** (len(cfg.vae_channels) - 1)
+    x = torch.randn(2, cfg.latent_channels, cfg.num_frames, latent, latent)
+    for _ in range(3):
+        optimizer.zero_grad()
+        unet(x, 500, torch.randn(2, 77, cfg.cond_dim)).sample.pow(2).mean().backward()
+        optimizer.step()
+    assert all(bool((c.weight[:, :, 2] == 0).all()) for c in convs)  # the next frame's tap
+    assert all(not torch.equal(c.weight[:, :, :2], b) for c, b in zip(convs, before, strict=True))
 
 
 def test_one_seed_gives_one_pipeline(tmp_path: Path) -> None:
