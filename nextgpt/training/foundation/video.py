@@ -28,8 +28,8 @@ nor as captions), nor do the HELDOUT_TEMPLATES phrasings; `train_video_pipeline`
 held-out combinations through the real decoder, in the world's caption and in those phrasings, and
 scoring the clips with `world_eval`'s video classifiers (colour, shape, direction of the centroid track).
 
-Measured (see `VideoTrainConfig`): about 1030 s of CPU for a full run at one thread, ~1120 s with the
-held-out evaluation (seed 0 build, 2026-12-01).
+Measured (see `VideoTrainConfig`): 830 s of CPU for the three parts at one thread (seed 0 build,
+2026-12-01, beside other work; 1030 s before the UNet's heads of width 8).
 
 Every random draw comes from the loop's per-step generator or from generators seeded by `cfg.seed`, so a
 seed gives the same weights (with a fixed thread count; run with OMP_NUM_THREADS=1).
