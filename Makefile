@@ -104,8 +104,9 @@ train-demo: models
 # Every component of the `shapes` profile trained on the shapes world from one seed (two trainers at a time,
 # one core each), installed under $(MODELS_DIR)/shapes/, evaluated with `nextgpt eval-world`; report.md,
 # report.json, samples.png and each part's report under out/train-world/. Resumable: run it again after a stop.
+# Needs nothing of the tiny profile (its LLM starts from a random Llama of its own size).
 .PHONY: train-world
-train-world: models
+train-world: setup
 	$(BIN)/python scripts/train_world.py --out out/train-world --models-dir $(MODELS_DIR)
 
 # Containers: scripts/images.sh starts dockerd where none runs and builds nextgpt/<target>:$(VARIANT) (with a

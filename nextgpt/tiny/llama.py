@@ -288,14 +288,21 @@ def build_tiny_tokenizer(out_dir: Path) -> LlamaTokenizer:
     return tokenizer
 
 
-def tiny_llama_config() -> LlamaConfig:
+def tiny_llama_config(
+    hidden: int = dims.LLM_HIDDEN,
+    layers: int = dims.LLM_LAYERS,
+    heads: int = dims.LLM_HEADS,
+    intermediate: int = dims.LLM_INTERMEDIATE,
+) -> LlamaConfig:
+    """The tiny base's Llama config; the sizes default to the tiny profile's (`make train-world` builds a
+    wider, deeper one on the same tokenizer: `world_stages.WORLD_LLM`)."""
     return LlamaConfig(
         vocab_size=dims.LLM_BASE_VOCAB,
-        hidden_size=dims.LLM_HIDDEN,
-        intermediate_size=dims.LLM_INTERMEDIATE,
-        num_hidden_layers=dims.LLM_LAYERS,
-        num_attention_heads=dims.LLM_HEADS,
-        num_key_value_heads=dims.LLM_HEADS,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=dims.LLM_MAX_POSITIONS,
         rms_norm_eps=1e-6,
         bos_token_id=1,
@@ -305,13 +312,14 @@ def tiny_llama_config() -> LlamaConfig:
     )
 
 
-def build_tiny_llama(out_dir: Path, seed: int = dims.SEED) -> Path:
-    """Write a tiny Vicuna-like base (tokenizer + random LlamaForCausalLM) to `out_dir` and return it."""
+def build_tiny_llama(out_dir: Path, seed: int = dims.SEED, config: LlamaConfig | None = None) -> Path:
+    """Write a tiny Vicuna-like base (tokenizer + random LlamaForCausalLM of `config`, by default
+    `tiny_llama_config()`) to `out_dir` and return it."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     build_tiny_tokenizer(out_dir)
-    config = tiny_llama_config()
+    config = config or tiny_llama_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)

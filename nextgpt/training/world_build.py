@@ -7,8 +7,9 @@
    OUT/<part>/ with its own report.json and samples;
 3. installed where the `shapes` profile looks (MODELS/shapes/, `nextgpt.profiles._shapes`), with a
    manifest.json of what the trainers settled (decode defaults, conditioning widths);
-4. stage 0 and the three NExT-GPT stages on that profile (`world_stages.train_llm_stages`), whose stage-2
-   targets are these decoders' own text encoders; the chat-tuned base and the delta join the profile;
+4. stage 0 on a random Llama of `world_stages.WORLD_LLM`'s size and the three NExT-GPT stages on that
+   profile (`world_stages.train_llm_stages`), whose stage-2 targets are these decoders' own text encoders,
+   on `workers` threads; the chat-tuned base and the delta join the profile;
 5. `nextgpt eval-world`'s evaluation, the span alignment check (`world_eval/alignment.py`: does each
    projected span land on the asked caption's decoder embedding?) and a grid of samples; OUT/report.json,
    OUT/report.md, OUT/eval-world.json and OUT/alignment.json.
@@ -56,7 +57,9 @@ class WorldBuildConfig:
     out: Path = Path("out/train-world")
     models_dir: Path = Path("models")
     workers: int = 2
-    """Parts trained at once (processes of one thread each); 1 trains them here, one after another."""
+    """Parts trained at once (processes of one thread each); 1 trains them here, one after another. The
+    LLM stages and the evaluation that follow run on as many threads: the same seed and `workers` give
+    the same files (two runs at 2 threads tested equal; 1 and 2 threads round differently)."""
     smoke: bool = False
     """Reduced settings everywhere: checks the wiring in about two minutes, learns nothing useful."""
     evaluation: EvalWorldConfig = field(default_factory=EvalWorldConfig)
@@ -303,12 +306,13 @@ def write_manifest(path: Path, updates: dict[str, Any]) -> None:
 
 
 def train_llm(cfg: WorldBuildConfig, world_dir: Path, root: Path) -> dict[str, Any]:
-    """Stage 0 on the tiny Llama, the three stages on the `shapes` profile; the base and the delta are
-    installed under `root`."""
-    from nextgpt.profiles import SHAPES_MANIFEST, load_profile
-    from nextgpt.training.world_stages import StagePlan, train_llm_stages
+    """Stage 0 on a random Llama of `WORLD_LLM`'s size (the tiny profile's tokenizer), the three stages on
+    the `shapes` profile; the base and the delta are installed under `root`, the LLM's width in the
+    manifest (the projectors' sides that meet it)."""
+    from nextgpt.profiles import SHAPES_MANIFEST
+    from nextgpt.tiny.llama import build_tiny_llama, tiny_llama_config
+    from nextgpt.training.world_stages import WORLD_LLM, StagePlan, train_llm_stages
 
-    tiny_base = load_profile("tiny", models_dir=cfg.models_dir, env={}).llm.base_dir
     plan = (
         StagePlan(base_steps=4, encoder_epochs=1, decoder_epochs=1, instruct_epochs=1)
         if cfg.smoke
@@ -318,7 +322,14 @@ def train_llm(cfg: WorldBuildConfig, world_dir: Path, root: Path) -> dict[str, A
     # at 1e-2 / 5e-3 the image alignment stalled at an L2 distance of ~4-5 per token (colour and background
     # at chance through the real decoder); at 2e-3 it fell to ~0.6 and the nearest caption to every
     # projected span was the one asked for (72 of 72). Stage 2's 40 epochs cost ~2 minutes.
-    start = {"profile": "shapes", "llm": {"base_dir": str(tiny_base.resolve())}}
+    random_base = build_tiny_llama(cfg.out / "llm" / "random-base", cfg.seed, tiny_llama_config(**WORLD_LLM))
+    hidden = WORLD_LLM["hidden"]  # the projectors' sides that meet the LLM
+    widths = {
+        "input_projector": {"out_dim": hidden},
+        "output_projectors": {m: {"in_dim": hidden} for m in FOLDERS},
+    }
+    write_manifest(root / SHAPES_MANIFEST, {"profile": widths})
+    start = {"profile": "shapes", "llm": {"base_dir": str(random_base.resolve())}}
     summary, _ = train_llm_stages(cfg.out / "llm", world_dir, start, plan, models_dir=cfg.models_dir)
     base = root / "vicuna"
     if base.exists():
@@ -390,6 +401,8 @@ def _spectrogram_tile(wave: np.ndarray) -> np.ndarray:
 
 def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
     """Steps 1-5 of the module docstring; returns the report (also OUT/report.json)."""
+    import torch
+
     from nextgpt.pipeline import NextGPT
     from nextgpt.profiles import load_profile
     from nextgpt.training.data.synthetic import make_world
@@ -407,6 +420,7 @@ def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
     seconds["foundation"] = time.perf_counter() - t0
     root = install(cfg, reports)
     t1 = time.perf_counter()
+    torch.set_num_threads(max(1, cfg.workers))  # the parts' cores are free now: ~1.4x on stage 0
     stages = train_llm(cfg, world_dir, root)
     seconds["llm"] = time.perf_counter() - t1
     t1 = time.perf_counter()

@@ -26,12 +26,12 @@ from nextgpt.training.world_build import (
     trainer_code_hash,
 )
 from nextgpt.training.world_eval.end_to_end import TASKS
+from nextgpt.training.world_stages import WORLD_LLM
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> tuple[WorldBuildConfig, dict]:
-    models = tmp_path_factory.mktemp("models")
-    (models / "tiny").symlink_to(tiny_models_dir / "tiny")  # stage 0 starts from the tiny Llama
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorldBuildConfig, dict]:
+    models = tmp_path_factory.mktemp("models")  # empty: the build needs nothing of the tiny profile
     cfg = WorldBuildConfig(
         out=tmp_path_factory.mktemp("train-world"), models_dir=models, workers=1, smoke=True
     )
@@ -49,6 +49,10 @@ def test_the_build_installs_a_complete_shapes_profile(built: tuple[WorldBuildCon
     assert profile.output_projectors["image"].out_dim == image["config"]["cond_dim"]
     assert profile.input_projector.in_dim == profile.encoder.embed_dim
     assert profile.llm.lora is not None and "gate_proj" in profile.llm.lora.target_modules
+    base = json.loads((profile.llm.base_dir / "config.json").read_text())
+    assert (base["hidden_size"], base["num_hidden_layers"]) == (WORLD_LLM["hidden"], WORLD_LLM["layers"])
+    assert profile.input_projector.out_dim == WORLD_LLM["hidden"]
+    assert {p.in_dim for p in profile.output_projectors.values()} == {WORLD_LLM["hidden"]}
 
 
 def test_the_report_covers_every_task_and_the_samples(built: tuple[WorldBuildConfig, dict]) -> None:
