@@ -119,8 +119,9 @@ under "built", how they were built (seed, sizes)."""
 
 def _shapes(root: Path) -> dict[str, Any]:
     """Every component trained on the shapes world by `make train-world` (`nextgpt.training.world_build`),
-    the LLM a small Llama chat-tuned on it (`world_stages.WORLD_LLM`, the tiny tokenizer). The paths are
-    fixed; the rest (widths, decode defaults, LoRA) comes from the build's manifest when present."""
+    the LLM a small Llama chat-tuned on it (`foundation.llm_base.WORLD_LLM`, the tiny tokenizer). The
+    paths are fixed; the rest (widths, decode defaults, LoRA) comes from the build's manifest when
+    present."""
     base = root / "shapes"
     raw = _tiny(root)
     raw.update(

@@ -295,7 +295,7 @@ def tiny_llama_config(
     intermediate: int = dims.LLM_INTERMEDIATE,
 ) -> LlamaConfig:
     """The tiny base's Llama config; the sizes default to the tiny profile's (`make train-world` builds a
-    wider, deeper one on the same tokenizer: `world_stages.WORLD_LLM`)."""
+    wider, deeper one on the same tokenizer: `foundation.llm_base.WORLD_LLM`)."""
     return LlamaConfig(
         vocab_size=dims.LLM_BASE_VOCAB,
         hidden_size=hidden,

@@ -7,9 +7,9 @@
    OUT/<part>/ with its own report.json and samples;
 3. installed where the `shapes` profile looks (MODELS/shapes/, `nextgpt.profiles._shapes`), with a
    manifest.json of what the trainers settled (decode defaults, conditioning widths);
-4. stage 0 on a random Llama of `world_stages.WORLD_LLM`'s size and the three NExT-GPT stages on that
-   profile (`world_stages.train_llm_stages`), whose stage-2 targets are these decoders' own text encoders,
-   on `workers` threads; the chat-tuned base and the delta join the profile;
+4. stage 0 on a random Llama of `foundation.llm_base.WORLD_LLM`'s size and the three NExT-GPT stages
+   on that profile (`world_stages.train_llm_stages`), whose stage-2 targets are these decoders' own text
+   encoders, on `workers` threads; the chat-tuned base and the delta join the profile;
 5. `nextgpt eval-world`'s evaluation, the span alignment check (`world_eval/alignment.py`: does each
    projected span land on the asked caption's decoder embedding?) and a grid of samples; OUT/report.json,
    OUT/report.md, OUT/eval-world.json and OUT/alignment.json.
@@ -310,8 +310,8 @@ def train_llm(cfg: WorldBuildConfig, world_dir: Path, root: Path) -> dict[str, A
     the `shapes` profile; the base and the delta are installed under `root`, the LLM's width in the
     manifest (the projectors' sides that meet it)."""
     from nextgpt.profiles import SHAPES_MANIFEST
-    from nextgpt.tiny.llama import build_tiny_llama, tiny_llama_config
-    from nextgpt.training.world_stages import WORLD_LLM, StagePlan, train_llm_stages
+    from nextgpt.training.foundation.llm_base import WORLD_LLM, build_world_llm_base
+    from nextgpt.training.world_stages import StagePlan, train_llm_stages
 
     plan = (
         StagePlan(base_steps=4, encoder_epochs=1, decoder_epochs=1, instruct_epochs=1)
@@ -322,7 +322,7 @@ def train_llm(cfg: WorldBuildConfig, world_dir: Path, root: Path) -> dict[str, A
     # at 1e-2 / 5e-3 the image alignment stalled at an L2 distance of ~4-5 per token (colour and background
     # at chance through the real decoder); at 2e-3 it fell to ~0.6 and the nearest caption to every
     # projected span was the one asked for (72 of 72). Stage 2's 40 epochs cost ~2 minutes.
-    random_base = build_tiny_llama(cfg.out / "llm" / "random-base", cfg.seed, tiny_llama_config(**WORLD_LLM))
+    random_base = build_world_llm_base(cfg.out / "llm" / "random-base", cfg.seed)
     hidden = WORLD_LLM["hidden"]  # the projectors' sides that meet the LLM
     widths = {
         "input_projector": {"out_dim": hidden},

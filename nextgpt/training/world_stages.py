@@ -31,14 +31,6 @@ WORLD_LORA: dict[str, Any] = {
     "dropout": 0.05,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
-WORLD_LLM: dict[str, int] = {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 256}
-"""Size of the `shapes` profile's base Llama (`tiny_llama_config`'s arguments; the tiny profile's is 64
-wide and 2 deep, on the same tokenizer). Measured with the LLM stages alone on one build's parts (world
-seed 0; LLM seeds 0 and 1; `nextgpt eval-world`, 2 x 12 prompts a task): replies to held-out pictures
-name colour and shape in 83% / 83% (the tiny size: 38% / 38%, colour 50% / 46%), to clips 50% / 92%
-(33% / 33%); the six tasks' sum 462 / 488 points (405 / 400), at about 2 times the tiny size's CPU.
-Two layers of 128: 437 / 458 at 1.4 times (every "Tell me what you can hear." answered "A chord.").
-More of the world's clips (256 instead of 64) for the tiny size instead: clips 4%."""
 N_INSTRUCTIONS = 832
 """Dialogues in the world: 2.6 times the generator's default, for more varied plain text requests."""
 

@@ -149,8 +149,10 @@ def test_audio_uses_channel_zero() -> None:
     rng = np.random.default_rng(1)
     left = (0.1 * rng.standard_normal(24000)).astype(np.float32)
     stereo = np.stack([left, rng.standard_normal(24000).astype(np.float32)])
+    # 1e-3: CPUs of another kind round the filter bank differently (1.3e-4 seen); the right channel is
+    # ten times louder, so reading it would differ by far more
     torch.testing.assert_close(
-        pp.preprocess_audio(stereo), pp.preprocess_audio(left[None]), atol=1e-4, rtol=0
+        pp.preprocess_audio(stereo), pp.preprocess_audio(left[None]), atol=1e-3, rtol=0
     )
 
 

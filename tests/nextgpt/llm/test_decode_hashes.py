@@ -1,8 +1,12 @@
-"""The decode loop gives the same bytes as before the decode-policy refactor (issue 16).
+"""The decode loop gives the same output as before the decode-policy refactor (issue 16).
 
-`decode_hashes.json` was written by this module (`python -m tests.nextgpt.llm.test_decode_hashes`) from
-the loop as it stood before `nextgpt/llm/decoding.py` existed; every case hashes the token ids, both
-texts and the raw bytes of each span's hidden states and token embeddings."""
+`decode_hashes.json` is written by this module (`python -m tests.nextgpt.llm.test_decode_hashes`). Every
+case hashes what is discrete (token ids, both texts, the streamed deltas, where each span starts) and
+keeps three numbers per span tensor (sum, norm, product with a fixed random probe), compared to 1e-4:
+the raw bytes of the hidden states, hashed at first, differ on a CPU of another kind (its kernels round
+differently), where the loop itself is unchanged. The first file was written from the loop as it stood
+before `nextgpt/llm/decoding.py` existed; the current one (2026-12-01) by the loop that still gave those
+byte hashes on the machine they came from."""
 
 from __future__ import annotations
 
@@ -43,29 +47,40 @@ def prompt_of(lm: NextGPTLanguageModel) -> torch.Tensor:
     return lm.embed(build_prompt(msgs, [[torch.randn(1, dims.LLM_HIDDEN)]], "legacy")).embeds
 
 
-def digest(out: LLMOutput, deltas: list[str]) -> str:
-    h = hashlib.sha256()
-    h.update(
-        json.dumps([out.token_ids, out.text, out.raw_text, out.finish_reason, out.forced_modalities]).encode()
-    )
-    h.update(json.dumps(deltas).encode())
+def fingerprint(out: LLMOutput, deltas: list[str]) -> dict[str, object]:
+    """A hash of the discrete output and, per span tensor, (sum, norm, product with a seeded probe)."""
+    spans = [(span.modality, span.start) for span in out.spans]
+    discrete = [
+        out.token_ids,
+        out.text,
+        out.raw_text,
+        out.finish_reason,
+        out.forced_modalities,
+        deltas,
+        spans,
+    ]
+    values = []
     for span in out.spans:
-        h.update(f"{span.modality}:{span.start}".encode())
-        h.update(span.hidden.float().contiguous().numpy().tobytes())
-        h.update(span.token_embeds.float().contiguous().numpy().tobytes())
-    return h.hexdigest()
+        for tensor in (span.hidden.float(), span.token_embeds.float()):
+            probe = torch.randn(tensor.shape, generator=torch.Generator().manual_seed(0))
+            values.append([tensor.sum().item(), tensor.norm().item(), (tensor * probe).sum().item()])
+    return {"discrete": hashlib.sha256(json.dumps(discrete).encode()).hexdigest(), "values": values}
 
 
-def run_case(lm: NextGPTLanguageModel, name: str) -> str:
+def run_case(lm: NextGPTLanguageModel, name: str) -> dict[str, object]:
     options, force = CASES[name]
     deltas: list[str] = []
     out = lm.generate(prompt_of(lm), options, force=list(force), on_text=deltas.append)
-    return digest(out, deltas)
+    return fingerprint(out, deltas)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_same_bytes_as_before_the_refactor(lm: NextGPTLanguageModel, name: str) -> None:
-    assert run_case(lm, name) == json.loads(HASHES.read_text())[name]
+def test_same_output_as_before_the_refactor(lm: NextGPTLanguageModel, name: str) -> None:
+    got, want = run_case(lm, name), json.loads(HASHES.read_text())[name]
+    assert got["discrete"] == want["discrete"]
+    torch.testing.assert_close(
+        torch.tensor(got["values"]), torch.tensor(want["values"]), rtol=1e-4, atol=1e-4
+    )
 
 
 if __name__ == "__main__":  # regenerate (only when a change of output is intended)

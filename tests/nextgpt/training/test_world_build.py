@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nextgpt.profiles import SHAPES_MANIFEST, load_profile
+from nextgpt.training.foundation.llm_base import WORLD_LLM
 from nextgpt.training.world_build import (
     FOLDERS,
     TRAINER_MODULES,
@@ -26,7 +27,6 @@ from nextgpt.training.world_build import (
     trainer_code_hash,
 )
 from nextgpt.training.world_eval.end_to_end import TASKS
-from nextgpt.training.world_stages import WORLD_LLM
 
 
 @pytest.fixture(scope="module")
