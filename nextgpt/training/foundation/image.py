@@ -129,7 +129,7 @@ class ImageTrainConfig:
     encoder, every one of the 72 (colour, shape, background) combinations drawn with the world caption at
     2 seeds (`ImageDecoder`, 20 PNDM steps, guidance 4), colour and shape both right: 800 steps of 64
     pictures 65%, 1600 of 32 59% (the same 51k pictures), 2400 of 32 (77k) 78%, 1600 of 64 (102k) 80%;
-    4e-3 instead of 2e-3 at 800 x 64 65%. 2400 x 32 costs ~1.6x the CPU of 800 x 64, 1600 x 64 ~2x.
+    4e-3 instead of 2e-3 at 800 x 64 65%. 2400 x 32 costs 1.7x the part's CPU of 800 x 64 (1092 s, 633 s).
     Also measured, not adopted: offset noise (the noise plus 0.1 x a per-channel constant, so the UNet
     can move a picture's mean) 72% at 800 x 64 (backgrounds 99% against 82%) but 79% at 1600 x 64, and
     0.2 59%; cross-attention also at the 8 x 8 level 74% at 800 x 64, for 1.4x the time. Green is the
