@@ -370,11 +370,16 @@ def test_cancelled_request_stops_the_diffusion(services, spans, steps, modality,
         call.cancel()
     with pytest.raises(grpc.FutureCancelledError if how == "cancel" else grpc.RpcError) as info:
         call.result()
+    ran_before = counter.by_batch.get(1, 0)
     if how == "deadline":
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
     _until_idle(service)
     ran = counter.by_batch.get(1, 0)
-    assert ran < LONG // 2, f"{ran} of {LONG} steps ran after the request was gone"
+    # Counted from when the client saw the call end: how many steps run within the 2 s deadline
+    # depends on the machine (a fast one runs more than half of them).
+    assert ran < LONG, "the diffusion ran to its end"
+    after = ran - ran_before
+    assert after < LONG // 8, f"{after} of {LONG} steps ran after the request was gone"
     # The decoder serves the next request as usual.
     _check_media(service.stub.Decode(_request(spans[modality], steps=1), timeout=TIMEOUT).media, modality)
 
