@@ -421,9 +421,8 @@ def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
     root = install(cfg, reports)
     t1 = time.perf_counter()
     # The parts' cores are free now. Measured: stage 0 1.4x faster; the instruction stage (~90% of the LLM)
-    # not faster (731 s alone at 2 threads, 645-689 s at 1 beside another run): to measure again alone.
-    # Since this change a clean build and a rebuild gave different LLM deltas (the parts byte-identical;
-    # with 1 thread they matched): whether the threads cause it is not yet known (docs/training.md).
+    # 614-731 s alone at 2 threads, 645-689 s at 1 beside another run. Stage 2's cached targets are
+    # encoded on one thread (`data.targets`): a rebuild reusing them trains a clean build's delta.
     torch.set_num_threads(max(1, cfg.workers))
     stages = train_llm(cfg, world_dir, root)
     seconds["llm"] = time.perf_counter() - t1

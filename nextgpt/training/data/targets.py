@@ -11,7 +11,10 @@ for AudioLDM. Text encoders are frozen, so the targets are computed once per cap
 The digest hashes the text encoder's identity (class, config, a fingerprint of its weights, tokenizer
 length) and the sorted unique captions: the same captions through the same encoder give the same file
 (computed once), anything else a new one, so targets of another decoder can never be picked up silently.
-`check_target_dims` catches the remaining trap, targets of one width against a profile of another
+Targets are encoded on one thread: on more, torch splits element-wise kernels where the vectorised and
+the scalar code round a few elements differently (the world's video text encoder's quick-GELU), and a
+cached file must hold the same bytes whoever computed it (a rebuild reusing one-thread targets trained
+another LLM delta than a clean build on two threads). `check_target_dims` catches the remaining trap, targets of one width against a profile of another
 (the reference's 768-vs-1024 mix-up of image and video targets).
 """
 
@@ -20,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,8 +39,8 @@ from nextgpt.types import MODALITIES, Modality
 
 logger = logging.getLogger(__name__)
 
-TARGETS_VERSION = 1
-"""Part of every digest: bump when the stored content of the same captions would change."""
+TARGETS_VERSION = 2
+"""Part of every digest: bump when the stored content of the same captions would change (2: one thread)."""
 INDEX_NAME = "index.json"
 
 DECODER_MODALITY: dict[str, Modality] = {out.decoder.partition(":")[2]: m for m, out in OUTPUTS.items()}
@@ -90,6 +94,18 @@ def targets_digest(identity: dict[str, Any], captions: Iterable[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch's intra-op threads set to 1 inside the block (restored after): results independent of the
+    caller's thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def precompute_targets(
     captions: list[str],
     decoder: TextEncoding,
@@ -116,8 +132,9 @@ def precompute_targets(
     out.mkdir(parents=True, exist_ok=True)
     chunks = []
     batches = range(0, len(unique), batch_size)
-    for start in tqdm(batches, desc=f"{modality} targets", unit="batch", disable=not progress):
-        chunks.append(decoder.encode_text(unique[start : start + batch_size]).float().cpu())
+    with one_thread():
+        for start in tqdm(batches, desc=f"{modality} targets", unit="batch", disable=not progress):
+            chunks.append(decoder.encode_text(unique[start : start + batch_size]).float().cpu())
     table = torch.cat(chunks).contiguous()  # (N, 77, D) or (N, D)
     # Write to temporaries and rename: an interrupted run never leaves a file that looks complete.
     tmp = path.with_suffix(".safetensors.tmp")

@@ -105,3 +105,28 @@ def test_cli_precompute_targets(tiny_models_dir, tmp_path):
         load_data_targets(tmp_path, "video")
     bad = CliRunner().invoke(app, [*args, "--modality", "smell"])
     assert bad.exit_code == 2 and "smell" in bad.output
+
+
+
+def test_encoded_on_one_thread(decoders, tmp_path, monkeypatch):
+    """A cached file is reused by later runs, so its bytes must not depend on the caller's threads: on
+    two, torch's vectorised activations round a few elements differently (the world's video targets
+    differed in 2 of 85 captions, and a rebuild reusing one-thread targets trained another LLM delta
+    than a clean build). Encoding runs on one thread; the caller's setting comes back."""
+    decoder = decoders["video"]
+    encode = decoder.encode_text
+    seen: list[int] = []
+
+    def recording(captions: list[str]) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return encode(captions)
+
+    monkeypatch.setattr(decoder, "encode_text", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        precompute_targets(CAPTIONS, decoder, tmp_path, batch_size=2, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1]
