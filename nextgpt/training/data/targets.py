@@ -14,8 +14,9 @@ length) and the sorted unique captions: the same captions through the same encod
 Targets are encoded on one thread: on more, torch splits element-wise kernels where the vectorised and
 the scalar code round a few elements differently (the world's video text encoder's quick-GELU), and a
 cached file must hold the same bytes whoever computed it (a rebuild reusing one-thread targets trained
-another LLM delta than a clean build on two threads). `check_target_dims` catches the remaining trap, targets of one width against a profile of another
-(the reference's 768-vs-1024 mix-up of image and video targets).
+another LLM delta than a clean build on two threads). `check_target_dims` catches the remaining
+trap, targets of one width against a profile of another (the reference's 768-vs-1024 mix-up of image
+and video targets).
 """
 
 from __future__ import annotations
