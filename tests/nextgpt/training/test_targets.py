@@ -107,7 +107,6 @@ def test_cli_precompute_targets(tiny_models_dir, tmp_path):
     assert bad.exit_code == 2 and "smell" in bad.output
 
 
-
 def test_encoded_on_one_thread(decoders, tmp_path, monkeypatch):
     """A cached file is reused by later runs, so its bytes must not depend on the caller's threads: on
     two, torch's vectorised activations round a few elements differently (the world's video targets
