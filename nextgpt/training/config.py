@@ -115,11 +115,6 @@ class TrainConfig:
     """Weight of the denoising loss through the frozen image UNet (stage 2/3, image pairs); 0 = off."""
     train_new_rows: bool = True
     """Train the signal/wrapper token rows of the embedding (and, stage 2/3, LM-head) matrices."""
-    media_noise: float = 0.0
-    """Standard deviation of Gaussian noise added to every coordinate of each input medium's encoder
-    embedding at each training step (0 = off): with few media per caption, the projector and LoRA
-    otherwise learn the exact embeddings of the training files, and another rendering of the same
-    content reads as something else."""
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -144,7 +139,7 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints} must be >= 1")
         _check(self.log_every >= 1, f"log_every={self.log_every} must be >= 1")
         _check(self.max_examples is None or self.max_examples >= 1, "max_examples must be >= 1")
-        for name in ("ce_weight", "align_weight", "denoise_weight", "media_noise"):
+        for name in ("ce_weight", "align_weight", "denoise_weight"):
             _check(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

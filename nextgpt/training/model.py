@@ -71,8 +71,6 @@ class TrainableNextGPT(nn.Module):
         self.output_projectors = nn.ModuleDict({m: p for m, p in output_projectors.items()})  # str keys
         self.n_new_rows = len(get_layout(profile.llm.signal_layout).all_tokens)
         self.base_vocab = lm.vocab_size - self.n_new_rows
-        self.media_noise = 0.0
-        """`TrainConfig.media_noise`: noise on the encoder embeddings in training mode only."""
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -160,10 +158,7 @@ class TrainableNextGPT(nn.Module):
         embeds = self.embedding()(input_ids)  # (B, T, H)
         # 1. splice the projected media in place of their placeholder tokens
         if batch.media_embeds is not None and len(batch.media_pos):
-            media = batch.media_embeds.to(device)  # (M, E)
-            if self.training and self.media_noise > 0:
-                media = media + self.media_noise * torch.randn_like(media)
-            proj = self.input_projector(media)  # (M, n, H)
+            proj = self.input_projector(batch.media_embeds.to(device))  # (M, n, H)
             flat = proj.reshape(-1, proj.shape[-1]).to(embeds.dtype)  # (M * n, H)
             b_idx = torch.tensor([b for b, _ in batch.media_pos], device=device)
             t_idx = torch.tensor([t for _, t in batch.media_pos], device=device)

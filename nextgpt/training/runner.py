@@ -130,7 +130,6 @@ class Runner:
             seed=cfg.seed,
             device=self.device,
         )
-        self.model.media_noise = cfg.media_noise
         self.trainables: TrainableSet = set_trainables(self.model, cfg.stage, new_rows=cfg.train_new_rows)
         self._say(self.trainables.summary())
         self.data: StageData = build_stage_data(cfg, self.model, self.profile, say=self._say)

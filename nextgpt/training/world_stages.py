@@ -47,8 +47,6 @@ class StagePlan:
     instruct_epochs: int = 31
     instruct_lr: float = 5e-3
     batch_size: int = 8
-    media_noise: float = 0.0
-    """`TrainConfig.media_noise` of stages 1 and 3 (the two that train the input projector)."""
     lora: dict[str, Any] = field(default_factory=lambda: dict(WORLD_LORA))
 
 
@@ -61,13 +59,7 @@ def stage_settings(world: Path, out: Path, plan: StagePlan) -> dict[str, dict[st
     ]
     instructions = {"kind": "instructions", "path": str(world / "instructions.json")}
     return {
-        "encoder": {
-            "data": pairs,
-            "lr": plan.encoder_lr,
-            "epochs": plan.encoder_epochs,
-            "init": "base",
-            "media_noise": plan.media_noise,
-        },
+        "encoder": {"data": pairs, "lr": plan.encoder_lr, "epochs": plan.encoder_epochs, "init": "base"},
         "decoder": {
             "data": [pairs[0], instructions],
             "lr": plan.decoder_lr,
@@ -80,7 +72,6 @@ def stage_settings(world: Path, out: Path, plan: StagePlan) -> dict[str, dict[st
             "epochs": plan.instruct_epochs,
             "init": str(out / "decoder"),
             "lora": plan.lora,
-            "media_noise": plan.media_noise,
         },
     }
 

@@ -149,23 +149,3 @@ def test_alignment_weighs_each_modality_alike(model: TrainableNextGPT) -> None:
     for m in ("image", "audio"):
         torch.testing.assert_close(losses[f"align_{m}"], expected[m])
     torch.testing.assert_close(losses["align"], (expected["image"] + expected["audio"]) / 2)
-
-
-def test_media_noise_only_in_training(tiny_profile) -> None:
-    """`media_noise` perturbs the encoder embeddings at each training step (another loss each time) and
-    never in eval mode; off by default."""
-    model = TrainableNextGPT.build(tiny_profile, init=None, lora=None, seed=0)
-    batch = _batch(model)
-
-    def ce() -> float:
-        with torch.no_grad():
-            return float(model(batch)["ce"])
-
-    model.train()
-    clean = ce()
-    assert ce() == clean  # no dropout in the tiny LLM: without noise a step sees the same inputs
-    model.media_noise = 0.5
-    noisy = [ce(), ce()]
-    assert clean not in noisy and noisy[0] != noisy[1]
-    model.eval()
-    assert ce() == clean
