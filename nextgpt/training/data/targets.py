@@ -11,12 +11,11 @@ for AudioLDM. Text encoders are frozen, so the targets are computed once per cap
 The digest hashes the text encoder's identity (class, config, a fingerprint of its weights, tokenizer
 length) and the sorted unique captions: the same captions through the same encoder give the same file
 (computed once), anything else a new one, so targets of another decoder can never be picked up silently.
-Targets are encoded on one thread: on more, torch splits element-wise kernels where the vectorised and
-the scalar code round a few elements differently (the world's video text encoder's quick-GELU), and a
-cached file must hold the same bytes whoever computed it (a rebuild reusing one-thread targets trained
-another LLM delta than a clean build on two threads). `check_target_dims` catches the remaining
-trap, targets of one width against a profile of another (the reference's 768-vs-1024 mix-up of image
-and video targets).
+Targets are encoded on one thread: on two, a few elements come out different by ~1e-7 (first in the
+world's video text encoder's quick-GELU, found with forward hooks), and a cached file must hold the
+same bytes whoever computed it (a rebuild reusing one-thread targets trained another LLM delta than a
+clean build on two threads). `check_target_dims` catches the remaining trap, targets of one width
+against a profile of another (the reference's 768-vs-1024 mix-up of image and video targets).
 """
 
 from __future__ import annotations

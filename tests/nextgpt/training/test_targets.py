@@ -109,7 +109,7 @@ def test_cli_precompute_targets(tiny_models_dir, tmp_path):
 
 def test_encoded_on_one_thread(decoders, tmp_path, monkeypatch):
     """A cached file is reused by later runs, so its bytes must not depend on the caller's threads: on
-    two, torch's vectorised activations round a few elements differently (the world's video targets
+    two, a few elements differ by ~1e-7 (the world's video targets
     differed in 2 of 85 captions, and a rebuild reusing one-thread targets trained another LLM delta
     than a clean build). Encoding runs on one thread; the caller's setting comes back."""
     decoder = decoders["video"]
