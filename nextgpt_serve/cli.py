@@ -411,7 +411,8 @@ def eval_world_cmd(
         "out/eval-world"
     ),
     seeds: Annotated[str, typer.Option(help="comma-separated sampling / diffusion seeds")] = "0,1",
-    items: Annotated[int, typer.Option(help="prompts per task and seed")] = 12,
+    items: Annotated[int, typer.Option(help="prompts per text->medium task and seed")] = 12,
+    describe_items: Annotated[int, typer.Option(help="input media per medium->text task and seed")] = 48,
     tasks: Annotated[str, typer.Option(help="comma-separated tasks, e.g. text->image,image->text")] = "all",
     profile: Annotated[str | None, typer.Option("--profile", help="profile name (default: shapes)")] = None,
     config: ConfigOpt = None,
@@ -437,8 +438,11 @@ def eval_world_cmd(
         seed_list = tuple(int(s) for s in seeds.split(","))
     except ValueError:
         seed_list = ()
-    if unknown or not wanted or not seed_list or items < 1:
-        console.print(f"[red]error:[/red] --tasks from {', '.join(TASKS)}; --seeds integers; --items >= 1")
+    if unknown or not wanted or not seed_list or min(items, describe_items) < 1:
+        console.print(
+            f"[red]error:[/red] --tasks from {', '.join(TASKS)}; --seeds integers; "
+            "--items and --describe-items >= 1"
+        )
         raise typer.Exit(2)
     try:
         prof = load_profile(
@@ -455,7 +459,10 @@ def eval_world_cmd(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     result = evaluate_world(
-        model, EvalWorldConfig(seeds=seed_list, items=items, tasks=wanted, ask_media=ask_media)
+        model,
+        EvalWorldConfig(
+            seeds=seed_list, items=items, describe_items=describe_items, tasks=wanted, ask_media=ask_media
+        ),
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval-world.json").write_text(json.dumps(result, indent=1) + "\n")

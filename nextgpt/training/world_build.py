@@ -428,7 +428,7 @@ def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
     seconds["llm"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     model = NextGPT.from_profile(load_profile("shapes", models_dir=cfg.models_dir, env={}))
-    evaluation = cfg.evaluation if not cfg.smoke else EvalWorldConfig(seeds=(0,), items=1)
+    evaluation = cfg.evaluation if not cfg.smoke else EvalWorldConfig(seeds=(0,), items=1, describe_items=1)
     evaluation.world = world
     result = evaluate_world(model, evaluation)
     alignment = span_alignment(model, per_modality=2 if cfg.smoke else 24, seed=cfg.seed)

@@ -16,7 +16,15 @@ from nextgpt.training.data.synthetic import (
     SHOW_PROMPTS,
     prompt_sentences,
 )
-from nextgpt.training.data.world_media import WorldConfig, render_audio, render_image, render_video
+from nextgpt.training.data.world_media import (
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    WorldConfig,
+    render_audio,
+    render_image,
+    render_video,
+)
 from nextgpt.training.world_eval.end_to_end import (
     DESCRIBE_PHRASINGS,
     SHOW_PHRASINGS,
@@ -25,12 +33,13 @@ from nextgpt.training.world_eval.end_to_end import (
     build_cases,
     evaluate_world,
     markdown_table,
+    task_items,
 )
 from nextgpt.training.world_eval.text import caption_attributes
 from nextgpt.types import GenerateResult, MediaItem, Message
 from nextgpt_serve.cli import app
 
-CFG = EvalWorldConfig(seeds=(0, 1), items=4)
+CFG = EvalWorldConfig(seeds=(0, 1), items=4, describe_items=6)
 
 
 def test_phrasings_are_not_the_training_ones():
@@ -46,10 +55,16 @@ def test_cases_are_deterministic_per_seed_and_cover_every_task():
         (c.prompt, c.expected, [m.data for m in c.media]) for c in again
     ]
     assert [c.media[0].data for c in first if c.media] != [c.media[0].data for c in other if c.media]
-    assert [c.task for c in first] == [t for t in TASKS for _ in range(CFG.items)]
+    assert [c.task for c in first] == [t for t in TASKS for _ in range(task_items(CFG, t))]
     held = [c for c in first if c.task == "text->image"]
     assert all(set(c.expected) == {"colour", "shape", "background"} for c in held)
     assert {tuple(sorted(c.expected)) for c in first if c.task == "text->audio"} <= {("pitch",), ("sweep",)}
+
+
+def test_describe_cases_take_every_combination_before_repeating_one():
+    cfg = replace(CFG, describe_items=len(COLOURS) * len(SHAPES) * len(DIRECTIONS))
+    clips = [tuple(c.expected.values()) for c in build_cases(cfg, 0) if c.task == "video->text"]
+    assert len(set(clips)) == cfg.describe_items
 
 
 @dataclass
@@ -92,7 +107,7 @@ class Oracle:
 def test_a_perfect_model_scores_every_task_full_and_a_silent_one_zero():
     perfect = evaluate_world(Oracle(CFG), CFG, progress=False)  # type: ignore[arg-type]
     assert {t: r["headline"] for t, r in perfect["tasks"].items()} == dict.fromkeys(TASKS, 1.0)
-    assert all(r["n"] == CFG.items * len(CFG.seeds) for r in perfect["tasks"].values())
+    assert all(r["n"] == task_items(CFG, t) * len(CFG.seeds) for t, r in perfect["tasks"].items())
     silent = evaluate_world(Oracle(CFG, silent=True), CFG, progress=False)  # type: ignore[arg-type]
     assert {t: r["headline"] for t, r in silent["tasks"].items()} == dict.fromkeys(TASKS, 0.0)
     assert all(item["no_medium"] for item in silent["tasks"]["text->image"]["items"])
@@ -108,7 +123,9 @@ def test_eval_world_refuses_a_profile_without_its_files(tmp_path):
     assert "make train-world" in result.output
 
 
-@pytest.mark.parametrize("args", [["--tasks", "text->smell"], ["--seeds", "x"], ["--items", "0"]])
+@pytest.mark.parametrize(
+    "args", [["--tasks", "text->smell"], ["--seeds", "x"], ["--items", "0"], ["--describe-items", "0"]]
+)
 def test_eval_world_rejects_bad_options(tmp_path, args):
     result = CliRunner().invoke(app, ["eval-world", "--models-dir", str(tmp_path), *args])
     assert result.exit_code == 2 and "error" in result.output
