@@ -54,7 +54,7 @@ from nextgpt.training.data.world_media import (
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 7
+WORLD_VERSION = 8
 """Bump when the same seed would give different files or captions."""
 
 
@@ -70,22 +70,39 @@ DESCRIBE_PROMPTS = {
         "What do you see?",
         "What is shown here?",
         "describe this picture",
+        "What is this?",
+        "tell me about this image",
+        "What can you see in the image?",
+        "explain the picture",
     ),
     "video": (
         "describe this video",
         "What happens in this video?",
         "What do you see in this video?",
         "describe the clip",
+        "What is in this video?",
+        "tell me about this video",
+        "What moves in the clip, and where to?",
+        "explain the video",
+        "What does the video contain?",
     ),
     "audio": (
         "describe this sound",
         "What do you hear?",
         "Which sound is playing?",
         "describe what you hear",
+        "What kind of sound is this?",
+        "tell me about this recording",
+        "name the sound",
+        "What can be heard here?",
     ),
 }
 """Requests to describe an input medium: a sentence as is, or an imperative (no final stop) in one of
-`REQUEST_FRAMES`. `nextgpt eval-world` asks in other words (`end_to_end.py`)."""
+`REQUEST_FRAMES`. `nextgpt eval-world` asks in other words (`end_to_end.py`). Version 8 of the world
+added four or five phrasings per medium (and asks about an input twice as often, `make_instructions`):
+with four or five, the LLM read the colour of its own training clips in 97% of replies to a training
+phrasing and in 69% to an unseen one; the replies to unseen questions about fresh clips named colour,
+shape and direction in 86% / 84% of 288 (two LLM seeds) instead of 44% / 67% (docs/training.md)."""
 SHOW_PROMPTS = {
     "image": (
         "show me a picture of {}",
@@ -282,15 +299,16 @@ def make_instructions(
     train_combos: list[tuple[str, str, str]],
 ) -> list[dict[str, Any]]:
     """Dialogues of five kinds: describe an input, produce an output, plain text Q&A, and a two-round
-    chat that describes an image and then draws a variant of it. Plain text is 4 dialogues in 9 and
-    a reply with a medium 4 replies in 10, so that a reply's prior does not lean towards a medium (with
-    text at 2 in 7, short unfamiliar requests were often answered with a picture). Since version 5 each
+    chat that describes an image and then draws a variant of it. A text reply (plain text 3 dialogues in
+    9, a description 2 in 9; version 7 had 4 and 1) ends 5 dialogues in 9 and a reply with a medium 4
+    replies in 10, so that a reply's prior does not lean towards a medium (with text at 2 in 7, short
+    unfamiliar requests were often answered with a picture). Since version 5 each
     medium has its own request in every 9 dialogues (a picture also in the chat's second round): version 4
     asked for a picture in 3 of 9 and for a clip or a sound in 1 of 18 each, and the tiny LLM answered
     most unseen requests for a sound with a picture or text (docs/training.md has both builds)."""
     rng = world_rng(cfg.seed, "instructions")
     pairs = {"image": images, "video": videos, "audio": audios}
-    kinds = ["describe", "show_image", "show_video", "show_audio", "text", "text", "text", "text", "chat"]
+    kinds = ["describe", "show_image", "show_video", "show_audio", "text", "describe", "text", "text", "chat"]
     records: list[dict[str, Any]] = []
     for i in range(cfg.n_instructions):
         kind = kinds[i % len(kinds)]
