@@ -163,7 +163,7 @@ def describe_cases(modality: Modality, cfg: EvalWorldConfig, rng: random.Random)
     """medium -> text questions about freshly rendered world media, every combination in turn (no
     repeats before all have come, so a few items are not dominated by one misread combination)."""
     world = cfg.world
-    chosen: list[Any]
+    chosen: list[tuple[str, ...]]
     if modality == "image":
         combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
         chosen = _cycle(combos, cfg.describe_items, rng)
@@ -171,19 +171,22 @@ def describe_cases(modality: Modality, cfg: EvalWorldConfig, rng: random.Random)
         combos = [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
         chosen = _cycle(combos, cfg.describe_items, rng)
     else:
-        chosen = [SOUNDS[i % len(SOUNDS)] for i in range(cfg.describe_items)]
+        chosen = [(SOUNDS[i % len(SOUNDS)],) for i in range(cfg.describe_items)]
     cases = []
     for i, combo in enumerate(chosen):
         item: MediaItem
         if modality == "image":
-            caption = image_caption(*combo)
-            item = MediaItem("image", encode_png(render_image(*combo, world.image_size, rng)), "image/png")
+            colour, shape, background = combo
+            caption = image_caption(colour, shape, background)
+            picture = render_image(colour, shape, background, world.image_size, rng)
+            item = MediaItem("image", encode_png(picture), "image/png")
         elif modality == "video":
-            caption = video_caption(*combo)
-            frames = render_video(*combo, world, rng)
+            colour, shape, direction = combo
+            caption = video_caption(colour, shape, direction)
+            frames = render_video(colour, shape, direction, world, rng)
             item = MediaItem("video", encode_mp4(frames, fps=world.video_fps), "video/mp4")
         else:
-            caption = combo
+            (caption,) = combo
             item = MediaItem(
                 "audio", encode_wav(render_audio(caption, world, rng), world.sample_rate), "audio/wav"
             )
