@@ -302,10 +302,10 @@ def make_instructions(
     chat that describes an image and then draws a variant of it. A text reply (plain text 3 dialogues in
     9, a description 2 in 9; version 7 had 4 and 1) ends 5 dialogues in 9 and a reply with a medium 4
     replies in 10, so that a reply's prior does not lean towards a medium (with text at 2 in 7, short
-    unfamiliar requests were often answered with a picture). Since version 5 each
-    medium has its own request in every 9 dialogues (a picture also in the chat's second round): version 4
-    asked for a picture in 3 of 9 and for a clip or a sound in 1 of 18 each, and the tiny LLM answered
-    most unseen requests for a sound with a picture or text (docs/training.md has both builds)."""
+    unfamiliar requests were often answered with a picture). Since version 5 each medium has its own
+    request in every 9 dialogues (a picture also in the chat's second round): version 4 asked for a
+    picture in 3 of 9 and for a clip or a sound in 1 of 18 each, and the tiny LLM answered most unseen
+    requests for a sound with a picture or text (docs/training.md has both builds)."""
     rng = world_rng(cfg.seed, "instructions")
     pairs = {"image": images, "video": videos, "audio": audios}
     kinds = ["describe", "show_image", "show_video", "show_audio", "text", "describe", "text", "text", "chat"]
