@@ -44,6 +44,7 @@ from nextgpt.training.data.world_media import (
     render_image,
     render_video,
     video_caption,
+    world_captions,
 )
 from nextgpt.training.world_eval.score import WorldReport, evaluate_world_media
 from nextgpt.training.world_eval.text import caption_attributes
@@ -140,12 +141,9 @@ def show_cases(modality: Modality, cfg: EvalWorldConfig, rng: random.Random) -> 
     captions: list[str]
     if modality == "image":
         held = [image_caption(*c) for c in heldout_image_combos(cfg.world)]
-        others = [image_caption(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
-        captions = (held + _cycle(others, cfg.items, rng))[: cfg.items]
+        captions = (held + _cycle(world_captions("image"), cfg.items, rng))[: cfg.items]
     elif modality == "video":
-        captions = _cycle(
-            [video_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS], cfg.items, rng
-        )
+        captions = _cycle(world_captions("video"), cfg.items, rng)
     else:
         captions = _cycle(["a low tone", "a high tone", "a rising sweep", "a falling sweep"], cfg.items, rng)
     task = f"text->{modality}"
