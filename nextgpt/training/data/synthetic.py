@@ -54,7 +54,7 @@ from nextgpt.training.data.world_media import (
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 8
+WORLD_VERSION = 9
 """Bump when the same seed would give different files or captions."""
 
 
@@ -121,13 +121,25 @@ SHOW_PROMPTS = {
 """Requests for a medium, written like `DESCRIBE_PROMPTS`. Version 4 of the world doubled the video and
 audio phrasings (with two each, a trained tiny LLM answered an unseen request for a sound with a picture
 or with text)."""
-NEUTRAL_SHOW_PROMPTS = ("generate {}", "make {}", "give me {}")
+NEUTRAL_SHOW_PROMPTS = (
+    "generate {}",
+    "make {}",
+    "give me {}",
+    "come up with {}",
+    "compose {}",
+    "put together {}",
+    "output {}",
+    "I want {}.",
+)
 """Requests that name no medium, asked for a world caption: "Generate a high tone." wants a sound, "Make a
 red circle moving left." a clip, so the caption decides the medium as much as the verb (since world
 version 7). With only a medium's own verbs, the tiny LLM routed an unseen verb by its likeness to the
 seen ones: version 6's build answered all 12 "Please produce ..." (a tone or a sweep) with text; with
 `REQUEST_FRAMES` alone 23 of 32 got a picture and 31 of 32 "Please animate ..." text. With these verbs
 every request for a medium got it (LLM stages on version 6's parts, world seed 0).
+Version 9 has eight such verbs instead of three and asks half of the requests for a world caption with
+them instead of a third: 360 requests in five unseen verbs ("Please render a low tone.") got the asked
+medium in 346 / 356 of 360 (LLM seeds 0 / 1) instead of 283 / 355 (docs/training.md).
 The same verbs ask for text too ("Make a list of ...", "Generate a number ..."); there the object
 decides as well."""
 SHOW_REPLIES = ("Here it is: {}", "Sure! {}", "Of course. {}")
@@ -280,9 +292,9 @@ def _turn(who: str, value: str, **extra: Any) -> dict[str, Any]:
 
 def _show(modality: str, caption: str, rng: random.Random, *, world: bool = True) -> list[dict[str, Any]]:
     """Human asks for a medium; gpt answers with its placeholder, the caption as the alignment target.
-    A third of the requests for a `world` caption (one only a medium of `modality` has) use a verb that
+    Half of the requests for a `world` caption (one only a medium of `modality` has) use a verb that
     names no medium (`NEUTRAL_SHOW_PROMPTS`)."""
-    prompts = NEUTRAL_SHOW_PROMPTS if world and rng.random() < 1 / 3 else SHOW_PROMPTS[modality]
+    prompts = NEUTRAL_SHOW_PROMPTS if world and rng.random() < 1 / 2 else SHOW_PROMPTS[modality]
     prompt = ask(rng.choice(prompts), rng).format(caption)
     reply = rng.choice(SHOW_REPLIES).format(MARKER[modality])
     return [
@@ -419,6 +431,12 @@ def text_task(rng: random.Random) -> tuple[str, str]:
         lambda: (ask("make a list of the shapes you know", rng), "Circle, square, triangle and star."),
         lambda: (ask(f"let me know what {a} plus {b} is", rng), f"{a} plus {b} is {a + b}."),
         lambda: (ask(f"generate a number bigger than {a}", rng), f"{a + 1} is bigger than {a}."),
+        lambda: (ask(f"come up with a number bigger than {a}", rng), f"{a + 1} is bigger than {a}."),
+        lambda: (ask("compose a list of the shapes you know", rng), "Circle, square, triangle and star."),
+        lambda: (ask("put together a list of the shapes you know", rng), "Circle, square, triangle and star."),
+        lambda: (ask(f"output the sum of {a} and {b}", rng), f"{a} plus {b} is {a + b}."),
+        lambda: (f"I want to know how many sides {article(shape)} {shape} has.", SHAPE_FACTS[shape][1]),
+        lambda: (ask(f"give me a fact about {shape}s", rng), SHAPE_FACTS[shape][0]),
         lambda: ("Thank you!", "You are welcome!"),
     ]
     return rng.choice(tasks)()
