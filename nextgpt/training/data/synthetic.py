@@ -433,7 +433,10 @@ def text_task(rng: random.Random) -> tuple[str, str]:
         lambda: (ask(f"generate a number bigger than {a}", rng), f"{a + 1} is bigger than {a}."),
         lambda: (ask(f"come up with a number bigger than {a}", rng), f"{a + 1} is bigger than {a}."),
         lambda: (ask("compose a list of the shapes you know", rng), "Circle, square, triangle and star."),
-        lambda: (ask("put together a list of the shapes you know", rng), "Circle, square, triangle and star."),
+        lambda: (
+            ask("put together a list of the shapes you know", rng),
+            "Circle, square, triangle and star.",
+        ),
         lambda: (ask(f"output the sum of {a} and {b}", rng), f"{a} plus {b} is {a + b}."),
         lambda: (f"I want to know how many sides {article(shape)} {shape} has.", SHAPE_FACTS[shape][1]),
         lambda: (ask(f"give me a fact about {shape}s", rng), SHAPE_FACTS[shape][0]),
