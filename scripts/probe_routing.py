@@ -25,12 +25,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from nextgpt.config import GenerationOptions  # noqa: E402
-from nextgpt.llm.prompt import build_prompt  # noqa: E402
 from nextgpt.pipeline import NextGPT  # noqa: E402
 from nextgpt.profiles import load_profile  # noqa: E402
 from nextgpt.training.data.synthetic import HELDOUT_TEXT_QA  # noqa: E402
 from nextgpt.training.data.world_media import world_captions  # noqa: E402
-from nextgpt.types import MODALITIES, Message  # noqa: E402
+from nextgpt.training.world_eval.alignment import llm_reply  # noqa: E402
+from nextgpt.types import MODALITIES  # noqa: E402
 
 VERBS = ("produce", "create", "render", "craft", "prepare")
 """Verbs no training dialogue uses (`synthetic.SHOW_PROMPTS`, `NEUTRAL_SHOW_PROMPTS`)."""
@@ -40,13 +40,13 @@ FRAMES = ("Please {verb} {caption}.", "Could you {verb} {caption}?", "{Verb} {ca
 def probe_captions(per_medium: int = 8) -> dict[str, list[str]]:
     """A fixed sample of each medium's world captions (every sound: there are 8)."""
     rng = random.Random(0)
-    return {m: rng.sample(world_captions(m), min(per_medium, len(world_captions(m)))) for m in MODALITIES}
+    every = {m: world_captions(m) for m in MODALITIES}
+    return {m: rng.sample(captions, min(per_medium, len(captions))) for m, captions in every.items()}
 
 
 def reply_media(model: NextGPT, prompt: str) -> list[str]:
     """The media of the complete spans in the LLM's reply to `prompt` (no decoding)."""
-    segments = build_prompt([Message("user", prompt, [])], [[]], model.profile.llm.prompt_format)
-    out = model.llm.generate(model.llm.embed(segments).embeds, GenerationOptions(seed=0, max_new_tokens=40))
+    out = llm_reply(model, prompt, GenerationOptions(seed=0, max_new_tokens=40))
     return sorted({span.modality for span in out.spans})
 
 

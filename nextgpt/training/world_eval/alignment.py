@@ -16,6 +16,7 @@ projected to one point; `nextgpt.training.model`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,7 +25,7 @@ from nextgpt.config import GenerationOptions
 from nextgpt.llm.prompt import build_prompt
 from nextgpt.training.data.synthetic import SHOW_PROMPTS, prompt_sentences
 from nextgpt.training.data.world_media import world_captions
-from nextgpt.types import MODALITIES, Message, Modality
+from nextgpt.types import MODALITIES, LLMOutput, Message, Modality
 
 if TYPE_CHECKING:
     from nextgpt.pipeline import NextGPT
@@ -39,6 +40,15 @@ def asked_captions(per_modality: int) -> dict[Modality, list[str]]:
         stride = 1 if modality == "audio" else max(1, len(captions) // per_modality)
         out[modality] = captions[::stride]
     return out
+
+
+def llm_reply(
+    model: NextGPT, prompt: str, options: GenerationOptions, force: Sequence[Modality] = ()
+) -> LLMOutput:
+    """The LLM's reply to one text-only user turn, spans and their states included, nothing decoded:
+    what the checks of the LLM's side need, without a diffusion per reply."""
+    segments = build_prompt([Message("user", prompt)], [[]], model.profile.llm.prompt_format)
+    return model.llm.generate(model.llm.embed(segments).embeds, options, force=force)
 
 
 def nearest(cond: torch.Tensor, targets: torch.Tensor) -> tuple[int, float]:
@@ -61,9 +71,7 @@ def span_alignment(model: NextGPT, per_modality: int = 24, seed: int = 0) -> dic
         right, distances = 0, []
         for asked, caption in enumerate(captions):
             prompt = prompt_sentences(SHOW_PROMPTS[modality])[0].format(caption)
-            segments = build_prompt([Message("user", prompt)], [[]], model.profile.llm.prompt_format)
-            options = GenerationOptions(seed=seed, max_new_tokens=48)
-            out = model.llm.generate(model.llm.embed(segments).embeds, options, force=[modality])
+            out = llm_reply(model, prompt, GenerationOptions(seed=seed, max_new_tokens=48), force=[modality])
             spans = [s for s in out.spans if s.modality == modality]
             if not spans:
                 items.append({"caption": caption, "nearest": None})
