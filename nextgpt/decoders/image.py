@@ -32,7 +32,9 @@ from nextgpt.types import MediaItem
 logger = logging.getLogger(__name__)
 
 # UNet modules whose two classifier-free-guidance halves carry equal values (they see only the latents
-# and the timestep, up to the first cross-attention), computed once per batch instead of twice.
+# and the timestep, up to the first cross-attention), computed once per batch instead of twice. A UNet
+# whose time embedding also takes the caption (`addition_embed_type="text"`, the `shapes` profile's) gives
+# the resnet unequal halves: the wrapper sees that and runs both.
 GUIDANCE_SHARED = (
     "conv_in",
     "down_blocks.0.resnets.0",

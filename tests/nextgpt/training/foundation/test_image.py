@@ -48,6 +48,7 @@ def test_the_saved_pipeline_loads_through_the_served_decoder(trained: tuple[Path
     defaults = DecodeDefaults(**report["decode_defaults"])
     decoder = ImageDecoder.load(DecoderConfig(pipeline_dir=pipeline_dir, defaults=defaults))
     assert decoder.cond_shape == (77, cfg.cond_dim)
+    assert decoder.pipe.unet.config.addition_embed_type == "text"  # the pooled caption conditions every resnet
     caption = "a green triangle on a black background"
     cond = decoder.encode_text([caption])  # (1, 77, D): what the output projector will learn to imitate
     items = decoder.decode(cond, decoder.defaults, seed=0)
@@ -56,6 +57,15 @@ def test_the_saved_pipeline_loads_through_the_served_decoder(trained: tuple[Path
     scored = evaluate_world_media([(caption, items[0])])
     assert scored.all.total == 1 and scored.items[0].kind == "image"
     assert (out / "samples.png").is_file() and set(report["heldout"]["world_caption"]) >= {"colour", "shape"}
+
+
+def test_the_vae_is_checked_on_every_combination(trained: tuple[Path, dict[str, Any]]) -> None:
+    _, report = trained
+    reconstruction = report["vae_reconstruction"]
+    assert set(reconstruction) >= {"colour", "shape", "background", "all", "wrong"}
+    # The reduced VAE reads some combinations wrong: each named once, as "colour shape background".
+    assert all(len(combo.split()) == 3 for combo in reconstruction["wrong"])
+    assert len(reconstruction["wrong"]) == len(set(reconstruction["wrong"])) <= 72
 
 
 def test_every_phrasing_names_colour_shape_and_background() -> None:
