@@ -313,7 +313,8 @@ def vae_fidelity(vae: AutoencoderKL, cfg: ImageTrainConfig, per_combo: int = 2) 
     images = ((recon.permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1).numpy()
     expected = [dict(zip(ATTRIBUTES, c, strict=True)) for c in combos]
     scored = evaluate_world_media(zip(expected, images, strict=True))
-    wrong = sorted({" ".join(c) for c, item in zip(combos, scored.items, strict=True) if not all(item.correct.values())})
+    read = zip(combos, scored.items, strict=True)
+    wrong = sorted({" ".join(combo) for combo, item in read if not all(item.correct.values())})
     return {**scored.accuracy(), "wrong": wrong}
 
 

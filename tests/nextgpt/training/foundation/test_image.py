@@ -48,7 +48,7 @@ def test_the_saved_pipeline_loads_through_the_served_decoder(trained: tuple[Path
     defaults = DecodeDefaults(**report["decode_defaults"])
     decoder = ImageDecoder.load(DecoderConfig(pipeline_dir=pipeline_dir, defaults=defaults))
     assert decoder.cond_shape == (77, cfg.cond_dim)
-    assert decoder.pipe.unet.config.addition_embed_type == "text"  # the pooled caption conditions every resnet
+    assert decoder.pipe.unet.config.addition_embed_type == "text"  # the pooled caption reaches every resnet
     caption = "a green triangle on a black background"
     cond = decoder.encode_text([caption])  # (1, 77, D): what the output projector will learn to imitate
     items = decoder.decode(cond, decoder.defaults, seed=0)
