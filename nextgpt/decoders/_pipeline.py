@@ -69,6 +69,11 @@ def load_pipeline(pipeline_cls: type[P], cfg: DecoderConfig, what: str) -> tuple
 
     With `cfg.offload` on CUDA, diffusers' model CPU offload keeps the weights in host memory and moves
     each sub-model to the GPU only while it runs; on CPU offloading means nothing and is skipped.
+
+    Loading leaves the caller's CPU random stream as it was: some modules draw from it while they are
+    built, before their weights are read (diffusers' `AttentionPooling`, in a UNet whose time embedding
+    takes the caption), and a training stage that loads decoders for its targets after seeding would
+    otherwise train differently whenever a decoder's architecture changes.
     """
     path = cfg.pipeline_dir
     if not (path / "model_index.json").is_file():
@@ -79,7 +84,8 @@ def load_pipeline(pipeline_cls: type[P], cfg: DecoderConfig, what: str) -> tuple
     placement = cfg.placement.resolve()
     if placement != cfg.placement:
         logger.warning("%s decoder: %s unavailable, running on cpu/float32", what, cfg.placement.device)
-    pipe = pipeline_cls.from_pretrained(path, dtype=placement.torch_dtype)
+    with torch.random.fork_rng(devices=[]):
+        pipe = pipeline_cls.from_pretrained(path, dtype=placement.torch_dtype)
     if cfg.offload and placement.device.startswith("cuda"):
         pipe.enable_model_cpu_offload(device=placement.device)
     else:
