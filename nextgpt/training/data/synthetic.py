@@ -35,7 +35,6 @@ from typing import Any
 
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 from nextgpt.training.data.world_media import (
-    BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
     SHAPES,
@@ -44,17 +43,19 @@ from nextgpt.training.data.world_media import (
     article,
     heldout_image_combos,
     image_caption,
+    image_combos,
     render_audio,
     render_image,
     render_video,
     sentence_case,
     video_caption,
+    video_combos,
     world_rng,
 )
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 9
+WORLD_VERSION = 10
 """Bump when the same seed would give different files or captions."""
 
 
@@ -219,9 +220,7 @@ def make_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str,
     for sub in ("images", "videos", "audios"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     heldout = heldout_image_combos(cfg)
-    train_combos = [
-        (c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS if (c, s, b) not in set(heldout)
-    ]
+    train_combos = [combo for combo in image_combos() if combo not in set(heldout)]
 
     # 1. images: every training combination in turn, so small worlds still cover the attribute space.
     rng = world_rng(cfg.seed, "images")
@@ -236,8 +235,7 @@ def make_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str,
 
     # 2. videos.
     rng = world_rng(cfg.seed, "videos")
-    video_combos = [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
-    order_v = rng.sample(video_combos, len(video_combos))
+    order_v = rng.sample(video_combos(), len(video_combos()))
     videos = []
     for i in range(cfg.n_videos):
         colour, shape, direction = order_v[i % len(order_v)]

@@ -40,6 +40,12 @@ SOUNDS = (
     "a rising sweep",
     "a falling sweep",
 )
+CHORD_PARTIALS = 6
+"""Partials of each chord note, the k-th at 1/k of the first (a sawtooth-like timbre; since world
+version 10). ImageBind's front end (25 ms Hann windows: 31 Hz bins) cannot resolve the thirds of pure
+notes at the world's roots (major and minor 14-28 Hz apart), so the encoder read major or minor at
+chance; with partials the two chords' spectra differ where the partials meet or beat (a linear probe
+on time-averaged fbank features: 56% pure, 97% with six partials)."""
 
 
 @dataclass
@@ -189,9 +195,12 @@ def render_audio(caption: str, cfg: WorldConfig, rng: random.Random) -> np.ndarr
     elif caption in ("a major chord", "a minor chord"):
         root = rng.uniform(200.0, 400.0)
         third = 2 ** ((4 if caption == "a major chord" else 3) / 12)
-        wave = (
-            sum((np.sin(2 * np.pi * root * k * t) for k in (1.0, third, 2 ** (7 / 12))), np.zeros_like(t)) / 3
+        partials = range(1, CHORD_PARTIALS + 1)
+        notes = (1.0, third, 2 ** (7 / 12))
+        wave = sum(
+            (np.sin(2 * np.pi * root * n * k * t) / k for n in notes for k in partials), np.zeros_like(t)
         )
+        wave = wave / (len(notes) * sum(1 / k for k in partials))  # |wave| <= 1
     elif caption in ("a rising sweep", "a falling sweep"):
         f0, f1 = (low, high) if caption == "a rising sweep" else (high, low)
         phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * cfg.audio_seconds))  # linear chirp
@@ -207,15 +216,24 @@ def render_audio(caption: str, cfg: WorldConfig, rng: random.Random) -> np.ndarr
 # --- the world --------------------------------------------------------------------------------------
 
 
+def image_combos() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, background) a picture can have, in a fixed order."""
+    return [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
+
+
+def video_combos() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, direction) a clip can have, in a fixed order."""
+    return [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+
+
 def world_captions(modality: str) -> list[str]:
     """Every caption the world can give a medium of `modality` ("image", "video" or "audio")."""
     if modality == "image":
-        return [image_caption(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
+        return [image_caption(*combo) for combo in image_combos()]
     if modality == "video":
-        return [video_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+        return [video_caption(*combo) for combo in video_combos()]
     return list(SOUNDS)
 
 
 def heldout_image_combos(cfg: WorldConfig) -> list[tuple[str, str, str]]:
-    combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
-    return sorted(world_rng(cfg.seed, "heldout").sample(combos, cfg.n_heldout_images))
+    return sorted(world_rng(cfg.seed, "heldout").sample(image_combos(), cfg.n_heldout_images))

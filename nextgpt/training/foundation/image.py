@@ -55,6 +55,7 @@ from nextgpt.training.data.world_media import (
     draw_shape,
     heldout_image_combos,
     image_caption,
+    image_combos,
 )
 from nextgpt.training.foundation.clip_text import caption_bank, train_text_encoder
 from nextgpt.training.foundation.diffusion import (
@@ -216,7 +217,7 @@ class ImageTrainConfig:
 def train_combos(cfg: ImageTrainConfig) -> list[Combo]:
     """Every (colour, shape, background) but the world's held-out ones."""
     held = set(heldout_image_combos(cfg.world))
-    return [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS if (c, s, b) not in held]
+    return [combo for combo in image_combos() if combo not in held]
 
 
 def phrase(template: str, combo: Combo, variant: int = 0) -> str:
@@ -307,7 +308,7 @@ def vae_fidelity(vae: AutoencoderKL, cfg: ImageTrainConfig, per_combo: int = 2) 
     combination, not only the held-out ones: a VAE can lose one kind (at 300 steps, stars on gray), and
     the UNet then draws it wrong for every caption. Also lists the combinations read wrong."""
     rng = random.Random(f"{cfg.seed}:image-vae-eval")
-    combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS for _ in range(per_combo)]
+    combos = [combo for combo in image_combos() for _ in range(per_combo)]
     x = to_tensor([render(c, cfg.image_size, cfg.radius, rng) for c in combos])
     recon = vae.decode(vae.encode(x).latent_dist.mean).sample  # (N, 3, H, W) in [-1, 1]
     images = ((recon.permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1).numpy()

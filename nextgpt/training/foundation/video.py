@@ -69,6 +69,7 @@ from nextgpt.training.data.world_media import (
     article,
     draw_shape,
     video_caption,
+    video_combos,
 )
 from nextgpt.training.foundation.clip_text import caption_bank, train_text_encoder
 from nextgpt.training.foundation.diffusion import (
@@ -239,19 +240,15 @@ class VideoTrainConfig:
 # Data
 
 
-def all_combos() -> list[Combo]:
-    return [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
-
-
 def heldout_combos(cfg: VideoTrainConfig) -> list[Combo]:
     """`cfg.n_heldout` combinations drawn by `cfg.seed`, kept out of training."""
-    return sorted(random.Random(f"{cfg.seed}:video-heldout").sample(all_combos(), cfg.n_heldout))
+    return sorted(random.Random(f"{cfg.seed}:video-heldout").sample(video_combos(), cfg.n_heldout))
 
 
 def train_combos(cfg: VideoTrainConfig) -> list[Combo]:
     """Every (colour, shape, direction) but the held-out ones."""
     held = set(heldout_combos(cfg))
-    return [combo for combo in all_combos() if combo not in held]
+    return [combo for combo in video_combos() if combo not in held]
 
 
 def phrase(template: str, combo: Combo) -> str:
@@ -406,7 +403,7 @@ def score(combos: Sequence[Combo], videos: np.ndarray) -> dict[str, Any]:
 def vae_fidelity(vae: AutoencoderKL, cfg: VideoTrainConfig, per_combo: int = 2) -> dict[str, float]:
     """`world_eval` accuracy on frame-by-frame VAE reconstructions of held-out clips: the UNet's ceiling."""
     rng = random.Random(f"{cfg.seed}:video-vae-eval")
-    combos = [c for c in heldout_combos(cfg) or all_combos()[:8] for _ in range(per_combo)]
+    combos = [c for c in heldout_combos(cfg) or video_combos()[:8] for _ in range(per_combo)]
     x = to_tensor([render_clip(c, cfg, rng) for c in combos])  # (N x T, 3, H, W)
     recon = vae.decode(vae.encode(x).latent_dist.mean).sample
     return dict(score(combos, to_frames(recon, len(combos)))["accuracy"])
@@ -461,7 +458,7 @@ def evaluate(
 
     options = decode_defaults(cfg)
     decoder = VideoDecoder.load(DecoderConfig(pipeline_dir=pipeline_dir, defaults=options))
-    combos = heldout_combos(cfg) or all_combos()[:8]
+    combos = heldout_combos(cfg) or video_combos()[:8]
     asked = {
         "world_caption": TEMPLATES[0],
         **{f"unseen_phrasing_{i}": t for i, t in enumerate(HELDOUT_TEMPLATES)},

@@ -32,18 +32,16 @@ from tqdm import tqdm
 from nextgpt.config import GenerationOptions
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
 from nextgpt.training.data.world_media import (
-    BACKGROUNDS,
-    COLOURS,
-    DIRECTIONS,
-    SHAPES,
     SOUNDS,
     WorldConfig,
     heldout_image_combos,
     image_caption,
+    image_combos,
     render_audio,
     render_image,
     render_video,
     video_caption,
+    video_combos,
     world_captions,
 )
 from nextgpt.training.world_eval.score import WorldReport, evaluate_world_media
@@ -163,11 +161,9 @@ def describe_cases(modality: Modality, cfg: EvalWorldConfig, rng: random.Random)
     world = cfg.world
     chosen: list[tuple[str, ...]]
     if modality == "image":
-        combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
-        chosen = _cycle(combos, cfg.describe_items, rng)
+        chosen = _cycle(image_combos(), cfg.describe_items, rng)
     elif modality == "video":
-        combos = [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
-        chosen = _cycle(combos, cfg.describe_items, rng)
+        chosen = _cycle(video_combos(), cfg.describe_items, rng)
     else:
         chosen = [(SOUNDS[i % len(SOUNDS)],) for i in range(cfg.describe_items)]
     cases = []
