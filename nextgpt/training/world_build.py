@@ -82,7 +82,13 @@ def part_config(part: str, seed: int, smoke: bool) -> Any:
 
         if smoke:  # tests/nextgpt/training/foundation/test_encoder.py's settings
             return EncoderTrainConfig(
-                seed=seed, steps=8, batch_size=8, lr=3e-3, warmup_steps=2, novel_per_caption=1
+                seed=seed,
+                steps=8,
+                batch_size=8,
+                lr=3e-3,
+                warmup_steps=2,
+                novel_per_caption=1,
+                rendered_sounds=1,
             )
         return EncoderTrainConfig(seed=seed)
     if part == "image":

@@ -61,12 +61,15 @@ from torch import nn
 
 from nextgpt.encoders import preprocess as pp
 from nextgpt.encoders.imagebind import ARCHS, build_model, tokenize
-from nextgpt.media.encode import encode_png
+from nextgpt.media.encode import encode_png, encode_wav
 from nextgpt.training.data.world_media import (
     BACKGROUNDS,
     COLOURS,
     DIRECTIONS,
     SHAPES,
+    SOUNDS,
+    WorldConfig,
+    render_audio,
     render_image,
     video_caption,
     world_captions,
@@ -112,6 +115,11 @@ class EncoderTrainConfig:
     """Share of every modality's items kept out of training, for the held-out scores."""
     novel_per_caption: int = 4
     """Pictures rendered per held-out caption of the world (unseen combinations); 0: none."""
+    rendered_sounds: int = 64
+    """Sounds of each world caption rendered afresh (`world_media.render_audio`) and added to the audio
+    training items; as many again, from another stream, are scored as `fresh` sounds. The world's ~6
+    training clips of a chord, each at its own root, let the tower learn those roots rather than the
+    interval (fresh chords at chance). 0: the world's clips only."""
     modalities: tuple[str, ...] = ("image", "video", "audio")
     augment: bool = True
     """Mirror pictures and videos and play videos backwards (captions fixed to match); see `augment`."""
@@ -151,8 +159,11 @@ class EncoderTrainConfig:
             raise ValueError(f"steps={self.steps} must be >= 1 and batch_size={self.batch_size} >= 2")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction={self.heldout_fraction} must be in (0, 1)")
-        if self.novel_per_caption < 0:
-            raise ValueError(f"novel_per_caption={self.novel_per_caption} must be >= 0")
+        if self.novel_per_caption < 0 or self.rendered_sounds < 0:
+            raise ValueError(
+                f"novel_per_caption={self.novel_per_caption} and rendered_sounds={self.rendered_sounds} "
+                "must be >= 0"
+            )
         unknown = sorted(set(self.modalities) - set(MEDIA))
         if unknown or not self.modalities:
             raise ValueError(f"modalities={self.modalities} must be a non-empty subset of {sorted(MEDIA)}")
@@ -256,6 +267,21 @@ def novel_items(world_dir: Path, per_caption: int, seed: int) -> list[Item]:
             pixels = render_image(truth["colour"], truth["shape"], truth["background"], size, rng)
             media = MediaItem(modality="image", data=encode_png(pixels), mime_type="image/png")
             out.append(prepare("image", media, caption))
+    return out
+
+
+def rendered_sounds(world_dir: Path, per_sound: int, seed: int, stream: str) -> list[Item]:
+    """`per_sound` fresh renders of every world sound (random pitch and loudness, as the world's own),
+    written as WAV and read back like any other sound."""
+    world = WorldConfig(**json.loads((world_dir / "world.json").read_text())["config"])
+    rng = random.Random(f"{seed}:{stream}")
+    out = []
+    for caption in SOUNDS:
+        for _ in range(per_sound):
+            data = encode_wav(render_audio(caption, world, rng), world.sample_rate)
+            out.append(
+                prepare("audio", MediaItem(modality="audio", data=data, mime_type="audio/wav"), caption)
+            )
     return out
 
 
@@ -714,6 +740,8 @@ class WorldData:
     heldout: dict[str, list[Item]]
     novel: list[Item]
     """Pictures of the world's held-out captions (no training picture or caption has their combination)."""
+    fresh_sounds: list[Item]
+    """Sounds rendered afresh for scoring only (`EncoderTrainConfig.rendered_sounds`)."""
     seconds: float
     """Wall time of the preprocessing."""
 
@@ -731,12 +759,20 @@ def load_world(world_dir: str | Path, cfg: EncoderTrainConfig) -> WorldData:
         train_items[modality] = [all_items[i] for i in train_idx]
         held_items[modality] = [all_items[i] for i in held_idx]
     novel = novel_items(world, cfg.novel_per_caption, cfg.seed) if "image" in cfg.modalities else []
+    fresh: list[Item] = []
+    if "audio" in cfg.modalities and cfg.rendered_sounds:
+        train_items["audio"] += rendered_sounds(world, cfg.rendered_sounds, cfg.seed, "encoder-sounds")
+        fresh = rendered_sounds(world, cfg.rendered_sounds, cfg.seed, "encoder-fresh-sounds")
     seconds = time.perf_counter() - t0
     counts = {m: (len(train_items[m]), len(held_items[m])) for m in cfg.modalities}
     logger.info(
-        "encoder: preprocessed (train, held-out) %s + %d novel in %.1f s", counts, len(novel), seconds
+        "encoder: preprocessed (train, held-out) %s + %d novel pictures, %d fresh sounds in %.1f s",
+        counts,
+        len(novel),
+        len(fresh),
+        seconds,
     )
-    return WorldData(train_items, held_items, novel, seconds)
+    return WorldData(train_items, held_items, novel, fresh, seconds)
 
 
 def fit(
@@ -791,12 +827,16 @@ def train_encoder(
     groups: dict[str, dict[str, list[Item]]] = {"heldout": data.heldout, "train": data.train}
     if data.novel:
         groups["novel"] = {"image": data.novel}
+    if data.fresh_sounds:
+        groups["fresh"] = {"audio": data.fresh_sounds}
     scores = {name: evaluate(model, items) for name, items in groups.items()}
     items: dict[str, Any] = {
         m: {"train": len(data.train[m]), "heldout": len(data.heldout[m])} for m in data.train
     }
     if data.novel:
         items["novel_image"] = len(data.novel)
+    if data.fresh_sounds:
+        items["fresh_audio"] = len(data.fresh_sounds)
     report = {
         "config": asdict(cfg),
         "embed_dim": cfg.embed_dim,

@@ -3,6 +3,7 @@ served `ImageBindEncoder.load` and embed exactly like the trained module, and on
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from nextgpt.config import EncoderConfig
 from nextgpt.encoders.imagebind import ImageBindEncoder, build_model, tokenize
 from nextgpt.training.data.synthetic import make_world
-from nextgpt.training.data.world_media import DIRECTIONS, WorldConfig
+from nextgpt.training.data.world_media import DIRECTIONS, SOUNDS, WorldConfig
 from nextgpt.training.foundation.encoder import (
     AttributeHeads,
     EncoderTrainConfig,
@@ -40,7 +41,9 @@ WORLD = WorldConfig(seed=0, n_images=24, n_videos=6, n_audios=8, n_instructions=
 
 
 def _cfg(steps: int) -> EncoderTrainConfig:
-    return EncoderTrainConfig(steps=steps, batch_size=8, lr=3e-3, warmup_steps=2, novel_per_caption=1)
+    return EncoderTrainConfig(
+        steps=steps, batch_size=8, lr=3e-3, warmup_steps=2, novel_per_caption=1, rendered_sounds=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,18 @@ def test_preprocessing_folds_identical_clips(data: WorldData) -> None:
     assert video.inputs.shape[0] < 15 and torch.isclose(video.weights.sum(), torch.tensor(1.0))
     assert data.train["audio"][0].full().shape == (3, 1, 128, 204)
     assert len(data.novel) == 2 and all(it.caption.endswith("background") for it in data.novel)
+
+
+def test_fresh_sounds_join_training_and_are_scored_apart(world: Path, data: WorldData) -> None:
+    """One render of each world sound joins the audio training items; one more, from another stream, is
+    scored apart, and neither copies a world clip."""
+    world_clips = load_world(world, replace(_cfg(1), rendered_sounds=0)).train["audio"]
+    added = data.train["audio"][len(world_clips) :]
+    assert [it.caption for it in added] == list(SOUNDS) == [it.caption for it in data.fresh_sounds]
+    for item, fresh in zip(added, data.fresh_sounds, strict=True):
+        assert item.full().shape == (3, 1, 128, 204)
+        assert not torch.equal(item.inputs, fresh.inputs)
+        assert not any(torch.equal(item.inputs, clip.inputs) for clip in world_clips)
 
 
 def test_training_shortcuts_equal_the_model(data: WorldData) -> None:
@@ -162,5 +177,6 @@ def test_one_seed_one_model_and_a_full_report(world: Path, data: WorldData, tmp_
         assert torch.equal(state[key], value), key
     assert len(report["losses"]) == 2 and report["embed_dim"] == cfg.embed_dim
     assert set(report["heldout"]) == {"image", "video", "audio"} and "novel" in report and "train" in report
+    assert report["items"]["fresh_audio"] == len(SOUNDS) and set(report["fresh"]) == {"audio"}
     for modality, scores in report["heldout"].items():
         assert 0.0 <= scores["retrieval_top1"] <= 1.0 and 0.0 <= scores["caption_accuracy"] <= 1.0, modality
