@@ -189,8 +189,11 @@ def describe_cases(modality: Modality, cfg: EvalWorldConfig, rng: random.Random)
             expected.pop("background")  # the goal: colour and shape
         if modality == "audio":
             expected.pop("beeping", None)
-        phrasing = DESCRIBE_PHRASINGS[modality][i % len(DESCRIBE_PHRASINGS[modality])]
-        cases.append(Case(f"{modality}->text", phrasing, expected, [item]))
+        # Sounds come in a fixed order, so sound i % 8 would always get phrasing i % 2: every pass over
+        # them shifts the phrasings by one (pictures and clips come shuffled).
+        turn = i // len(SOUNDS) if modality == "audio" else 0
+        phrasings = DESCRIBE_PHRASINGS[modality]
+        cases.append(Case(f"{modality}->text", phrasings[(i + turn) % len(phrasings)], expected, [item]))
     return cases
 
 

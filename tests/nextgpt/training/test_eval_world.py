@@ -20,6 +20,7 @@ from nextgpt.training.data.world_media import (
     COLOURS,
     DIRECTIONS,
     SHAPES,
+    SOUNDS,
     WorldConfig,
     render_audio,
     render_image,
@@ -65,6 +66,14 @@ def test_describe_cases_take_every_combination_before_repeating_one():
     cfg = replace(CFG, describe_items=len(COLOURS) * len(SHAPES) * len(DIRECTIONS))
     clips = [tuple(c.expected.values()) for c in build_cases(cfg, 0) if c.task == "video->text"]
     assert len(set(clips)) == cfg.describe_items
+
+
+def test_every_sound_is_asked_in_every_phrasing():
+    """Sounds come in a fixed order; a phrasing locked to the sound would score one phrasing per sound."""
+    cfg = replace(CFG, describe_items=2 * len(SOUNDS) * len(DESCRIBE_PHRASINGS["audio"]))
+    asked = {(c.prompt, tuple(c.expected.values())) for c in build_cases(cfg, 0) if c.task == "audio->text"}
+    sounds = {expected for _, expected in asked}  # beeping is not scored: 6 kinds of 8 sounds
+    assert len(sounds) == 6 and len(asked) == len(sounds) * len(DESCRIBE_PHRASINGS["audio"])
 
 
 @dataclass
