@@ -9,7 +9,7 @@ Renders fresh chords with the world's recipe (three notes: root, third, fifth; e
 probe (major vs minor) on `--train` chords of each kind; prints its accuracy on `--test` others. The
 probe is linear and sees no time structure, so it is a lower bound on what the encoder's tower can
 read. With pure notes (1 partial) at the world's roots (200-400 Hz) it is near chance (56%): the thirds
-are 14-28 Hz apart, under one 31 Hz bin. World version 10 gives each note six partials (97%).
+are 14-28 Hz apart, under one 31 Hz bin. World version 10 gives each note six partials (98%).
 """
 
 from __future__ import annotations
