@@ -220,7 +220,8 @@ def make_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str,
     for sub in ("images", "videos", "audios"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     heldout = heldout_image_combos(cfg)
-    train_combos = [combo for combo in image_combos() if combo not in set(heldout)]
+    held_combos = set(heldout)
+    train_combos = [combo for combo in image_combos() if combo not in held_combos]
 
     # 1. images: every training combination in turn, so small worlds still cover the attribute space.
     rng = world_rng(cfg.seed, "images")
@@ -235,7 +236,8 @@ def make_world(out_dir: str | Path, cfg: WorldConfig | None = None) -> dict[str,
 
     # 2. videos.
     rng = world_rng(cfg.seed, "videos")
-    order_v = rng.sample(video_combos(), len(video_combos()))
+    clip_combos = video_combos()
+    order_v = rng.sample(clip_combos, len(clip_combos))
     videos = []
     for i in range(cfg.n_videos):
         colour, shape, direction = order_v[i % len(order_v)]
