@@ -92,7 +92,8 @@ class EvalWorldConfig:
     profile."""
 
     seeds: tuple[int, ...] = (0, 1)
-    """Sampling and diffusion seeds; every prompt is asked once per seed."""
+    """Passes: each draws its own cases, and each case gets its own sampling and diffusion seed from the
+    pass's (`case_seed`)."""
     items: int = 12
     """Prompts per text->medium task and seed (each makes a picture, a clip or a sound: ~1 s of CPU)."""
     describe_items: int = 48
@@ -117,6 +118,8 @@ class Case:
     prompt: str
     expected: dict[str, str]
     media: list[MediaItem] = field(default_factory=list)
+    seed: int = 0
+    """The sampling and diffusion seed it is asked with (`case_seed`)."""
 
     @property
     def target(self) -> str:
@@ -202,16 +205,26 @@ def task_items(cfg: EvalWorldConfig, task: str) -> int:
     return cfg.items if task.startswith("text->") else cfg.describe_items
 
 
+def case_seed(seed: int, index: int) -> int:
+    """The seed of a task's `index`-th case in the pass of `seed`: every case its own. With one seed for
+    a whole pass every picture of it started from the same noise, and the decoders' colours depend on
+    the noise (world version 10's seed-0 image decoder drew "a green ... on a black background" blue
+    from the noise of seeds 0 and 2 and green from that of 1 and 3, for all four shapes), so a pass
+    measured one draw of the noise, not the decoder."""
+    return seed * 1000 + index
+
+
 def build_cases(cfg: EvalWorldConfig, seed: int) -> list[Case]:
-    """Every task's cases for one seed (the media and the choices depend on the seed)."""
+    """Every task's cases for one pass (the media, the choices and the cases' seeds depend on `seed`)."""
     cases: list[Case] = []
     for task in cfg.tasks:
         source, target = task.split("->")
         rng = random.Random(f"eval-world:{task}:{seed}")
         if source == "text":
-            cases += show_cases(target, cfg, rng)  # type: ignore[arg-type]  # task names hold modalities
+            made = show_cases(target, cfg, rng)  # type: ignore[arg-type]  # task names hold modalities
         else:
-            cases += describe_cases(source, cfg, rng)  # type: ignore[arg-type]
+            made = describe_cases(source, cfg, rng)  # type: ignore[arg-type]
+        cases += [replace(case, seed=case_seed(seed, i)) for i, case in enumerate(made)]
     return cases
 
 
@@ -231,7 +244,9 @@ def headline(report: WorldReport, task: str) -> float:
 
 
 def case_options(case: Case, options: GenerationOptions, ask_media: bool) -> GenerationOptions:
-    """`options`, with the case's medium asked for when `ask_media` and the task makes one."""
+    """`options` with the case's seed, and its medium asked for when `ask_media` and the task makes
+    one."""
+    options = replace(options, seed=case.seed)
     if not ask_media or case.target == "text":
         return options
     return replace(options, modalities=("text", case.target))
@@ -270,12 +285,20 @@ def evaluate_world(
         disable=not progress,
     )
     for seed in cfg.seeds:
-        options = GenerationOptions(seed=seed, max_new_tokens=cfg.max_new_tokens)
+        options = GenerationOptions(max_new_tokens=cfg.max_new_tokens)
         cases = build_cases(cfg, seed)
         for case, produced, raw in run_cases(model, cases, options, lambda: bar.update(), cfg.ask_media):
             missing = produced is None
             by_task[case.task].append((case.expected, "" if missing else produced))
-            rows[case.task].append({"seed": seed, "prompt": case.prompt, "reply": raw, "no_medium": missing})
+            rows[case.task].append(
+                {
+                    "seed": seed,
+                    "case_seed": case.seed,
+                    "prompt": case.prompt,
+                    "reply": raw,
+                    "no_medium": missing,
+                }
+            )
     bar.close()
     tasks: dict[str, Any] = {}
     for task, pairs in by_task.items():

@@ -147,7 +147,8 @@ def test_ask_media_names_the_output_medium_of_show_tasks_only():
 
     class Recorder(Oracle):
         def generate(self, messages, options):
-            task = next(c.task for c in build_cases(self.cfg, options.seed) if c.prompt == messages[-1].text)
+            cases = [c for s in self.cfg.seeds for c in build_cases(self.cfg, s)]
+            task = next(c.task for c in cases if c.prompt == messages[-1].text)
             asked.setdefault(task, set()).add(tuple(options.modalities))
             return super().generate(messages, options)
 
@@ -159,3 +160,21 @@ def test_ask_media_names_the_output_medium_of_show_tasks_only():
     asked.clear()
     evaluate_world(Recorder(CFG), CFG, progress=False)  # type: ignore[arg-type]
     assert all(modalities == {("text",)} for modalities in asked.values())
+
+
+def test_every_case_is_asked_with_its_own_seed():
+    """One seed for a whole pass started every picture of it from the same noise, and the decoders'
+    colours depend on the noise: a pass then measured one draw of it."""
+    seen: list[tuple[str, int]] = []
+
+    class Recorder(Oracle):
+        def generate(self, messages, options):
+            seen.append((messages[-1].text, options.seed))
+            return super().generate(messages, options)
+
+    evaluate_world(Recorder(CFG), CFG, progress=False)  # type: ignore[arg-type]
+    cases = [c for s in CFG.seeds for c in build_cases(CFG, s)]
+    assert [seed for _, seed in seen] == [c.seed for c in cases]
+    for task in TASKS:
+        seeds = [c.seed for c in cases if c.task == task]
+        assert len(set(seeds)) == len(seeds) == task_items(CFG, task) * len(CFG.seeds)
