@@ -16,7 +16,9 @@
 
 Resumable: a part whose OUT/<part>/report.json holds the same config (and hash of the code that trains it,
 blind to docstrings and comments) is not trained again, and each trainer keeps its loop state under
-OUT/<part>/state, so a killed build continues where it stopped.
+OUT/<part>/state, so a killed build continues where it stopped. The LLM stages are skipped likewise when
+OUT/llm/build-config.json holds the same `llm_build_config` (their plan, the world's files, the parts'
+build configs, their code); the evaluation always runs.
 `smoke=True` runs every step with the trainers' reduced settings (seconds each): `make test` uses it to
 check the wiring, not the quality.
 """
@@ -126,21 +128,47 @@ TRAINER_MODULES = {
 """The module that trains each part: `train_part` calls its trainer from it, `trainer_code_hash` reads it."""
 
 
+LLM_MODULES = ("nextgpt.training.world_stages", "nextgpt.training.foundation.llm_base")
+"""What trains the LLM: its random base, stage 0 and the three stages (`code_hash` adds what they
+import: the runner, the model, the served loaders the stages train through)."""
+LLM_KEY = "build-config.json"
+"""Beside the LLM stages' outputs (OUT/llm/): what they were trained from (`llm_build_config`)."""
+
+
 def trainer_code_hash(part: str) -> str:
-    """SHA-256 over the code that trains `part`: its trainer module and every `nextgpt` module it
-    imports, directly or not (the world it reads, the shared loop, the served loaders and preprocessing
-    it trains through, the ImageBind arch table). Part of every part's build config, so a code change
-    retrains the parts it can change instead of reusing weights that another version of the code
-    trained, and leaves the others alone (an encoder change does not retrain the three pipelines).
+    """SHA-256 over the code that trains `part` (`code_hash` of its trainer module). Part of every part's
+    build config, so a code change retrains the parts it can change instead of reusing weights that
+    another version of the code trained, and leaves the others alone (an encoder change does not retrain
+    the three pipelines)."""
+    return code_hash(TRAINER_MODULES[part])
+
+
+def code_hash(*modules: str) -> str:
+    """SHA-256 over `modules` and every `nextgpt` module they import, directly or not (the world a
+    trainer reads, the shared loop, the served loaders and preprocessing it trains through, the ImageBind
+    arch table).
 
     It hashes each file's syntax tree without its docstrings (`code_fingerprint`), not its bytes: a
     docstring, comment or formatting edit would otherwise retrain parts (up to ~25 minutes) for weights
     that cannot differ."""
     import hashlib
 
+    files: dict[str, Path] = {}
+    for module in modules:
+        files.update(nextgpt_imports(module))
     digest = hashlib.sha256()
-    for name, path in sorted(nextgpt_imports(TRAINER_MODULES[part]).items()):
+    for name, path in sorted(files.items()):
         digest.update(name.encode() + b"\0" + code_fingerprint(path.read_text()).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def tree_hash(folder: Path) -> str:
+    """SHA-256 over every file under `folder`: its path there and its bytes (the world: ~6 MB)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -311,38 +339,73 @@ def write_manifest(path: Path, updates: dict[str, Any]) -> None:
     path.write_text(json.dumps(current, indent=1) + "\n")
 
 
-def train_llm(cfg: WorldBuildConfig, world_dir: Path, root: Path) -> dict[str, Any]:
-    """Stage 0 on a random Llama of `WORLD_LLM`'s size (the tiny profile's tokenizer), the three stages on
-    the `shapes` profile; the base and the delta are installed under `root`, the LLM's width in the
-    manifest (the projectors' sides that meet it)."""
-    from nextgpt.profiles import SHAPES_MANIFEST
-    from nextgpt.training.foundation.llm_base import WORLD_LLM, build_world_llm_base
-    from nextgpt.training.world_stages import StagePlan, train_llm_stages
+def llm_plan(smoke: bool) -> Any:
+    """The stage budgets of the `shapes` LLM (`world_stages.StagePlan`), or the smoke build's few steps."""
+    from nextgpt.training.world_stages import StagePlan
 
-    plan = (
-        StagePlan(base_steps=4, encoder_epochs=1, decoder_epochs=1, instruct_epochs=1)
-        if cfg.smoke
-        else StagePlan(decoder_epochs=40, decoder_lr=2e-3, instruct_lr=2e-3)
-    )
+    if smoke:
+        return StagePlan(base_steps=4, encoder_epochs=1, decoder_epochs=1, instruct_epochs=1)
     # Against train-demo's plan (tuned for span rates on random decoders), stages 2 and 3 run at 2e-3:
     # at 1e-2 / 5e-3 the image alignment stalled at an L2 distance of ~4-5 per token (colour and background
     # at chance through the real decoder); at 2e-3 it fell to ~0.6 and the nearest caption to every
     # projected span was the one asked for (72 of 72). Stage 2's 40 epochs cost ~2 minutes.
-    random_base = build_world_llm_base(cfg.out / "llm" / "random-base", cfg.seed)
+    return StagePlan(decoder_epochs=40, decoder_lr=2e-3, instruct_lr=2e-3)
+
+
+def llm_build_config(
+    cfg: WorldBuildConfig, world_dir: Path, reports: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Everything the LLM stages' result depends on: the seed, their plan and thread count (1 and 2
+    threads round differently), the world's files, the parts they train against (stage 1 reads the
+    encoder, stage 2's targets are the decoders' text encoders: each part's own build config names its
+    weights) and the code. A resumed build whose OUT/llm/ records the same skips the ~12 minutes of
+    LLM training: a change to the evaluation alone then costs a re-evaluation."""
+    return {
+        "seed": cfg.seed,
+        "threads": max(1, cfg.workers),
+        "plan": _jsonable(asdict(llm_plan(cfg.smoke))),
+        "world": tree_hash(world_dir),
+        "parts": {part: report["build_config"] for part, report in sorted(reports.items())},
+        "code": code_hash(*LLM_MODULES),
+    }
+
+
+def train_llm(
+    cfg: WorldBuildConfig, world_dir: Path, root: Path, reports: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Stage 0 on a random Llama of `WORLD_LLM`'s size (the tiny profile's tokenizer), the three stages on
+    the `shapes` profile; the base and the delta are installed under `root`, the LLM's width in the
+    manifest (the projectors' sides that meet it). Skipped, but installed, when OUT/llm/ was trained
+    from the same `llm_build_config`."""
+    from nextgpt.profiles import SHAPES_MANIFEST
+    from nextgpt.training.foundation.llm_base import WORLD_LLM, build_world_llm_base
+    from nextgpt.training.world_stages import train_llm_stages
+
+    plan = llm_plan(cfg.smoke)
     hidden = WORLD_LLM["hidden"]  # the projectors' sides that meet the LLM
     widths = {
         "input_projector": {"out_dim": hidden},
         "output_projectors": {m: {"in_dim": hidden} for m in FOLDERS},
     }
     write_manifest(root / SHAPES_MANIFEST, {"profile": widths})
-    start = {"profile": "shapes", "llm": {"base_dir": str(random_base.resolve())}}
-    summary, _ = train_llm_stages(cfg.out / "llm", world_dir, start, plan, models_dir=cfg.models_dir)
+    out = cfg.out / "llm"
+    config = llm_build_config(cfg, world_dir, reports)
+    marker, stages = out / LLM_KEY, out / "stages.json"
+    if marker.is_file() and stages.is_file() and json.loads(marker.read_text()) == config:
+        logger.info("llm: trained already (%s), skipped", marker)
+        summary: dict[str, Any] = json.loads(stages.read_text())
+    else:
+        marker.unlink(missing_ok=True)  # written back only once the stages have finished
+        random_base = build_world_llm_base(out / "random-base", cfg.seed)
+        start = {"profile": "shapes", "llm": {"base_dir": str(random_base.resolve())}}
+        summary, _ = train_llm_stages(out, world_dir, start, plan, models_dir=cfg.models_dir)
+        marker.write_text(json.dumps(config, indent=1) + "\n")
     base = root / "vicuna"
     if base.exists():
         shutil.rmtree(base)
-    shutil.copytree(cfg.out / "llm" / "base", base)
+    shutil.copytree(out / "base", base)
     (root / "nextgpt").mkdir(exist_ok=True)
-    shutil.copy2(cfg.out / "llm" / "instruct" / "pytorch_model.pt", root / "nextgpt" / "pytorch_model.pt")
+    shutil.copy2(out / "instruct" / "pytorch_model.pt", root / "nextgpt" / "pytorch_model.pt")
     write_manifest(root / SHAPES_MANIFEST, {"profile": {"llm": {"lora": plan.lora}}})
     return summary
 
@@ -430,7 +493,7 @@ def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
     # 614-731 s alone at 2 threads, 645-689 s at 1 beside another run. Stage 2's cached targets are
     # encoded on one thread (`data.targets`): a rebuild reusing them trains a clean build's delta.
     torch.set_num_threads(max(1, cfg.workers))
-    stages = train_llm(cfg, world_dir, root)
+    stages = train_llm(cfg, world_dir, root, reports)
     seconds["llm"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     model = NextGPT.from_profile(load_profile("shapes", models_dir=cfg.models_dir, env={}))

@@ -22,9 +22,12 @@ from nextgpt.training.world_build import (
     code_fingerprint,
     discard_stale_state,
     install,
+    llm_build_config,
     nextgpt_imports,
+    train_llm,
     train_parts,
     trainer_code_hash,
+    tree_hash,
 )
 from nextgpt.training.world_eval.end_to_end import TASKS
 
@@ -94,6 +97,42 @@ def test_another_world_retrains_the_encoder_only(
     after = {p: (again.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts}
     assert [p for p in cfg.parts if after[p] != before[p]] == ["encoder"]
     assert reports["encoder"]["build_config"]["world"]["n_videos"] == world["config"]["n_videos"]
+
+
+def test_a_second_run_reuses_the_llm_stages(built: tuple[WorldBuildConfig, dict], tmp_path: Path) -> None:
+    """Nothing the LLM stages read changed: a resumed build installs their delta again instead of
+    training it anew (~12 minutes for the same bytes); what they read is in their key."""
+    cfg, _ = built
+    world = cfg.out / "world"
+    again = replace(cfg, models_dir=tmp_path / "models")
+    shutil.copytree(cfg.models_dir / "shapes", again.models_dir / "shapes")
+    reports = train_parts(cfg, world)
+    delta = cfg.out / "llm" / "instruct" / "pytorch_model.pt"
+    before = delta.stat().st_mtime_ns
+    root = install(again, reports)  # removes the old LLM from the profile, as every build does
+    summary = train_llm(again, world, root, reports)
+    assert delta.stat().st_mtime_ns == before and set(summary["stages"]) >= {"base_chat", "instruct"}
+    profile = load_profile("shapes", models_dir=again.models_dir, env={})
+    assert profile.missing_paths() == {} and profile.llm.lora is not None
+    assert (root / "nextgpt" / "pytorch_model.pt").read_bytes() == delta.read_bytes()
+    key = llm_build_config(cfg, world, reports)
+    image = reports["image"]
+    retrained = {**reports, "image": {**image, "build_config": {**image["build_config"], "unet_steps": 1}}}
+    assert llm_build_config(cfg, world, retrained) != key
+    assert llm_build_config(replace(cfg, workers=2), world, reports) != key  # rounds differently
+    assert llm_build_config(replace(cfg, seed=1), world, reports) != key
+
+
+def test_the_world_hash_sees_every_file(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "0.png").write_bytes(b"a")
+    first = tree_hash(tmp_path)
+    (tmp_path / "images" / "0.png").write_bytes(b"b")
+    assert tree_hash(tmp_path) != first
+    (tmp_path / "images" / "0.png").write_bytes(b"a")
+    assert tree_hash(tmp_path) == first
+    (tmp_path / "images" / "0.png").rename(tmp_path / "images" / "1.png")
+    assert tree_hash(tmp_path) != first
 
 
 def test_the_code_fingerprint_ignores_docs_but_not_code() -> None:
