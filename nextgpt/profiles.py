@@ -117,6 +117,13 @@ SHAPES_MANIFEST = "manifest.json"
 under "built", how they were built (seed, sizes)."""
 
 
+def shapes_built(models_dir: Path | None = None) -> dict[str, Any]:
+    """How the installed `shapes` profile was built (its manifest's "built": seed, parts), or {} when no
+    build wrote one. `nextgpt eval-world` reads the seed: the held-out combinations depend on it."""
+    manifest = (models_dir or default_models_dir()) / "shapes" / SHAPES_MANIFEST
+    return dict(json.loads(manifest.read_text()).get("built", {})) if manifest.is_file() else {}
+
+
 def _shapes(root: Path) -> dict[str, Any]:
     """Every component trained on the shapes world by `make train-world` (`nextgpt.training.world_build`),
     the LLM a small Llama chat-tuned on it (`foundation.llm_base.WORLD_LLM`, the tiny tokenizer). The

@@ -425,11 +425,19 @@ def eval_world_cmd(
             " for the model deciding alone",
         ),
     ] = False,
+    world_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="seed of the world the model was built on, whose held-out picture combinations are asked"
+            " (default: the seed models/shapes/manifest.json records, else 0)"
+        ),
+    ] = None,
 ) -> None:
     """Ask the shapes-world model held-out prompts of every task; score its media and replies with
     independent classifiers (colour, shape, motion, pitch); print and save the table."""
     from nextgpt.pipeline import NextGPT
-    from nextgpt.profiles import load_profile
+    from nextgpt.profiles import load_profile, shapes_built
+    from nextgpt.training.data.world_media import WorldConfig
     from nextgpt.training.world_eval.end_to_end import TASKS, EvalWorldConfig, evaluate_world, markdown_table
 
     wanted = TASKS if tasks == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip())
@@ -461,7 +469,14 @@ def eval_world_cmd(
     result = evaluate_world(
         model,
         EvalWorldConfig(
-            seeds=seed_list, items=items, describe_items=describe_items, tasks=wanted, ask_media=ask_media
+            seeds=seed_list,
+            items=items,
+            describe_items=describe_items,
+            tasks=wanted,
+            ask_media=ask_media,
+            world=WorldConfig(
+                seed=world_seed if world_seed is not None else shapes_built(models_dir).get("seed", 0)
+            ),
         ),
     )
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ perfect model 100% and a silent one 0% (the classifiers themselves are validated
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, replace
 
@@ -10,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nextgpt.media.encode import encode_mp4, encode_png, encode_wav
+from nextgpt.profiles import SHAPES_MANIFEST, shapes_built
 from nextgpt.training.data.synthetic import (
     DESCRIBE_PROMPTS,
     NEUTRAL_SHOW_PROMPTS,
@@ -22,6 +24,7 @@ from nextgpt.training.data.world_media import (
     SHAPES,
     SOUNDS,
     WorldConfig,
+    heldout_image_combos,
     render_audio,
     render_image,
     render_video,
@@ -178,3 +181,15 @@ def test_every_case_is_asked_with_its_own_seed():
     for task in TASKS:
         seeds = [c.seed for c in cases if c.task == task]
         assert len(set(seeds)) == len(seeds) == task_items(CFG, task) * len(CFG.seeds)
+
+
+def test_eval_world_asks_the_held_out_combinations_of_the_installed_build(tmp_path):
+    """A seed-1 build holds out other picture combinations than seed 0's: asked seed 0's, its image
+    decoder was scored on combinations it had trained on."""
+    assert shapes_built(tmp_path) == {}
+    (tmp_path / "shapes").mkdir()
+    manifest = {"profile": {}, "built": {"seed": 1, "smoke": False, "parts": ["image"]}}
+    (tmp_path / "shapes" / SHAPES_MANIFEST).write_text(json.dumps(manifest))
+    assert shapes_built(tmp_path)["seed"] == 1
+    one, zero = WorldConfig(seed=1), WorldConfig(seed=0)
+    assert heldout_image_combos(one) != heldout_image_combos(zero)
