@@ -437,7 +437,7 @@ def eval_world_cmd(
     independent classifiers (colour, shape, motion, pitch); print and save the table."""
     from nextgpt.pipeline import NextGPT
     from nextgpt.profiles import load_profile, shapes_built
-    from nextgpt.training.data.world_media import WorldConfig
+    from nextgpt.training.world_build import WorldBuildConfig, world_config
     from nextgpt.training.world_eval.end_to_end import TASKS, EvalWorldConfig, evaluate_world, markdown_table
 
     wanted = TASKS if tasks == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip())
@@ -474,8 +474,10 @@ def eval_world_cmd(
             describe_items=describe_items,
             tasks=wanted,
             ask_media=ask_media,
-            world=WorldConfig(
-                seed=world_seed if world_seed is not None else shapes_built(models_dir).get("seed", 0)
+            world=world_config(
+                WorldBuildConfig(
+                    seed=world_seed if world_seed is not None else shapes_built(models_dir).get("seed", 0)
+                )
             ),
         ),
     )
