@@ -4,10 +4,12 @@ seed a generator, check a conditioning tensor. Everything model-specific stays i
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
@@ -25,6 +27,10 @@ from nextgpt.types import MediaItem
 logger = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=DiffusionPipeline)
+
+TEXT_COMPONENTS = ("text_encoder", "tokenizer")
+"""What a text-only decoder loads (`PipelineDecoder.load(text_only=True)`): all that the stage-2 targets
+need."""
 
 StopCheck = Callable[[], bool]
 """Polled between denoising steps; True once nobody wants the result (every request cancelled)."""
@@ -64,8 +70,15 @@ def stop_on_step(should_stop: StopCheck | None) -> dict[str, Any]:
     return {"callback": check, "callback_steps": 1}
 
 
-def load_pipeline(pipeline_cls: type[P], cfg: DecoderConfig, what: str) -> tuple[P, Placement]:
+def load_pipeline(
+    pipeline_cls: type[P], cfg: DecoderConfig, what: str, *, text_only: bool = False
+) -> tuple[P, Placement]:
     """`from_pretrained` from a local directory onto `cfg.placement` (CPU/fp32 when CUDA is absent).
+
+    With `text_only`, only the text encoder and its tokenizer are read (every other component is None):
+    a training stage that only encodes captions does not hold a UNet and a VAE in memory (SD 1.5's
+    take ~3.4 GB in fp32 beside its 0.5 GB text encoder), and a directory holding only those two (what
+    `nextgpt.training.foundation` saves first, `save_text_pipeline`) loads too.
 
     With `cfg.offload` on CUDA, diffusers' model CPU offload keeps the weights in host memory and moves
     each sub-model to the GPU only while it runs; on CPU offloading means nothing and is skipped.
@@ -84,8 +97,11 @@ def load_pipeline(pipeline_cls: type[P], cfg: DecoderConfig, what: str) -> tuple
     placement = cfg.placement.resolve()
     if placement != cfg.placement:
         logger.warning("%s decoder: %s unavailable, running on cpu/float32", what, cfg.placement.device)
+    skipped = {name: None for name in pipeline_components(path) if name not in TEXT_COMPONENTS}
     with torch.random.fork_rng(devices=[]):
-        pipe = pipeline_cls.from_pretrained(path, dtype=placement.torch_dtype)
+        pipe = pipeline_cls.from_pretrained(
+            path, dtype=placement.torch_dtype, **(skipped if text_only else {})
+        )
     if cfg.offload and placement.device.startswith("cuda"):
         pipe.enable_model_cpu_offload(device=placement.device)
     else:
@@ -93,6 +109,13 @@ def load_pipeline(pipeline_cls: type[P], cfg: DecoderConfig, what: str) -> tuple
     pipe.set_progress_bar_config(disable=True)
     logger.info("%s decoder: loaded %s from %s on %s", what, pipeline_cls.__name__, path, placement)
     return pipe, placement
+
+
+def pipeline_components(path: Path) -> list[str]:
+    """The component names of the diffusers directory `path` (its model_index.json's `[library, class]`
+    entries, also those saved as `[null, null]`)."""
+    index = json.loads((path / "model_index.json").read_text())
+    return [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
 
 
 def prepare_for_batching(pipe: DiffusionPipeline, shared: Sequence[str], what: str) -> None:
@@ -185,12 +208,17 @@ class PipelineDecoder(ABC, Generic[P]):
         self.placement = placement
         # Pipelines are not reentrant (the scheduler keeps per-call timesteps): one decode at a time.
         self._lock = threading.Lock()
-        prepare_for_batching(pipe, self.GUIDANCE_SHARED, self.MODALITY)
+        self.text_only = getattr(pipe, "unet", None) is None
+        """Loaded with `load(text_only=True)`: `encode_text` works, `decode` does not."""
+        if not self.text_only:
+            prepare_for_batching(pipe, self.GUIDANCE_SHARED, self.MODALITY)
         self.negative_embeds = self._encode([""])  # (1, ...) on the compute device
 
     @classmethod
-    def load(cls, cfg: DecoderConfig) -> Self:
-        pipe, placement = load_pipeline(cls.PIPELINE, cfg, cls.MODALITY)
+    def load(cls, cfg: DecoderConfig, *, text_only: bool = False) -> Self:
+        """The decoder of `cfg.pipeline_dir`; with `text_only`, its text encoder alone (`load_pipeline`),
+        for computing stage-2 targets."""
+        pipe, placement = load_pipeline(cls.PIPELINE, cfg, cls.MODALITY, text_only=text_only)
         return cls(pipe, cfg, placement)  # type: ignore[arg-type]
 
     @property
@@ -225,6 +253,11 @@ class PipelineDecoder(ABC, Generic[P]):
         on the CPU the kernels are batch-invariant (`nextgpt.decoders.invariance`), so the file is the same
         bytes in any batch (`tests/nextgpt/decoders/test_batch_invariance.py`).
         """
+        if self.text_only:
+            raise ModelNotReady(
+                f"{self.MODALITY} decoder: loaded text-only from {self.cfg.pipeline_dir}; load it without "
+                "text_only to decode"
+            )
         return self.to_media(self.diffuse(cond, options, seed, progress, seeds=seeds), options)
 
     @abstractmethod

@@ -142,7 +142,11 @@ def build_stage_data(
     for modality, wanted in needed.items():
         if not wanted:
             continue
-        decoders[modality] = OUTPUTS[modality].decoder_class().load(profile.decoders[modality])
+        # The targets need the text encoder alone; the denoising loss needs the image decoder's VAE and UNet.
+        text_only = not (modality == "image" and cfg.denoise_weight > 0)
+        decoders[modality] = (
+            OUTPUTS[modality].decoder_class().load(profile.decoders[modality], text_only=text_only)
+        )
         path = precompute_targets(sorted(wanted), decoders[modality], cfg.targets_root, progress=False)
         table = load_targets(path)
         check_target_dims(table, profile, modality, source=str(path))

@@ -1,24 +1,30 @@
 """`make train-world`: the whole `shapes` profile from one seed, then its evaluation (issue 12).
 
 1. the world (`synthetic.make_world`, the train-demo's size) under OUT/world/;
-2. the foundation components, each by its trainer in `nextgpt.training.foundation`, two at a time in
-   worker processes (one thread each; every trainer is deterministic for its seed at one thread):
-   ImageBind encoder, Stable-Diffusion image, Zeroscope video and AudioLDM audio pipelines, each into
-   OUT/<part>/ with its own report.json and samples;
+2. the foundation components and the LLM, as jobs run `workers` at a time in worker processes (one
+   thread each; every trainer is deterministic for its seed at one thread), each as soon as what it
+   needs is done (`build_jobs`):
+   - each pipeline's text encoder first (`<part>-text`: the trainers' `text_stage`, saved alone as
+     OUT/<part>/text-pipeline), and the ImageBind encoder;
+   - stage 0 on a random Llama of `foundation.llm_base.WORLD_LLM`'s size and the three NExT-GPT stages
+     (`world_stages.train_llm_stages`) on the `shapes` profile as far as it is built then: the encoder
+     and the three text encoders, all the stages read (stage 1 the encoder, stage 2's targets the
+     decoders' own text encoders, loaded `text_only`); it trains while the pipelines' VAEs and UNets do;
+   - the Stable-Diffusion image, Zeroscope video and AudioLDM audio pipelines (each resumes its text
+     encoder from its state), each into OUT/<part>/ with its own report.json and samples;
 3. installed where the `shapes` profile looks (MODELS/shapes/, `nextgpt.profiles._shapes`), with a
-   manifest.json of what the trainers settled (decode defaults, conditioning widths);
-4. stage 0 on a random Llama of `foundation.llm_base.WORLD_LLM`'s size and the three NExT-GPT stages
-   on that profile (`world_stages.train_llm_stages`), whose stage-2 targets are these decoders' own text
-   encoders, on `workers` threads; the chat-tuned base and the delta join the profile;
-5. `nextgpt eval-world`'s evaluation, the span alignment check (`world_eval/alignment.py`: does each
+   manifest.json of what the trainers settled (decode defaults, conditioning widths), then the LLM's
+   chat-tuned base and delta;
+4. `nextgpt eval-world`'s evaluation, the span alignment check (`world_eval/alignment.py`: does each
    projected span land on the asked caption's decoder embedding?) and a grid of samples; OUT/report.json,
    OUT/report.md, OUT/eval-world.json and OUT/alignment.json.
 
 Resumable: a part whose OUT/<part>/report.json holds the same config (and hash of the code that trains it,
-blind to docstrings and comments) is not trained again, and each trainer keeps its loop state under
-OUT/<part>/state, so a killed build continues where it stopped. The LLM stages are skipped likewise when
-OUT/llm/build-config.json holds the same `llm_build_config` (their plan, the world's files, the parts'
-build configs, their code); the evaluation always runs.
+blind to docstrings and comments) is not trained again, nor a text encoder whose text-report.json does,
+and each trainer keeps its loop state under OUT/<part>/state, so a killed build continues where it
+stopped. The LLM stages are skipped likewise when OUT/llm/build-config.json holds the same
+`llm_build_config` (their plan, the world's files, the parts' build configs, their code); the evaluation
+always runs.
 `smoke=True` runs every step with the trainers' reduced settings (seconds each): `make test` uses it to
 check the wiring, not the quality.
 """
@@ -32,7 +38,7 @@ import multiprocessing
 import shutil
 import textwrap
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +51,12 @@ from nextgpt.training.world_eval.end_to_end import EvalWorldConfig
 logger = logging.getLogger(__name__)
 
 PARTS = ("encoder", "image", "video", "audio")
-"""Foundation parts, longest first within each worker's likely share (image ~15 CPU-min, video ~12,
-encoder ~10, audio ~7)."""
+"""Foundation parts (`build_jobs` orders their training)."""
 FOLDERS = {"image": "stable-diffusion", "video": "zeroscope", "audio": "audioldm"}
 """Where the `shapes` profile reads each pipeline, under MODELS/shapes/."""
 ENCODER_FILE = Path("imagebind") / "imagebind_shapes.pth"
+TEXT_REPORT = "text-report.json"
+"""OUT/<part>/: the report of a pipeline's text encoder, trained first (`train_text`)."""
 
 
 @dataclass
@@ -59,9 +66,9 @@ class WorldBuildConfig:
     out: Path = Path("out/train-world")
     models_dir: Path = Path("models")
     workers: int = 2
-    """Parts trained at once (processes of one thread each); 1 trains them here, one after another. The
-    LLM stages and the evaluation that follow run on as many threads: the same seed and `workers` give
-    the same files (two runs at 2 threads tested equal; 1 and 2 threads round differently)."""
+    """Jobs run at once (`build_jobs`: processes of one thread each); 1 runs them here, one after another,
+    on one thread. The evaluation that follows runs on as many threads. Every job computes on one
+    thread, so the same seed gives the same files whatever `workers` is."""
     smoke: bool = False
     """Reduced settings everywhere: checks the wiring in about two minutes, learns nothing useful."""
     evaluation: EvalWorldConfig = field(default_factory=EvalWorldConfig)
@@ -110,9 +117,8 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _done(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The part's report when it was trained already with this config (a resumed build skips it)."""
-    path = out / "report.json"
+def _done(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The report at `path` when it was trained already with this config (a resumed build skips it)."""
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
@@ -249,23 +255,65 @@ def discard_stale_state(out: Path, config: dict[str, Any]) -> bool:
     return stale
 
 
-def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) -> dict[str, Any]:
-    """Train one foundation part into `out` (run in a worker process); returns its report."""
+def part_build_config(part: str, world_dir: Path, seed: int, smoke: bool) -> tuple[Any, dict[str, Any]]:
+    """`part`'s trainer config and the build config that keys its outputs: the config, the hash of the
+    code that trains it and, for the encoder (the one part that learns from the world's files: their
+    sizes are its data), the world's config. A pipeline's text encoder has the same key."""
+    cfg = part_config(part, seed, smoke)
+    config = {**_jsonable(asdict(cfg)), "code": trainer_code_hash(part)}
+    if part == "encoder":
+        config["world"] = json.loads((world_dir / "world.json").read_text())["config"]
+    return cfg, config
+
+
+def _one_thread() -> None:
+    """A job's process computes on one thread (the jobs run side by side, one per core)."""
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
-    cfg = part_config(part, seed, smoke)
-    config = {**_jsonable(asdict(cfg)), "code": trainer_code_hash(part)}
-    if part == "encoder":  # the one part that learns from the world's files: their sizes are its data
-        config["world"] = json.loads((world_dir / "world.json").read_text())["config"]
-    if (report := _done(out, config)) is not None:
-        logger.info("%s: trained already (%s), skipped", part, out / "report.json")
-        return report
+
+
+def _fresh_state(part: str, out: Path, config: dict[str, Any]) -> None:
     if discard_stale_state(out, config):
         logger.warning("%s: the loop state under %s was left by another config; starting over", part, out)
+
+
+def train_text(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) -> dict[str, Any]:
+    """The text encoder of pipeline `part` alone (its trainer's `text_stage`), saved as
+    out/text-pipeline; returns its report (also out/text-report.json). The part's own run later reads
+    it back from the shared loop state."""
+    from nextgpt.training.foundation.diffusion import TEXT_PIPELINE
+
+    _one_thread()
+    cfg, config = part_build_config(part, world_dir, seed, smoke)
+    path = out / TEXT_REPORT
+    if (report := _done(path, config)) is not None:
+        logger.info("%s text encoder: trained already (%s), skipped", part, path)
+        return report
+    _fresh_state(part, out, config)
+    trainer: Any = importlib.import_module(TRAINER_MODULES[part])
+    _, _, result = trainer.text_stage(out, cfg)
+    report = {
+        "pipeline_dir": str(out / TEXT_PIPELINE),
+        "text_encoder": _jsonable(asdict(result)),
+        "config": _jsonable(asdict(cfg)),
+        "build_config": config,
+    }
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) -> dict[str, Any]:
+    """Train one foundation part into `out` (run in a worker process); returns its report."""
+    _one_thread()
+    cfg, config = part_build_config(part, world_dir, seed, smoke)
+    if (report := _done(out / "report.json", config)) is not None:
+        logger.info("%s: trained already (%s), skipped", part, out / "report.json")
+        return report
+    _fresh_state(part, out, config)
     trainer: Any = importlib.import_module(TRAINER_MODULES[part])  # the module its code hash reads
     if part == "encoder":
         report = trainer.train_encoder(world_dir, out / "imagebind_shapes.pth", cfg, state_dir=out / "state")
@@ -280,26 +328,113 @@ def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) ->
     return report
 
 
-def train_parts(cfg: WorldBuildConfig, world_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every foundation part, `cfg.workers` at a time."""
-    args = {p: (p, world_dir, cfg.out / p, cfg.seed, cfg.smoke) for p in cfg.parts}
+@dataclass(frozen=True)
+class Job:
+    """One unit of a build, run in a worker process once every job it `needs` is done."""
+
+    name: str
+    """A part ("video"), a pipeline's text encoder ("video-text") or "llm"."""
+    needs: tuple[str, ...] = ()
+
+
+def build_jobs(parts: tuple[str, ...], llm: bool) -> list[Job]:
+    """The build's jobs in the order they start when a worker is free: the short text encoders first, the
+    encoder, the two long pipelines (video ~20 CPU-min, image ~19), the LLM (~13, once the encoder and the
+    text encoders are done), audio (~9) last. With two workers the video and image parts run on
+    different cores (a list starting the LLM as soon as it can leaves them one after the other on the
+    same core, ~3 minutes longer): about video + LLM on one core, encoder + image + audio on the other.
+
+    Measured before the LLM ran as a job (2026-12-02, seed 2 from scratch): the parts took 34.3 min two
+    at a time and the LLM 14.3 min after them on two threads, which it hardly uses (its instruction
+    stage took 614-731 s alone at 2 threads, 645-689 s at 1 beside another run)."""
+    pipelines = [p for p in ("video", "image", "audio") if p in parts]
+    texts = [Job(f"{p}-text") for p in pipelines]
+    jobs = texts + ([Job("encoder")] if "encoder" in parts else [])
+    trained = [Job(p, needs=(f"{p}-text",)) for p in pipelines if p != "audio"]
+    if llm:
+        trained.append(Job("llm", needs=tuple(j.name for j in jobs)))
+    if "audio" in parts:
+        trained.append(Job("audio", needs=("audio-text",)))
+    return jobs + trained
+
+
+def run_jobs(cfg: WorldBuildConfig, world_dir: Path, *, llm: bool = True) -> dict[str, Any]:
+    """Every job of `build_jobs`, `cfg.workers` at a time; returns each job's result by name (the parts'
+    reports, the text encoders' under "<part>-text", the LLM stages' summary under "llm") and under
+    "timeline" when each started and ended (seconds from the start). Before the LLM starts, what it
+    trains against is installed (`install`: the encoder and the text-only pipelines)."""
+    jobs = build_jobs(cfg.parts, llm)
+    done: dict[str, Any] = {}
+    timeline: dict[str, dict[str, float]] = {}
+    t0 = time.perf_counter()
+
+    def call(job: Job) -> tuple[Any, tuple[Any, ...]]:
+        timeline[job.name] = {"start": round(time.perf_counter() - t0, 1)}
+        logger.info("build: %s starts", job.name)
+        if job.name == "llm":
+            install(cfg, {n: done[n] for n in job.needs})
+            return train_llm, (
+                cfg,
+                world_dir,
+                llm_build_config(cfg, world_dir, {n: done[n] for n in job.needs}),
+            )
+        part = job.name.removesuffix("-text")
+        return (train_text if job.name.endswith("-text") else train_part), (
+            part,
+            world_dir,
+            cfg.out / part,
+            cfg.seed,
+            cfg.smoke,
+        )
+
+    def finish(name: str, result: Any) -> None:
+        done[name] = result
+        timeline[name]["end"] = round(time.perf_counter() - t0, 1)
+        logger.info("build: %s done (%.0f s)", name, timeline[name]["end"] - timeline[name]["start"])
+
     if cfg.workers <= 1:
-        return {p: train_part(*a) for p, a in args.items()}
+        for job in jobs:  # in order: every job's needs come before it
+            fn, args = call(job)
+            finish(job.name, fn(*args))
+        return {**done, "timeline": timeline}
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=context) as pool:
-        futures: dict[str, Future[dict[str, Any]]] = {p: pool.submit(train_part, *a) for p, a in args.items()}
-        return {p: f.result() for p, f in futures.items()}
+        running: dict[Future[Any], str] = {}
+        pending = list(jobs)
+        while pending or running:
+            for job in [j for j in pending if all(n in done for n in j.needs)][: cfg.workers - len(running)]:
+                pending.remove(job)
+                fn, args = call(job)
+                running[pool.submit(fn, *args)] = job.name
+            if not running:
+                raise RuntimeError(f"build: jobs {[j.name for j in pending]} wait for jobs that never run")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                finish(running.pop(future), future.result())
+    return {**done, "timeline": timeline}
+
+
+def train_parts(cfg: WorldBuildConfig, world_dir: Path) -> dict[str, dict[str, Any]]:
+    """The foundation parts alone (their text encoders first), `cfg.workers` at a time: their reports."""
+    results = run_jobs(cfg, world_dir, llm=False)
+    return {p: results[p] for p in cfg.parts}
 
 
 def install(cfg: WorldBuildConfig, reports: dict[str, dict[str, Any]]) -> Path:
-    """Copy the trained parts where the `shapes` profile reads them; write its manifest anew. Returns
-    MODELS/shapes.
+    """Copy the trained parts where the `shapes` profile reads them; write its manifest anew, with the
+    widths where the projectors meet the LLM. Returns MODELS/shapes.
+
+    `reports` holds the parts' reports, or (before the LLM starts, `run_jobs`) the encoder's and the
+    pipelines' text encoders' (keyed "<part>-text"): a pipeline is then installed text-only, enough for
+    the LLM's stages (decoders load `text_only` for stage 2's targets) and replaced by the whole
+    pipeline once its part is done.
 
     What an earlier build left of the LLM (the chat-tuned base, the delta and the LoRA shape in the
-    manifest) is removed first: the LLM stages that follow train on this profile, and a LoRA left in its
-    manifest gave stages 1 and 2 LoRA layers (with dropout) that a build into an empty folder does not
-    have, so a rebuild differed from a clean one. `train_llm` installs the new LLM."""
+    manifest) is removed first: the LLM stages train on this profile, and a LoRA left in its manifest
+    gave stages 1 and 2 LoRA layers (with dropout) that a build into an empty folder does not have, so a
+    rebuild differed from a clean one. `install_llm` installs the new LLM."""
     from nextgpt.profiles import SHAPES_MANIFEST
+    from nextgpt.training.foundation.llm_base import WORLD_LLM
 
     root = cfg.models_dir / "shapes"
     root.mkdir(parents=True, exist_ok=True)
@@ -307,25 +442,34 @@ def install(cfg: WorldBuildConfig, reports: dict[str, dict[str, Any]]) -> Path:
         if stale.exists():
             shutil.rmtree(stale)
     (root / SHAPES_MANIFEST).unlink(missing_ok=True)
-    profile: dict[str, Any] = {"decoders": {}, "output_projectors": {}}
+    hidden = WORLD_LLM["hidden"]  # the projectors' sides that meet the LLM
+    profile: dict[str, Any] = {
+        "decoders": {},
+        "output_projectors": {},
+        "input_projector": {"out_dim": hidden},
+    }
     if "encoder" in reports:
         target = root / ENCODER_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(reports["encoder"]["checkpoint"], target)
         dim = int(reports["encoder"]["embed_dim"])
         profile["encoder"] = {"embed_dim": dim, "model_id": f"imagebind-shapes-seed{cfg.seed}"}
-        profile["input_projector"] = {"in_dim": dim}
+        profile["input_projector"]["in_dim"] = dim
     for modality, folder in FOLDERS.items():
-        if modality not in reports:
+        report = reports.get(modality) or reports.get(f"{modality}-text")
+        if report is None:
             continue
-        report = reports[modality]
         target = root / folder
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(report["pipeline_dir"], target)
-        profile["decoders"][modality] = {"defaults": report["decode_defaults"]}
-        profile["output_projectors"][modality] = {"out_dim": int(report["config"]["cond_dim"])}
-    built = {"seed": cfg.seed, "smoke": cfg.smoke, "parts": sorted(reports)}
+        if "decode_defaults" in report:
+            profile["decoders"][modality] = {"defaults": report["decode_defaults"]}
+        profile["output_projectors"][modality] = {
+            "out_dim": int(report["config"]["cond_dim"]),
+            "in_dim": hidden,
+        }
+    built = {"seed": cfg.seed, "smoke": cfg.smoke, "parts": sorted(p for p in reports if p in PARTS)}
     write_manifest(root / SHAPES_MANIFEST, {"profile": profile, "built": built})
     return root
 
@@ -355,59 +499,57 @@ def llm_plan(smoke: bool) -> Any:
 def llm_build_config(
     cfg: WorldBuildConfig, world_dir: Path, reports: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Everything the LLM stages' result depends on: the seed, their plan and thread count (1 and 2
+    """Everything the LLM stages' result depends on: the seed, their plan (always at one thread: 1 and 2
     threads round differently), the world's files, the parts they train against (stage 1 reads the
-    encoder, stage 2's targets are the decoders' text encoders: each part's own build config names its
-    weights) and the code. A resumed build whose OUT/llm/ records the same skips the ~12 minutes of
-    LLM training: a change to the evaluation alone then costs a re-evaluation."""
+    encoder, stage 2's targets are the decoders' text encoders: each part's build config names its
+    weights; a text encoder's report, "<part>-text", carries its part's) and the code. A resumed build
+    whose OUT/llm/ records the same skips the ~12 minutes of LLM training: a change to the evaluation
+    alone then costs a re-evaluation."""
+    parts = {name.removesuffix("-text"): report["build_config"] for name, report in reports.items()}
     return {
         "seed": cfg.seed,
-        "threads": max(1, cfg.workers),
         "plan": _jsonable(asdict(llm_plan(cfg.smoke))),
         "world": tree_hash(world_dir),
-        "parts": {part: report["build_config"] for part, report in sorted(reports.items())},
+        "parts": dict(sorted(parts.items())),
         "code": code_hash(*LLM_MODULES),
     }
 
 
-def train_llm(
-    cfg: WorldBuildConfig, world_dir: Path, root: Path, reports: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
+def train_llm(cfg: WorldBuildConfig, world_dir: Path, key: dict[str, Any]) -> dict[str, Any]:
     """Stage 0 on a random Llama of `WORLD_LLM`'s size (the tiny profile's tokenizer), the three stages on
-    the `shapes` profile; the base and the delta are installed under `root`, the LLM's width in the
-    manifest (the projectors' sides that meet it). Skipped, but installed, when OUT/llm/ was trained
-    from the same `llm_build_config`."""
-    from nextgpt.profiles import SHAPES_MANIFEST
-    from nextgpt.training.foundation.llm_base import WORLD_LLM, build_world_llm_base
+    the `shapes` profile as installed (run in a worker process, one thread); returns the stages' summary.
+    Skipped when OUT/llm/ was trained from the same `key` (`llm_build_config`)."""
+    from nextgpt.training.foundation.llm_base import build_world_llm_base
     from nextgpt.training.world_stages import train_llm_stages
 
-    plan = llm_plan(cfg.smoke)
-    hidden = WORLD_LLM["hidden"]  # the projectors' sides that meet the LLM
-    widths = {
-        "input_projector": {"out_dim": hidden},
-        "output_projectors": {m: {"in_dim": hidden} for m in FOLDERS},
-    }
-    write_manifest(root / SHAPES_MANIFEST, {"profile": widths})
+    _one_thread()
     out = cfg.out / "llm"
-    config = llm_build_config(cfg, world_dir, reports)
     marker, stages = out / LLM_KEY, out / "stages.json"
-    if marker.is_file() and stages.is_file() and json.loads(marker.read_text()) == config:
+    if marker.is_file() and stages.is_file() and json.loads(marker.read_text()) == key:
         logger.info("llm: trained already (%s), skipped", marker)
         summary: dict[str, Any] = json.loads(stages.read_text())
-    else:
-        marker.unlink(missing_ok=True)  # written back only once the stages have finished
-        random_base = build_world_llm_base(out / "random-base", cfg.seed)
-        start = {"profile": "shapes", "llm": {"base_dir": str(random_base.resolve())}}
-        summary, _ = train_llm_stages(out, world_dir, start, plan, models_dir=cfg.models_dir)
-        marker.write_text(json.dumps(config, indent=1) + "\n")
+        return summary
+    marker.unlink(missing_ok=True)  # written back only once the stages have finished
+    random_base = build_world_llm_base(out / "random-base", cfg.seed)
+    start = {"profile": "shapes", "llm": {"base_dir": str(random_base.resolve())}}
+    summary, _ = train_llm_stages(out, world_dir, start, llm_plan(cfg.smoke), models_dir=cfg.models_dir)
+    marker.write_text(json.dumps(key, indent=1) + "\n")
+    return summary
+
+
+def install_llm(cfg: WorldBuildConfig, root: Path) -> None:
+    """The chat-tuned base and the delta of OUT/llm/ into the profile at `root`, the LoRA shape into its
+    manifest."""
+    from nextgpt.profiles import SHAPES_MANIFEST
+
+    out = cfg.out / "llm"
     base = root / "vicuna"
     if base.exists():
         shutil.rmtree(base)
     shutil.copytree(out / "base", base)
     (root / "nextgpt").mkdir(exist_ok=True)
     shutil.copy2(out / "instruct" / "pytorch_model.pt", root / "nextgpt" / "pytorch_model.pt")
-    write_manifest(root / SHAPES_MANIFEST, {"profile": {"llm": {"lora": plan.lora}}})
-    return summary
+    write_manifest(root / SHAPES_MANIFEST, {"profile": {"llm": {"lora": llm_plan(cfg.smoke).lora}}})
 
 
 def draw_samples(model: Any, path: Path, seed: int) -> Path:
@@ -469,7 +611,7 @@ def _spectrogram_tile(wave: np.ndarray) -> np.ndarray:
 
 
 def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
-    """Steps 1-5 of the module docstring; returns the report (also OUT/report.json)."""
+    """Steps 1-4 of the module docstring; returns the report (also OUT/report.json)."""
     import torch
 
     from nextgpt.pipeline import NextGPT
@@ -484,18 +626,14 @@ def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
     world_dir = cfg.out / "world"
     world = world_config(cfg)
     make_world(world_dir, world)
-    seconds: dict[str, float] = {}
-    reports = train_parts(cfg, world_dir)
-    seconds["foundation"] = time.perf_counter() - t0
+    results = run_jobs(cfg, world_dir)
+    reports = {p: results[p] for p in cfg.parts}
+    stages = results["llm"]
+    seconds: dict[str, float] = {"jobs": time.perf_counter() - t0}
     root = install(cfg, reports)
+    install_llm(cfg, root)
     t1 = time.perf_counter()
-    # The parts' cores are free now. Measured: stage 0 1.4x faster; the instruction stage (~90% of the LLM)
-    # 614-731 s alone at 2 threads, 645-689 s at 1 beside another run. Stage 2's cached targets are
-    # encoded on one thread (`data.targets`): a rebuild reusing them trains a clean build's delta.
-    torch.set_num_threads(max(1, cfg.workers))
-    stages = train_llm(cfg, world_dir, root, reports)
-    seconds["llm"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
+    torch.set_num_threads(max(1, cfg.workers))  # the evaluation has the cores to itself
     model = NextGPT.from_profile(load_profile("shapes", models_dir=cfg.models_dir, env={}))
     evaluation = cfg.evaluation if not cfg.smoke else EvalWorldConfig(seeds=(0,), items=1, describe_items=1)
     evaluation.world = world
@@ -509,6 +647,7 @@ def build_shapes(cfg: WorldBuildConfig | None = None) -> dict[str, Any]:
         "smoke": cfg.smoke,
         "profile_dir": str(root),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "timeline": results["timeline"],
         "foundation": {p: _summary(r) for p, r in reports.items()},
         "stages": stages["stages"],
         "evaluation": {t: {k: v for k, v in r.items() if k != "items"} for t, r in result["tasks"].items()},

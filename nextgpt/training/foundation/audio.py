@@ -25,6 +25,9 @@ latents / scaling_factor -> VAE decoder -> (B, 1, frames, mel bins) log-mel -> H
    DDIM scheduler's `alphas_cumprod` (AudioLDM's betas), min-SNR weighting, and the empty caption's
    embedding for `uncond_prob` of the examples so that classifier-free guidance works.
 
+The text encoder (3) trains first (`text_stage`: it needs nothing the other parts make) and is also saved
+alone, so that `make train-world` trains the LLM's stages against it while the VAE and the UNet train.
+
 Held out: the phrasings in HELDOUT_TEMPLATES never appear in training; every sound instance is rendered
 fresh (random pitch, loudness). `train_audio_pipeline` ends by decoding every world sound in those
 phrasings through the real decoder for several seeds and scoring the waveforms with `world_eval`.
@@ -82,12 +85,14 @@ from nextgpt.training.foundation.audio_parts import (
     training_captions,
 )
 from nextgpt.training.foundation.diffusion import (
+    TEXT_PIPELINE,
     Denoise,
     PartResult,
     fit_part,
     latent_bank,
     run_times,
     save_pipeline,
+    save_text_pipeline,
     train_unet,
     vae_loss,
 )
@@ -325,6 +330,18 @@ def write_samples(samples: Sequence[tuple[str, np.ndarray]], mel: LogMel, out: P
     return path
 
 
+def text_stage(
+    out: Path, cfg: AudioTrainConfig
+) -> tuple[ClapTextModelWithProjection, RobertaTokenizer, PartResult]:
+    """Part 3 of `train_audio_pipeline`, trained first and also run alone (`make train-world` trains the
+    LLM against it while the other parts train): the CLAP text encoder, trained or read back from
+    `out/state/text`, saved with its tokenizer as `out/text-pipeline` (`save_text_pipeline`)."""
+    tokenizer = build_tokenizer(out / "state" / "tokenizer")
+    encoder, result = train_text_encoder(cfg, tokenizer, out / "state")
+    save_text_pipeline(AudioLDMPipeline, out / TEXT_PIPELINE, encoder, tokenizer, vocoder=None)
+    return encoder, tokenizer, result
+
+
 def train_audio_pipeline(out_dir: str | Path, cfg: AudioTrainConfig | None = None) -> dict[str, Any]:
     """Train the four parts, save the pipeline under `out_dir/pipeline`, evaluate it through the served
     decoder, and write `report.json`, `samples.png` and `samples/*.wav` beside it. Resumable: `out_dir/state`
@@ -334,14 +351,13 @@ def train_audio_pipeline(out_dir: str | Path, cfg: AudioTrainConfig | None = Non
     state = out / "state"
     t0, cpu0 = time.perf_counter(), time.process_time()
     mel = LogMel(cfg.n_mels)
+    # 3 (first: it needs nothing else). The CLAP text encoder over the phrasings (also saved alone).
+    encoder, tokenizer, text_result = text_stage(out, cfg)
     # 1-2. The mel VAE and the vocoder, each on freshly rendered sounds.
     vae, vae_result = train_vae(cfg, mel, state)
     vocoder, vocoder_result = train_vocoder(cfg, mel, state)
     fidelity = reconstruction_fidelity(vae, vocoder, mel, cfg)
     logger.info("audio reconstructions read by world_eval: %s", fidelity)
-    # 3. The CLAP text encoder over the phrasings.
-    tokenizer = build_tokenizer(state / "tokenizer")
-    encoder, text_result = train_text_encoder(cfg, tokenizer, state)
     # 4. The UNet on a bank of VAE latents, conditioned on the frozen encoder's embeddings.
     raw, sound_of, scaling = encode_bank(vae, mel, cfg)
     vae.register_to_config(scaling_factor=scaling)

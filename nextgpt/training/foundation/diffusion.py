@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -259,6 +260,42 @@ def save_pipeline(
     )
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+TEXT_PIPELINE = "text-pipeline"
+"""Under a part's output folder: its text encoder and tokenizer alone, saved as soon as they are trained."""
+
+
+def save_text_pipeline(
+    pipeline: Callable[..., DiffusionPipeline],
+    out: Path,
+    text_encoder: nn.Module,
+    tokenizer: Any,
+    **extra: Any,
+) -> Path:
+    """The text encoder and tokenizer alone in `pipeline`'s diffusers layout (every other component
+    saved as null; `extra` gives the pipeline's other arguments). `make train-world` trains the LLM's
+    stages against it while the VAE and the UNet still train: stage 2's targets need only the text
+    encoder, and the served decoders read such a folder with `load(text_only=True)`."""
+    with diffusers_quiet():  # "self.unet=None ... cannot be saved", once per missing component
+        pipe = pipeline(
+            vae=None, text_encoder=text_encoder, tokenizer=tokenizer, unet=None, scheduler=None, **extra
+        )
+        pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@contextmanager
+def diffusers_quiet() -> Iterator[None]:
+    """diffusers' logging at error level for the duration (its warnings about components left out)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def run_times(t0: float, cpu0: float, train_seconds: float, train_cpu: float) -> dict[str, Any]:

@@ -15,6 +15,9 @@ unchanged:
    scheduler's `alphas_cumprod`), min-SNR weighting, and the empty caption for 10% of the examples so that
    classifier-free guidance works; the pooled caption also enters its time embedding.
 
+The text encoder trains first (`text_stage`: it needs nothing the other parts make) and is also saved
+alone, so that `make train-world` trains the LLM's stages against it while the VAE and the UNet train.
+
 The world's held-out (colour, shape, background) combinations never appear in training (neither as
 pictures nor as captions); `train_image_pipeline` ends by drawing them through the real decoder and
 scoring the pictures with `world_eval`'s pixel classifiers.
@@ -42,6 +45,7 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from PIL import Image, ImageDraw
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from nextgpt import tiny_profile as dims
 from nextgpt.config import DecodeDefaults, DecoderConfig
@@ -59,12 +63,14 @@ from nextgpt.training.data.world_media import (
 )
 from nextgpt.training.foundation.clip_text import caption_bank, train_text_encoder
 from nextgpt.training.foundation.diffusion import (
+    TEXT_PIPELINE,
     ZERO_TERMINAL_SNR,
     PartResult,
     fit_part,
     kl_vae,
     latent_bank,
     save_pipeline,
+    save_text_pipeline,
     train_unet,
     vae_loss,
 )
@@ -398,6 +404,25 @@ def build_scheduler(cfg: ImageTrainConfig) -> PNDMScheduler | DDIMScheduler:
     return PNDMScheduler(skip_prk_steps=True, **sd_scheduler_kwargs())
 
 
+def text_stage(out: Path, cfg: ImageTrainConfig) -> tuple[CLIPTextModel, CLIPTokenizer, PartResult]:
+    """Step 1 of `train_image_pipeline`, also run alone (`make train-world` trains the LLM against it
+    while the VAE and the UNet train): the text encoder, trained or read back from `out/state/text`,
+    saved with its tokenizer as `out/text-pipeline` (`save_text_pipeline`)."""
+    tokenizer = build_clip_tokenizer(out / "state" / "tokenizer")
+    encoder, result = train_text_encoder(
+        cfg,
+        train_combos(cfg),
+        phrasings,
+        ATTRIBUTES,
+        tokenizer,
+        name="image-text",
+        state_dir=out / "state" / "text",
+    )
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    save_text_pipeline(StableDiffusionPipeline, out / TEXT_PIPELINE, encoder, tokenizer, **extra)
+    return encoder, tokenizer, result
+
+
 def train_image_pipeline(out_dir: str | Path, cfg: ImageTrainConfig | None = None) -> dict[str, Any]:
     """Train the three parts, save the pipeline under `out_dir/pipeline`, evaluate it on the held-out
     combinations, and write `report.json` and `samples.png` beside it. Resumable: `out_dir/state` keeps each
@@ -407,15 +432,12 @@ def train_image_pipeline(out_dir: str | Path, cfg: ImageTrainConfig | None = Non
     state = out / "state"
     t0, cpu0 = time.perf_counter(), time.process_time()
     combos = train_combos(cfg)
-    # 1. VAE.
+    # 1. Text encoder over the world's caption and its paraphrases (also saved alone).
+    encoder, tokenizer, text_result = text_stage(out, cfg)
+    # 2. VAE.
     vae, vae_result = train_vae(cfg, combos, state)
     reconstruction = vae_fidelity(vae, cfg)
     logger.info("image VAE reconstructions of every combination: %s", reconstruction)
-    # 2. Text encoder over the world's caption and its paraphrases.
-    tokenizer = build_clip_tokenizer(state / "tokenizer")
-    encoder, text_result = train_text_encoder(
-        cfg, combos, phrasings, ATTRIBUTES, tokenizer, name="image-text", state_dir=state / "text"
-    )
     # 3. UNet on the VAE's latents of a fixed bank, conditioned on the frozen encoder's states.
     raw, combo_of, scaling = encode_bank(vae, combos, cfg)
     vae.register_to_config(scaling_factor=scaling)

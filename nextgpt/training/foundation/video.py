@@ -23,6 +23,9 @@ frames into the batch) and the 3D UNet denoises the (C, frames, h, w) latents of
    (`scripts/probe_video_direction.py`: its first estimate of a clip was the same for "left" and
    "right"); measured in `VideoTrainConfig.zero_terminal_snr`.
 
+The text encoder trains first (`text_stage`: it needs nothing the other parts make) and is also saved
+alone, so that `make train-world` trains the LLM's stages against it while the VAE and the UNet train.
+
 The trainer's held-out (colour, shape, direction) combinations never appear in training (neither as clips
 nor as captions), nor do the HELDOUT_TEMPLATES phrasings; `train_video_pipeline` ends by asking for the
 held-out combinations through the real decoder, in the world's caption and in those phrasings, and
@@ -57,6 +60,7 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
 )
 from PIL import Image, ImageDraw
 from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from nextgpt import tiny_profile as dims
 from nextgpt.config import DecodeDefaults, DecoderConfig
@@ -73,6 +77,7 @@ from nextgpt.training.data.world_media import (
 )
 from nextgpt.training.foundation.clip_text import caption_bank, train_text_encoder
 from nextgpt.training.foundation.diffusion import (
+    TEXT_PIPELINE,
     ZERO_TERMINAL_SNR,
     PartResult,
     fit_part,
@@ -80,6 +85,7 @@ from nextgpt.training.foundation.diffusion import (
     latent_bank,
     run_times,
     save_pipeline,
+    save_text_pipeline,
     train_unet,
 )
 from nextgpt.training.world_eval import evaluate_world_media
@@ -498,6 +504,23 @@ def sample_grid(samples: Sequence[tuple[str, np.ndarray]], path: Path, scale: in
     return path
 
 
+def text_stage(out: Path, cfg: VideoTrainConfig) -> tuple[CLIPTextModel, CLIPTokenizer, PartResult]:
+    """Step 1 of `train_video_pipeline`, also run alone: the text encoder, trained or read back from
+    `out/state/text`, saved with its tokenizer as `out/text-pipeline` (`save_text_pipeline`)."""
+    tokenizer = build_clip_tokenizer(out / "state" / "tokenizer")
+    encoder, result = train_text_encoder(
+        cfg,
+        train_combos(cfg),
+        phrasings,
+        ATTRIBUTES,
+        tokenizer,
+        name="video-text",
+        state_dir=out / "state" / "text",
+    )
+    save_text_pipeline(TextToVideoSDPipeline, out / TEXT_PIPELINE, encoder, tokenizer)
+    return encoder, tokenizer, result
+
+
 def train_video_pipeline(out_dir: str | Path, cfg: VideoTrainConfig | None = None) -> dict[str, Any]:
     """Train the three parts, save the pipeline under `out_dir/pipeline`, evaluate it on the held-out
     combinations through the served decoder, and write `report.json` and `samples.png` beside it.
@@ -507,15 +530,12 @@ def train_video_pipeline(out_dir: str | Path, cfg: VideoTrainConfig | None = Non
     state = out / "state"
     t0, cpu0 = time.perf_counter(), time.process_time()
     combos = train_combos(cfg)
-    # 1. VAE, on single frames.
+    # 1. Text encoder over the world's caption and its paraphrases (also saved alone).
+    encoder, tokenizer, text_result = text_stage(out, cfg)
+    # 2. VAE, on single frames.
     vae, vae_result = train_vae(cfg, combos, state)
     reconstruction = vae_fidelity(vae, cfg)
     logger.info("video VAE reconstructions of held-out clips: %s", reconstruction)
-    # 2. Text encoder over the world's caption and its paraphrases.
-    tokenizer = build_clip_tokenizer(state / "tokenizer")
-    encoder, text_result = train_text_encoder(
-        cfg, combos, phrasings, ATTRIBUTES, tokenizer, name="video-text", state_dir=state / "text"
-    )
     # 3. UNet3D on the VAE's latents of a fixed bank of clips, conditioned on the frozen encoder's states.
     raw, combo_of, scaling = encode_bank(vae, combos, cfg)
     vae.register_to_config(scaling_factor=scaling)

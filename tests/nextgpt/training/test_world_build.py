@@ -18,12 +18,15 @@ from nextgpt.training.world_build import (
     FOLDERS,
     TRAINER_MODULES,
     WorldBuildConfig,
+    build_jobs,
     build_shapes,
     code_fingerprint,
     discard_stale_state,
     install,
+    install_llm,
     llm_build_config,
     nextgpt_imports,
+    run_jobs,
     train_llm,
     train_parts,
     trainer_code_hash,
@@ -70,14 +73,37 @@ def test_the_report_covers_every_task_and_the_samples(built: tuple[WorldBuildCon
     assert "Span alignment" in table and (cfg.out / "alignment.json").is_file()
 
 
-def test_a_second_run_reuses_the_trained_parts(built: tuple[WorldBuildConfig, dict]) -> None:
-    cfg, _ = built
-    before = {p: (cfg.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts}
-    reports = train_parts(cfg, cfg.out / "world")
-    assert {p: (cfg.out / p / "report.json").stat().st_mtime_ns for p in cfg.parts} == before
-    assert set(reports) == set(cfg.parts)
+def test_a_second_run_reuses_the_trained_parts(built: tuple[WorldBuildConfig, dict], tmp_path: Path) -> None:
+    built_cfg, _ = built
+    # two workers: the jobs in processes, each started once its needs are done; the jobs install what
+    # the LLM reads, so into another folder than the fixture's
+    cfg = replace(built_cfg, models_dir=tmp_path / "models", workers=2)
+    outputs = [cfg.out / p / "report.json" for p in cfg.parts] + [cfg.out / "llm" / "build-config.json"]
+    outputs += [cfg.out / p / "text-report.json" for p in FOLDERS]
+    before = [path.stat().st_mtime_ns for path in outputs]
+    results = run_jobs(cfg, cfg.out / "world")
+    assert [path.stat().st_mtime_ns for path in outputs] == before
+    assert {j.name for j in build_jobs(cfg.parts, llm=True)} | {"timeline"} == set(results)
     # the trainers' code is part of the key: another version of it would train the part again
-    assert all(r["build_config"]["code"] == trainer_code_hash(p) for p, r in reports.items())
+    assert all(results[p]["build_config"]["code"] == trainer_code_hash(p) for p in cfg.parts)
+
+
+def test_the_llm_starts_once_the_encoder_and_text_encoders_are_done(
+    built: tuple[WorldBuildConfig, dict],
+) -> None:
+    """The LLM's stages read the encoder and the decoders' text encoders, nothing of the VAEs and UNets:
+    it starts before the pipelines (and trains beside their UNets), against the text-only pipelines."""
+    cfg, report = built
+    jobs = {j.name: j for j in build_jobs(cfg.parts, llm=True)}
+    assert set(jobs["llm"].needs) == {"encoder", "image-text", "video-text", "audio-text"}
+    assert all(jobs[p].needs == (f"{p}-text",) for p in FOLDERS)
+    timeline = report["timeline"]
+    assert all(timeline[n]["end"] <= timeline["llm"]["start"] for n in jobs["llm"].needs)
+    assert timeline["llm"]["end"] <= timeline["audio"]["start"]  # one worker: in the list's order
+    text_only = cfg.out / "image" / "text-pipeline"
+    assert sorted(p.name for p in text_only.iterdir()) == ["model_index.json", "text_encoder", "tokenizer"]
+    targets = [json.loads(f.read_text()) for f in (cfg.out / "llm" / "targets").glob("*.json")]
+    assert {t["modality"] for t in targets} == set(FOLDERS)  # stage 2's, from the text-only pipelines
 
 
 def test_another_world_retrains_the_encoder_only(
@@ -110,16 +136,18 @@ def test_a_second_run_reuses_the_llm_stages(built: tuple[WorldBuildConfig, dict]
     delta = cfg.out / "llm" / "instruct" / "pytorch_model.pt"
     before = delta.stat().st_mtime_ns
     root = install(again, reports)  # removes the old LLM from the profile, as every build does
-    summary = train_llm(again, world, root, reports)
+    key = llm_build_config(cfg, world, reports)
+    summary = train_llm(again, world, key)
+    install_llm(again, root)
     assert delta.stat().st_mtime_ns == before and set(summary["stages"]) >= {"base_chat", "instruct"}
     profile = load_profile("shapes", models_dir=again.models_dir, env={})
     assert profile.missing_paths() == {} and profile.llm.lora is not None
     assert (root / "nextgpt" / "pytorch_model.pt").read_bytes() == delta.read_bytes()
-    key = llm_build_config(cfg, world, reports)
     image = reports["image"]
     retrained = {**reports, "image": {**image, "build_config": {**image["build_config"], "unet_steps": 1}}}
     assert llm_build_config(cfg, world, retrained) != key
-    assert llm_build_config(replace(cfg, workers=2), world, reports) != key  # rounds differently
+    texts = {f"{p}-text" if p in FOLDERS else p: r for p, r in reports.items()}
+    assert llm_build_config(cfg, world, texts) == key  # what the build keys it by: the text encoders' reports
     assert llm_build_config(replace(cfg, seed=1), world, reports) != key
 
 
