@@ -352,7 +352,7 @@ def precompute_targets_cmd(
             if not sets[m]:
                 console.print(f"{m}: no captions in {data}, skipped")
                 continue
-            decoder = OUTPUTS[m].decoder_class().load(prof.decoders[m])
+            decoder = OUTPUTS[m].decoder_class().load(prof.decoders[m], text_only=True)  # no UNet, no VAE
             path = precompute_targets(sets[m], decoder, data / "targets", batch_size=batch_size)
             check_target_dims(load_targets(path), prof, m, source=str(path))
             written[m] = path

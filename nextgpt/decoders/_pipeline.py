@@ -77,7 +77,7 @@ def load_pipeline(
 
     With `text_only`, only the text encoder and its tokenizer are read (every other component is None):
     a training stage that only encodes captions does not hold a UNet and a VAE in memory (SD 1.5's
-    take ~3.4 GB in fp32 beside its 0.5 GB text encoder), and a directory holding only those two (what
+    take ~3.8 GB in fp32 beside its 0.5 GB text encoder), and a directory holding only those two (what
     `nextgpt.training.foundation` saves first, `save_text_pipeline`) loads too.
 
     With `cfg.offload` on CUDA, diffusers' model CPU offload keeps the weights in host memory and moves

@@ -339,15 +339,15 @@ class Job:
 
 def build_jobs(parts: tuple[str, ...], llm: bool) -> list[Job]:
     """The build's jobs in the order they start when a worker is free: the short text encoders first, the
-    encoder, the two long pipelines (video ~20 CPU-min, image ~19), the LLM (~13, once the encoder and the
-    text encoders are done), audio (~9) last. With two workers the video and image parts run on
-    different cores (a list starting the LLM as soon as it can leaves them one after the other on the
-    same core, ~3 minutes longer): about video + LLM on one core, encoder + image + audio on the other.
+    encoder, the two long pipelines (image ~22 min beside another job, video ~19), the LLM (~16, once the
+    encoder and the text encoders are done), audio (~9) last. With two workers: image then the LLM on
+    one core, encoder, video and audio on the other (~40 min each).
 
-    Measured before the LLM ran as a job (2026-12-02, seed 2 from scratch): the parts took 34.3 min two
-    at a time and the LLM 14.3 min after them on two threads, which it hardly uses (its instruction
-    stage took 614-731 s alone at 2 threads, 645-689 s at 1 beside another run)."""
-    pipelines = [p for p in ("video", "image", "audio") if p in parts]
+    Measured (seed 0 from scratch, 2026-12-02): the video part before the image part put the two on one
+    core and the build took ~44 min; before the LLM ran as a job (seed 2), the parts took 34.3 min two at
+    a time and the LLM 14.3 min after them on two threads, which it hardly uses (its instruction stage
+    took 614-731 s alone at 2 threads, 645-689 s at 1 beside another run)."""
+    pipelines = [p for p in ("image", "video", "audio") if p in parts]
     texts = [Job(f"{p}-text") for p in pipelines]
     jobs = texts + ([Job("encoder")] if "encoder" in parts else [])
     trained = [Job(p, needs=(f"{p}-text",)) for p in pipelines if p != "audio"]
@@ -410,7 +410,13 @@ def run_jobs(cfg: WorldBuildConfig, world_dir: Path, *, llm: bool = True) -> dic
                 raise RuntimeError(f"build: jobs {[j.name for j in pending]} wait for jobs that never run")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                finish(running.pop(future), future.result())
+                name = running.pop(future)
+                if (error := future.exception()) is not None:
+                    # The running jobs finish (their work is kept for the next run); nothing new starts.
+                    waiting = sorted(running.values())
+                    logger.error("build: %s failed (%s); waiting for %s to finish", name, error, waiting)
+                    raise error
+                finish(name, future.result())
     return {**done, "timeline": timeline}
 
 
