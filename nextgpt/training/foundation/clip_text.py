@@ -9,15 +9,16 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from torch import nn
 from torch.nn import functional as F
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from nextgpt.tiny.diffusion import clip_text_encoder
-from nextgpt.training.foundation.diffusion import PartResult, fit_part
+from nextgpt.tiny.diffusion import build_clip_tokenizer, clip_text_encoder
+from nextgpt.training.foundation.diffusion import TEXT_PIPELINE, PartResult, fit_part, save_text_pipeline
 
 Combo = TypeVar("Combo", bound=tuple[str, ...])
 """One value of each attribute, in the order of the trainer's `Attributes`."""
@@ -129,6 +130,29 @@ def train_text_encoder(
     return encoder, fit_part(
         module, loss_fn, cfg, steps=cfg.text_steps, lr=cfg.text_lr, name=name, state_dir=state_dir
     )
+
+
+def text_stage(
+    out: Path,
+    cfg: TextStageSettings,
+    combos: Sequence[Combo],
+    phrasings: Callable[[Combo], Sequence[str]],
+    attributes: Attributes,
+    *,
+    name: str,
+    pipeline: Callable[..., DiffusionPipeline],
+    **extra: Any,
+) -> tuple[CLIPTextModel, CLIPTokenizer, PartResult]:
+    """The first step of the image and video trainers, also run alone (`make train-world` trains the LLM
+    against it while the VAE and the UNet train): `train_text_encoder`, or its result read back from
+    `out/state/text`, saved with its tokenizer as `out/text-pipeline` in `pipeline`'s layout (`extra`:
+    the pipeline's other arguments; `save_text_pipeline`)."""
+    tokenizer = build_clip_tokenizer(out / "state" / "tokenizer")
+    encoder, result = train_text_encoder(
+        cfg, combos, phrasings, attributes, tokenizer, name=name, state_dir=out / "state" / "text"
+    )
+    save_text_pipeline(pipeline, out / TEXT_PIPELINE, encoder, tokenizer, **extra)
+    return encoder, tokenizer, result
 
 
 def caption_bank(

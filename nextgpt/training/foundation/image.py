@@ -49,7 +49,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from nextgpt import tiny_profile as dims
 from nextgpt.config import DecodeDefaults, DecoderConfig
-from nextgpt.tiny.diffusion import build_clip_tokenizer, sd_scheduler_kwargs
+from nextgpt.tiny.diffusion import sd_scheduler_kwargs
 from nextgpt.training.data.world_media import (
     BACKGROUNDS,
     COLOURS,
@@ -61,16 +61,15 @@ from nextgpt.training.data.world_media import (
     image_caption,
     image_combos,
 )
-from nextgpt.training.foundation.clip_text import caption_bank, train_text_encoder
+from nextgpt.training.foundation.clip_text import caption_bank
+from nextgpt.training.foundation.clip_text import text_stage as clip_text_stage
 from nextgpt.training.foundation.diffusion import (
-    TEXT_PIPELINE,
     ZERO_TERMINAL_SNR,
     PartResult,
     fit_part,
     kl_vae,
     latent_bank,
     save_pipeline,
-    save_text_pipeline,
     train_unet,
     vae_loss,
 )
@@ -405,22 +404,18 @@ def build_scheduler(cfg: ImageTrainConfig) -> PNDMScheduler | DDIMScheduler:
 
 
 def text_stage(out: Path, cfg: ImageTrainConfig) -> tuple[CLIPTextModel, CLIPTokenizer, PartResult]:
-    """Step 1 of `train_image_pipeline`, also run alone (`make train-world` trains the LLM against it
-    while the VAE and the UNet train): the text encoder, trained or read back from `out/state/text`,
-    saved with its tokenizer as `out/text-pipeline` (`save_text_pipeline`)."""
-    tokenizer = build_clip_tokenizer(out / "state" / "tokenizer")
-    encoder, result = train_text_encoder(
+    """Step 1 of `train_image_pipeline`, also run alone: `clip_text.text_stage` (out/text-pipeline)."""
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    return clip_text_stage(
+        out,
         cfg,
         train_combos(cfg),
         phrasings,
         ATTRIBUTES,
-        tokenizer,
         name="image-text",
-        state_dir=out / "state" / "text",
+        pipeline=StableDiffusionPipeline,
+        **extra,
     )
-    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    save_text_pipeline(StableDiffusionPipeline, out / TEXT_PIPELINE, encoder, tokenizer, **extra)
-    return encoder, tokenizer, result
 
 
 def train_image_pipeline(out_dir: str | Path, cfg: ImageTrainConfig | None = None) -> dict[str, Any]:

@@ -64,7 +64,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from nextgpt import tiny_profile as dims
 from nextgpt.config import DecodeDefaults, DecoderConfig
-from nextgpt.tiny.diffusion import build_clip_tokenizer, sd_scheduler_kwargs
+from nextgpt.tiny.diffusion import sd_scheduler_kwargs
 from nextgpt.training.data.world_media import (
     BACKGROUNDS,
     COLOURS,
@@ -75,9 +75,9 @@ from nextgpt.training.data.world_media import (
     video_caption,
     video_combos,
 )
-from nextgpt.training.foundation.clip_text import caption_bank, train_text_encoder
+from nextgpt.training.foundation.clip_text import caption_bank
+from nextgpt.training.foundation.clip_text import text_stage as clip_text_stage
 from nextgpt.training.foundation.diffusion import (
-    TEXT_PIPELINE,
     ZERO_TERMINAL_SNR,
     PartResult,
     fit_part,
@@ -85,7 +85,6 @@ from nextgpt.training.foundation.diffusion import (
     latent_bank,
     run_times,
     save_pipeline,
-    save_text_pipeline,
     train_unet,
 )
 from nextgpt.training.world_eval import evaluate_world_media
@@ -505,20 +504,10 @@ def sample_grid(samples: Sequence[tuple[str, np.ndarray]], path: Path, scale: in
 
 
 def text_stage(out: Path, cfg: VideoTrainConfig) -> tuple[CLIPTextModel, CLIPTokenizer, PartResult]:
-    """Step 1 of `train_video_pipeline`, also run alone: the text encoder, trained or read back from
-    `out/state/text`, saved with its tokenizer as `out/text-pipeline` (`save_text_pipeline`)."""
-    tokenizer = build_clip_tokenizer(out / "state" / "tokenizer")
-    encoder, result = train_text_encoder(
-        cfg,
-        train_combos(cfg),
-        phrasings,
-        ATTRIBUTES,
-        tokenizer,
-        name="video-text",
-        state_dir=out / "state" / "text",
+    """Step 1 of `train_video_pipeline`, also run alone: `clip_text.text_stage` (out/text-pipeline)."""
+    return clip_text_stage(
+        out, cfg, train_combos(cfg), phrasings, ATTRIBUTES, name="video-text", pipeline=TextToVideoSDPipeline
     )
-    save_text_pipeline(TextToVideoSDPipeline, out / TEXT_PIPELINE, encoder, tokenizer)
-    return encoder, tokenizer, result
 
 
 def train_video_pipeline(out_dir: str | Path, cfg: VideoTrainConfig | None = None) -> dict[str, Any]:
