@@ -91,7 +91,7 @@ class NextGPTLanguageModel:
             )
         # 2. base tokenizer and model
         logger.info("loading LLM base from %s (%s, %s)", base_dir, placement.device, placement.dtype)
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
         base_vocab = len(tokenizer)
         model: Any = LlamaForCausalLM.from_pretrained(base_dir, dtype=placement.torch_dtype)
         # 3. signal tokens and resized embeddings

@@ -123,7 +123,7 @@ def write_clip_vocab(out_dir: str | Path) -> Path:
 def build_clip_tokenizer(out_dir: str | Path) -> CLIPTokenizer:
     """CLIP's tokenizer (SD 1.5 / Zeroscope), built from the files `write_clip_vocab` writes."""
     path = write_clip_vocab(out_dir)
-    return CLIPTokenizer.from_pretrained(path, model_max_length=CLIP_MAX_LENGTH)
+    return CLIPTokenizer.from_pretrained(path, model_max_length=CLIP_MAX_LENGTH, local_files_only=True)
 
 
 def build_roberta_tokenizer(out_dir: str | Path) -> RobertaTokenizer:
@@ -139,7 +139,7 @@ def build_roberta_tokenizer(out_dir: str | Path) -> RobertaTokenizer:
         show_progress=False,
     )
     bpe.save_model(str(out))  # vocab.json + merges.txt
-    return RobertaTokenizer.from_pretrained(out, model_max_length=CLIP_MAX_LENGTH)
+    return RobertaTokenizer.from_pretrained(out, model_max_length=CLIP_MAX_LENGTH, local_files_only=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -277,7 +277,12 @@ def build_tiny_tokenizer(out_dir: Path) -> LlamaTokenizer:
         # the user-defined `###` a *special* token (dropped by skip_special_tokens); re-add it as an
         # ordinary added token instead, at its existing id.
         tokenizer = LlamaTokenizer.from_pretrained(
-            tmp, add_bos_token=True, add_eos_token=False, extra_special_tokens=[], legacy=False
+            tmp,
+            add_bos_token=True,
+            add_eos_token=False,
+            extra_special_tokens=[],
+            legacy=False,
+            local_files_only=True,  # recorded in tokenizer_config.json: the same offline or not
         )
     tokenizer.add_tokens([AddedToken(STOP_SYMBOL, special=False, normalized=False)])
     if len(tokenizer) != dims.LLM_BASE_VOCAB:

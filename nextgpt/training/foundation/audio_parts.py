@@ -281,7 +281,7 @@ def build_tokenizer(out_dir: Path) -> RobertaTokenizer:
         show_progress=False,
     )
     bpe.save_model(str(out_dir))  # vocab.json + merges.txt
-    return RobertaTokenizer.from_pretrained(out_dir, model_max_length=CLIP_MAX_LENGTH)
+    return RobertaTokenizer.from_pretrained(out_dir, model_max_length=CLIP_MAX_LENGTH, local_files_only=True)
 
 
 def tokenize(tokenizer: RobertaTokenizer, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -227,3 +227,18 @@ def test_a_loop_state_from_another_config_is_discarded(tmp_path: Path) -> None:
     assert discard_stale_state(out, {"unet_channels": [32, 64]})  # another config: removed
     assert not (out / "state").exists()
     assert not discard_stale_state(tmp_path / "fresh", {"a": 1})  # nothing to remove
+
+
+def test_two_workers_build_the_same_files(built: tuple[WorldBuildConfig, dict], tmp_path: Path) -> None:
+    """Every job computes on one thread, in a worker process or here: `workers` changes when things run,
+    not what they compute (the LLM stages ran on `workers` threads once, and 1 and 2 round differently)."""
+    cfg, _ = built
+    two = replace(cfg, out=tmp_path / "out", models_dir=tmp_path / "models", workers=2)
+    build_shapes(two)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    one_files, two_files = files(cfg.models_dir / "shapes"), files(two.models_dir / "shapes")
+    assert set(one_files) == set(two_files)
+    assert [name for name in one_files if one_files[name] != two_files[name]] == []
