@@ -4,7 +4,6 @@ seed a generator, check a conditioning tensor. Everything model-specific stays i
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -114,7 +113,7 @@ def load_pipeline(
 def pipeline_components(path: Path) -> list[str]:
     """The component names of the diffusers directory `path` (its model_index.json's `[library, class]`
     entries, also those saved as `[null, null]`)."""
-    index = json.loads((path / "model_index.json").read_text())
+    index = DiffusionPipeline.load_config(str(path))
     return [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
 
 

@@ -276,9 +276,20 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _fresh_state(part: str, out: Path, config: dict[str, Any]) -> None:
+def _start(
+    what: str, part: str, world_dir: Path, out: Path, report_path: Path, seed: int, smoke: bool
+) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+    """The first steps of a part's job (`what`: its name in the log): one thread, its trainer config and
+    build config, and the report at `report_path` when it belongs to that build config (the job is done);
+    otherwise a loop state left under `out` by another config is discarded."""
+    _one_thread()
+    cfg, config = part_build_config(part, world_dir, seed, smoke)
+    if (report := _done(report_path, config)) is not None:
+        logger.info("%s: trained already (%s), skipped", what, report_path)
+        return cfg, config, report
     if discard_stale_state(out, config):
-        logger.warning("%s: the loop state under %s was left by another config; starting over", part, out)
+        logger.warning("%s: the loop state under %s was left by another config; starting over", what, out)
+    return cfg, config, None
 
 
 def train_text(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) -> dict[str, Any]:
@@ -287,13 +298,10 @@ def train_text(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) ->
     it back from the shared loop state."""
     from nextgpt.training.foundation.diffusion import TEXT_PIPELINE
 
-    _one_thread()
-    cfg, config = part_build_config(part, world_dir, seed, smoke)
     path = out / TEXT_REPORT
-    if (report := _done(path, config)) is not None:
-        logger.info("%s text encoder: trained already (%s), skipped", part, path)
+    cfg, config, report = _start(f"{part} text encoder", part, world_dir, out, path, seed, smoke)
+    if report is not None:
         return report
-    _fresh_state(part, out, config)
     trainer: Any = importlib.import_module(TRAINER_MODULES[part])
     _, _, result = trainer.text_stage(out, cfg)
     report = {
@@ -308,12 +316,9 @@ def train_text(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) ->
 
 def train_part(part: str, world_dir: Path, out: Path, seed: int, smoke: bool) -> dict[str, Any]:
     """Train one foundation part into `out` (run in a worker process); returns its report."""
-    _one_thread()
-    cfg, config = part_build_config(part, world_dir, seed, smoke)
-    if (report := _done(out / "report.json", config)) is not None:
-        logger.info("%s: trained already (%s), skipped", part, out / "report.json")
+    cfg, config, report = _start(part, part, world_dir, out, out / "report.json", seed, smoke)
+    if report is not None:
         return report
-    _fresh_state(part, out, config)
     trainer: Any = importlib.import_module(TRAINER_MODULES[part])  # the module its code hash reads
     if part == "encoder":
         report = trainer.train_encoder(world_dir, out / "imagebind_shapes.pth", cfg, state_dir=out / "state")

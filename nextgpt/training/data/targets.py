@@ -72,7 +72,9 @@ def text_encoder_identity(decoder: TextEncoding) -> dict[str, Any]:
     the encoder's class and config, its tokenizer's length and a fingerprint of its weights (names,
     shapes, a prefix of each tensor and each tensor's sum; cheap even for CLIP-L)."""
     encoder = decoder.pipe.text_encoder
-    config = {k: v for k, v in encoder.config.to_dict().items() if k not in ("transformers_version", "dtype")}
+    # Where it was loaded from is no part of what it computes: the same encoder at another path hits.
+    skipped = ("transformers_version", "dtype", "_name_or_path")
+    config = {k: v for k, v in encoder.config.to_dict().items() if k not in skipped}
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, tensor in sorted(encoder.state_dict().items()):

@@ -129,3 +129,16 @@ def test_encoded_on_one_thread(decoders, tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen == [1, 1]
+
+
+def test_the_same_encoder_at_another_path_hits(decoders, tiny_profile, tmp_path):
+    """The cache key is what the text encoder computes, not where it was loaded from."""
+    import shutil
+    from dataclasses import replace
+
+    from nextgpt.decoders.image import ImageDecoder
+
+    copy = shutil.copytree(tiny_profile.decoders["image"].pipeline_dir, tmp_path / "elsewhere")
+    moved = ImageDecoder.load(replace(tiny_profile.decoders["image"], pipeline_dir=copy), text_only=True)
+    first = precompute_targets(CAPTIONS, decoders["image"], tmp_path / "targets", progress=False)
+    assert precompute_targets(CAPTIONS, moved, tmp_path / "targets", progress=False) == first
