@@ -137,10 +137,7 @@ class BatchDecoder:
         if sampling:
             rows = [self.rows[i] for i, _ in sampling]
             logits = torch.stack(
-                [
-                    mask_banned(r.next_logits, a.banned, self.lm.ids)
-                    for r, (_, a) in zip(rows, sampling, strict=True)
-                ]
+                [mask_banned(r.next_logits, a, self.lm.ids) for r, (_, a) in zip(rows, sampling, strict=True)]
             )  # (b, V)
             tokens = sample_rows(logits, [r.request.options for r in rows], [r.generator for r in rows])
             for (i, _), row, token in zip(sampling, rows, tokens, strict=True):

@@ -10,7 +10,10 @@ the rules, and knows nothing of torch models or of the engine:
   decided (a span being completed or inserted), or finish;
 - what a sampled token means (`on_sampled`): a stop (EOS or the prompt format's stop string) ends the
   reply unless a requested span is still missing, which is then inserted instead; a token of a
-  requested modality's span starts that whole span (never left partial);
+  requested modality's span starts that whole span (never left partial); a span token of another
+  modality may only be sampled where a span can go on (its first token, or the next one of the span in
+  progress): out of place it would leave a partial span, raw tokens in the reply text, so it is masked
+  (`stray`);
 - where complete spans are (`feed` returns a span as soon as its last token is fed, so an engine can
   send it to its decoder before the reply ends).
 
@@ -97,6 +100,8 @@ class Sample:
     """Requested modalities whose span tokens may not be sampled now (their span would not fit)."""
     max_tokens: int
     """How many tokens may be sampled in a row before the budget has to be looked at again."""
+    stray: tuple[int, ...] = ()
+    """Span tokens of modalities not requested that cannot come next (`DecodePolicy.stray`)."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,8 @@ class Sampled:
     kind: Literal["text", "span", "stop", "rejected"]
     """text: queued as is; span: it started a requested modality's span, the whole span is queued;
     stop: EOS or a stop sequence (the reply ends, or missing spans are queued); rejected: it would start
-    a span that no longer fits, sample again without it (only an engine that cannot mask logits sees
-    this)."""
+    a span that no longer fits, or it is a stray span token, sample again without it (only an engine
+    that cannot mask logits sees this)."""
     drop: int = 0
     """Tokens already fed that belonged to the stop sequence: the engine takes back their states (and,
     when decoding goes on, their cache entries)."""
@@ -200,6 +205,29 @@ class DecodePolicy:
         room = limit - len(self.ids)
         return tuple(m for m in self.force if m in self._done and self.rules.span_length(m) > room)
 
+    def _continuation(self) -> int | None:
+        """The next token of the span the reply is in the middle of, if it is."""
+        pos = self.rules.ids.position(self.ids[-1]) if self.ids else None
+        if pos is None:
+            return None
+        span = self.rules.ids.spans[pos[0]]
+        return span[pos[1] + 1] if pos[1] + 1 < len(span) else None
+
+    def stray(self) -> tuple[int, ...]:
+        """Span tokens of modalities not requested that cannot come next: all but a span's first, except
+        the continuation of a span in progress. A model may emit them out of place (the `shapes` LLM put
+        `[IMG1][IMG2][IMG3]` after "A blue circle moving" for 9 of 96 clips); they would leave a partial
+        span and raw tokens in the reply. A requested modality's stray token starts its whole span
+        instead (`on_sampled`)."""
+        after = self._continuation()
+        return tuple(
+            t
+            for m, span in self.rules.ids.spans.items()
+            if m not in self.force
+            for t in span[1:]
+            if t != after
+        )
+
     def _insert_missing(self) -> None:
         for m in self.missing():
             self._queue.extend(self.rules.ids.spans[m])
@@ -219,7 +247,7 @@ class DecodePolicy:
                 return Feed(self._queue[0])
             self.finished, self.finish_reason = True, "length"
             return Finish()
-        return Sample(self._unfit(limit), limit - len(self.ids))
+        return Sample(self._unfit(limit), limit - len(self.ids), self.stray())
 
     def on_sampled(self, token: int) -> Sampled:
         """Apply a token sampled after a `Sample` action; the tokens it decides are fed next."""
@@ -237,6 +265,8 @@ class DecodePolicy:
                 self.finished, self.finish_reason = True, "stop"
             return Sampled("stop", drop)
         pos = rules.ids.position(token)
+        if pos is not None and pos[0] not in self.force and pos[1] > 0 and token != self._continuation():
+            return Sampled("rejected")  # a stray span token
         if pos is not None and pos[0] in self.force:
             if pos[0] in self._unfit(self._limit()):
                 return Sampled("rejected")
@@ -291,14 +321,18 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return gen
 
 
-def mask_banned(logits: torch.Tensor, banned: Sequence[Modality], ids: SignalTokenIds) -> torch.Tensor:
-    """`logits` (V,) with the span tokens of `banned` modalities at -inf (a copy when any)."""
+def banned_tokens(action: Sample, ids: SignalTokenIds) -> list[int]:
+    """The tokens `action` may not sample: the span tokens of its banned modalities and the stray ones."""
+    return [t for m in action.banned for t in ids.spans[m]] + list(action.stray)
+
+
+def mask_banned(logits: torch.Tensor, action: Sample, ids: SignalTokenIds) -> torch.Tensor:
+    """`logits` (V,) with the tokens `action` may not sample at -inf (a copy when any)."""
+    banned = banned_tokens(action, ids)
     if not banned:
         return logits
     logits = logits.clone()
-    for m in banned:
-        span = ids.spans[m]
-        logits[span[0] : span[-1] + 1] = float("-inf")
+    logits[banned] = float("-inf")
     return logits
 
 

@@ -46,7 +46,7 @@ from torch import nn
 from nextgpt.config import ProfileConfig
 from nextgpt.errors import ConfigError
 from nextgpt.events import TextDelta
-from nextgpt.llm.decoding import CompletedSpan, Feed, Finish
+from nextgpt.llm.decoding import CompletedSpan, Feed, Finish, banned_tokens
 from nextgpt.llm.model import NextGPTLanguageModel
 from nextgpt.llm.signal_tokens import get_layout
 from nextgpt.types import LLMOutput, SignalSpan
@@ -306,9 +306,7 @@ class VLLMEngine:
                     for event in ready():
                         yield event
                     continue
-                banned = {
-                    t for m in action.banned for t in range(lm.ids.spans[m][0], lm.ids.spans[m][-1] + 1)
-                }
+                banned = set(banned_tokens(action, lm.ids))
                 params = SamplingParams(
                     temperature=options.temperature,
                     top_p=options.top_p if options.temperature > 0 else 1.0,

@@ -5,8 +5,10 @@ case hashes what is discrete (token ids, both texts, the streamed deltas, where 
 keeps three numbers per span tensor (sum, norm, product with a fixed random probe), compared to 1e-4:
 the raw bytes of the hidden states, hashed at first, differ on a CPU of another kind (its kernels round
 differently), where the loop itself is unchanged. The first file was written from the loop as it stood
-before `nextgpt/llm/decoding.py` existed; the current one (2026-12-01) by the loop that still gave those
-byte hashes on the machine they came from."""
+before `nextgpt/llm/decoding.py` existed; the one of 2026-12-01 by the loop that still gave those
+byte hashes on the machine they came from; the current one (2026-12-02) since stray span tokens are
+masked (`DecodePolicy.stray`): the random tiny LLM samples them, so four of the six cases changed, and
+the two that did not (`greedy_force_all`, `tight_budget_force_image`) are still those of before."""
 
 from __future__ import annotations
 

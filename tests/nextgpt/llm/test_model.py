@@ -226,6 +226,26 @@ def test_biased_head_starts_a_span(fresh_lm: NextGPTLanguageModel) -> None:
     assert out.spans[0].start == 0 and not [w for w in out.warnings if "partial image" in w]
 
 
+def test_a_stray_span_token_is_never_sampled(fresh_lm: NextGPTLanguageModel) -> None:
+    """A span token out of place (here [IMG1], the model's clear favourite after the prompt) of a modality
+    not requested would leave a partial span and raw tokens in the text: it is masked, so the model says
+    what it would say next instead; a span it starts at [IMG0] may go on."""
+    lm = fresh_lm
+    prompt = _prompt(lm)
+    img = list(lm.ids.spans["image"])
+    options = GenerationOptions(max_new_tokens=12, temperature=0)
+    with torch.inference_mode():
+        last = lm.model(inputs_embeds=prompt[None], output_hidden_states=True).hidden_states[-1][0, -1]
+        head = lm.model.get_output_embeddings().weight
+        head[img[1]] = 100 * last / last.norm() ** 2
+    out = lm.generate(prompt, options)
+    assert out.token_ids[0] != img[1] and img[1] not in out.token_ids
+    assert not [w for w in out.warnings if "partial" in w] and "[IMG" not in out.raw_text
+    with torch.inference_mode():
+        head[img[0]] = 50 * last / last.norm() ** 2  # the favourite once [IMG1] is masked; then [IMG1]
+    assert lm.generate(prompt, options).token_ids[:2] == img[:2]
+
+
 def test_eos_with_missing_span_inserts_it(monkeypatch: pytest.MonkeyPatch, lm: NextGPTLanguageModel) -> None:
     eos = lm.tokenizer.eos_token_id
     aud = list(lm.ids.spans["audio"])
