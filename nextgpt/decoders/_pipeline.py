@@ -9,7 +9,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import numpy as np
 import torch
@@ -113,7 +113,7 @@ def load_pipeline(
 def pipeline_components(path: Path) -> list[str]:
     """The component names of the diffusers directory `path` (its model_index.json's `[library, class]`
     entries, also those saved as `[null, null]`)."""
-    index = DiffusionPipeline.load_config(str(path))
+    index = cast(dict[str, Any], DiffusionPipeline.load_config(str(path)))  # a dict without return_ flags
     return [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
 
 
