@@ -264,9 +264,9 @@ class DecodePolicy:
             else:
                 self.finished, self.finish_reason = True, "stop"
             return Sampled("stop", drop)
+        if token in self.stray():  # what `Sample.stray` masks, sampled by an engine that cannot mask
+            return Sampled("rejected")
         pos = rules.ids.position(token)
-        if pos is not None and pos[0] not in self.force and pos[1] > 0 and token != self._continuation():
-            return Sampled("rejected")  # a stray span token
         if pos is not None and pos[0] in self.force:
             if pos[0] in self._unfit(self._limit()):
                 return Sampled("rejected")
