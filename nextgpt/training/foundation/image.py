@@ -131,7 +131,8 @@ class ImageTrainConfig:
     VAE's reconstruction loss, as the video VAE's. Measured at seed 1 (2026-12-02; every combination
     rendered 8 times): unweighted, stars and triangles on gray came back as blobs (98.1% read right:
     green star, purple star and purple triangle on gray), and the UNet drew every purple star on gray as
-    a circle; at 4, 100%."""
+    a circle; at 4, 100%, and the UNet trained on it drew all 72 combinations right at 4 seeds each
+    (97.6% on the unweighted VAE; DPM-Solver++ at guidance 5)."""
     cond_dim: int = dims.IMAGE_COND_DIM
     """Width of the CLIP text states the UNet cross-attends to (the output projector's target width)."""
     text_steps: int = 200
