@@ -99,13 +99,29 @@ def kl_vae(
     )
 
 
-def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float) -> torch.Tensor:
+def vae_loss(
+    vae: AutoencoderKL,
+    x: torch.Tensor,
+    kl_weight: float,
+    foreground: torch.Tensor | None = None,
+    foreground_weight: float = 0.0,
+) -> torch.Tensor:
     """Reconstruction (MSE + L1) of `x` from the posterior's mean, plus `kl_weight` x the KL. The mean, not
     a sample: at init the posterior's std is ~1, and a decoder that must see through that noise stays
-    blurred for the few hundred steps we can afford. The UNet trains on means too."""
-    posterior = vae.encode(x).latent_dist
+    blurred for the few hundred steps we can afford. The UNet trains on means too.
+
+    With a `foreground` mask (B, 1, H, W) its pixels weigh 1 + `foreground_weight` in the reconstruction
+    (normalised by the mean weight): a shape that covers a small share of the picture is otherwise
+    reconstructed in the background's colours or as a blob (the image and video VAEs)."""
+    posterior = vae.encode(x).latent_dist  # (B, C, h, w)
     recon = vae.decode(posterior.mean).sample
-    return F.mse_loss(recon, x) + F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+    if foreground is None:
+        reconstruction = F.mse_loss(recon, x) + F.l1_loss(recon, x)
+    else:
+        weight = 1 + foreground_weight * foreground.float()
+        error = (recon - x).pow(2) + (recon - x).abs()  # MSE + L1, per pixel
+        reconstruction = (weight * error).mean() / weight.mean()
+    return reconstruction + kl_weight * posterior.kl().mean()
 
 
 @torch.no_grad()

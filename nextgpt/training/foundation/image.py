@@ -73,6 +73,7 @@ from nextgpt.training.foundation.diffusion import (
     latent_bank,
     save_pipeline,
     train_unet,
+    vae_loss,
 )
 from nextgpt.training.world_eval import evaluate_world_media
 
@@ -311,12 +312,8 @@ def train_vae(
 
     def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         x, _ = render_batch(combos, cfg.vae_batch, cfg, gen)  # (B, 3, H, W)
-        posterior = vae.encode(x).latent_dist  # (B, C, h, w)
-        recon = vae.decode(posterior.mean).sample  # the mean, as `vae_loss`: the UNet trains on means
         shape = (x != x[:, :, :1, :1]).any(dim=1, keepdim=True)  # (B, 1, H, W): unlike the corner
-        weight = 1 + cfg.foreground_weight * shape.float()
-        error = (recon - x).pow(2) + (recon - x).abs()  # MSE + L1, per pixel
-        return (weight * error).mean() / weight.mean() + cfg.kl_weight * posterior.kl().mean()
+        return vae_loss(vae, x, cfg.kl_weight, shape, cfg.foreground_weight)
 
     return vae, fit_part(
         vae, loss_fn, cfg, steps=cfg.vae_steps, lr=cfg.vae_lr, name="image-vae", state_dir=state / "vae"

@@ -86,6 +86,7 @@ from nextgpt.training.foundation.diffusion import (
     run_times,
     save_pipeline,
     train_unet,
+    vae_loss,
 )
 from nextgpt.training.world_eval import evaluate_world_media
 
@@ -382,13 +383,8 @@ def train_vae(
         frame = torch.randint(cfg.num_frames, (cfg.vae_batch,), generator=gen).tolist()
         rng = random.Random(int(torch.randint(2**31, (1,), generator=gen)))
         x = to_tensor([render_clip(combos[i], cfg, rng)[f] for i, f in zip(which, frame, strict=True)])
-        posterior = vae.encode(x).latent_dist  # (B, 3, H, W) -> (B, C, h, w)
-        # The mean, not a sample, as `vae_loss`: the UNet trains on means too.
-        recon = vae.decode(posterior.mean).sample
         shape = (x < 1).any(dim=1, keepdim=True)  # (B, 1, H, W): not white
-        weight = 1 + cfg.foreground_weight * shape.float()
-        error = (recon - x).pow(2) + (recon - x).abs()  # MSE + L1, per pixel
-        return (weight * error).mean() / weight.mean() + cfg.kl_weight * posterior.kl().mean()
+        return vae_loss(vae, x, cfg.kl_weight, shape, cfg.foreground_weight)
 
     return vae, fit_part(
         vae, loss_fn, cfg, steps=cfg.vae_steps, lr=cfg.vae_lr, name="video-vae", state_dir=state / "vae"
