@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--n-instructions", type=int, default=6656)
     parser.add_argument("--instruct-epochs", type=int, default=None, help="default: the build's plan")
     parser.add_argument("--decoder-epochs", type=int, default=None, help="default: the build's plan")
+    parser.add_argument("--instruct-lr", type=float, default=None, help="default: the build's plan")
+    parser.add_argument("--filler-rate", type=float, default=0.0, help="WorldConfig.filler_rate")
+    parser.add_argument("--zero-unseen", action="store_true", help="stage 0 zeroes never-seen token rows")
     parser.add_argument("--describe-only", action="store_true", help="score the medium->text tasks only")
     args = parser.parse_args()
 
@@ -74,6 +77,7 @@ def main() -> None:
         n_videos=args.n_videos,
         n_audios=args.n_audios,
         n_instructions=args.n_instructions,
+        filler_rate=args.filler_rate,
     )
     make_world(args.out / "world", world)
     llm_seed = args.seed if args.llm_seed is None else args.llm_seed
@@ -84,6 +88,8 @@ def main() -> None:
         plan,
         instruct_epochs=args.instruct_epochs or plan.instruct_epochs,
         decoder_epochs=args.decoder_epochs or plan.decoder_epochs,
+        instruct_lr=args.instruct_lr or plan.instruct_lr,
+        zero_unseen_embeddings=args.zero_unseen,
     )
     base = build_world_llm_base(args.out / "llm" / "random-base", llm_seed)
     start = {"profile": "shapes", "llm": {"base_dir": str(base.resolve())}}

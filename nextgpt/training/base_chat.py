@@ -41,6 +41,9 @@ class BaseChatConfig:
     """AdamW peak learning rate (linear decay to 0 after a 5% warmup)."""
     seed: int = 0
     """Seeds the model's dropout-free training order and torch's generator."""
+    zero_unseen_embeddings: bool = False
+    """Zero the input embeddings of tokens that no dialogue holds (`zero_unseen_embeddings`; measured
+    with `WorldConfig.filler_rate`, not the default yet: docs/training.md)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -97,11 +100,30 @@ def lm_loss(
     return total / max(1, count)
 
 
+def zero_unseen_embeddings(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, texts: list[str]
+) -> int:
+    """Zero the input-embedding rows of the tokens that none of `texts` holds; returns how many.
+
+    Stage 0 never updates those rows, so they keep their random initialisation, and the first RMSNorm
+    scales each to full size: a word the world never uses ("create", "animate"'s "im ate") then pushes
+    a random direction into every later position, a different one for each base seed, which moved the
+    shapes LLM's answers to held-out phrasings by up to 25 points between seeds (docs/training.md). A
+    zero row stays zero through the norm and the attention projections (no biases), so an unknown word
+    is close to absent, as a trained model's rare word is close to neutral. The LM head is untouched."""
+    seen = {token for text in texts for token in tokenizer(text, add_special_tokens=True)["input_ids"]}
+    embeddings = torch.as_tensor(model.get_input_embeddings().weight)
+    unseen = torch.tensor([i for i in range(len(embeddings)) if i not in seen], dtype=torch.long)
+    with torch.no_grad():
+        embeddings[unseen] = 0.0
+    return len(unseen)
+
+
 def chat_tune_base(base_dir: Path, texts: list[str], out_dir: Path, cfg: BaseChatConfig) -> dict[str, float]:
     """Fine-tune every weight of the HF Llama at `base_dir` on `texts`; save it to `out_dir`.
 
     Returns {"loss_before", "loss_after"} (mean CE over all `texts`), "first" / "last" (train loss of
-    the first / last step) and "steps".
+    the first / last step), "steps" and "unseen_tokens_zeroed" (`zero_unseen_embeddings`).
     """
     if not texts:
         raise ValueError("stage 0 needs at least one dialogue")
@@ -137,6 +159,7 @@ def chat_tune_base(base_dir: Path, texts: list[str], out_dir: Path, cfg: BaseCha
             first = last if step == 0 else first
             bar.set_postfix(loss=f"{last:.3f}")
         after = lm_loss(model, tokenizer, texts)
+        zeroed = zero_unseen_embeddings(model, tokenizer, texts) if cfg.zero_unseen_embeddings else 0
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     for name in TOKENIZER_FILES:
@@ -145,4 +168,11 @@ def chat_tune_base(base_dir: Path, texts: list[str], out_dir: Path, cfg: BaseCha
     logger.info(
         "stage 0: LM loss %.3f -> %.3f over %d dialogues; saved %s", before, after, len(texts), out_dir
     )
-    return {"steps": cfg.steps, "first": first, "last": last, "loss_before": before, "loss_after": after}
+    return {
+        "steps": cfg.steps,
+        "first": first,
+        "last": last,
+        "loss_before": before,
+        "loss_after": after,
+        "unseen_tokens_zeroed": zeroed,
+    }

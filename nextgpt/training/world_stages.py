@@ -47,6 +47,8 @@ class StagePlan:
     instruct_epochs: int = 31
     instruct_lr: float = 5e-3
     batch_size: int = 8
+    zero_unseen_embeddings: bool = False
+    """Stage 0's `BaseChatConfig.zero_unseen_embeddings`."""
     lora: dict[str, Any] = field(default_factory=lambda: dict(WORLD_LORA))
 
 
@@ -128,7 +130,8 @@ def train_llm_stages(
     profile = load_profile(config_file=start_yaml, models_dir=models_dir, env={})
     t0 = time.perf_counter()
     texts = dialogue_texts(world / "instructions.json")
-    stage0 = chat_tune_base(profile.llm.base_dir, texts, base_dir, BaseChatConfig(steps=plan.base_steps))
+    stage0_cfg = BaseChatConfig(steps=plan.base_steps, zero_unseen_embeddings=plan.zero_unseen_embeddings)
+    stage0 = chat_tune_base(profile.llm.base_dir, texts, base_dir, stage0_cfg)
     summary["stages"]["base_chat"] = {**stage0, "seconds": round(time.perf_counter() - t0, 1)}
     base_yaml = out / "base-profile.yaml"
     with_base = {**profile_overrides, "llm": {**profile_overrides.get("llm", {}), "base_dir": str(base_dir)}}

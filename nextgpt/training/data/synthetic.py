@@ -196,6 +196,34 @@ def in_frame(prompt: str, frame: str) -> str:
     return sentence_case(frame.format(prompt))
 
 
+FILLER_WORDS = ("an", "a", "the", "on", "in", "of", "with", "and", "it", "so", "just", "now")
+"""Half of the stray words of `WorldConfig.filler_rate`; the other half are made up (`filler_word`)."""
+
+
+def filler_word(rng: random.Random) -> str:
+    """A `FILLER_WORDS` word or, as often, a made-up lower-case word of 3 to 8 letters."""
+    if rng.random() < 0.5:
+        return rng.choice(FILLER_WORDS)
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8)))
+
+
+def with_filler(text: str, keep: str, rng: random.Random, rate: float) -> str:
+    """`text` with, at `rate` (`WorldConfig.filler_rate`), one `filler_word` put between two of its words
+    (or first or last), never inside `keep` (the caption, "" for none)."""
+    if rate <= 0 or rng.random() >= rate:
+        return text
+    start = text.find(keep) if keep else -1
+    inside = range(start + 1, start + len(keep)) if start >= 0 else range(0)
+    cuts = [
+        i for i in [0, *(i + 1 for i, c in enumerate(text) if c == " "), len(text) + 1] if i not in inside
+    ]
+    cut = rng.choice(cuts)
+    word = filler_word(rng)
+    if cut > len(text):
+        return f"{text} {word}"
+    return f"{text[:cut]}{word} {text[cut:]}"
+
+
 def ask(prompt: str, rng: random.Random) -> str:
     """The prompt as a user would type it: an imperative in a random `REQUEST_FRAMES` wrapper."""
     return in_frame(prompt, rng.choice(REQUEST_FRAMES)) if is_imperative(prompt) else prompt
@@ -290,12 +318,20 @@ def _turn(who: str, value: str, **extra: Any) -> dict[str, Any]:
     return {"from": who, "value": value, **extra}
 
 
-def _show(modality: str, caption: str, rng: random.Random, *, world: bool = True) -> list[dict[str, Any]]:
+def _show(
+    modality: str,
+    caption: str,
+    rng: random.Random,
+    fillers: random.Random,
+    filler_rate: float,
+    *,
+    world: bool = True,
+) -> list[dict[str, Any]]:
     """Human asks for a medium; gpt answers with its placeholder, the caption as the alignment target.
     Half of the requests for a `world` caption (one only a medium of `modality` has) use a verb that
-    names no medium (`NEUTRAL_SHOW_PROMPTS`)."""
+    names no medium (`NEUTRAL_SHOW_PROMPTS`); `fillers` draws the stray words (`with_filler`)."""
     prompts = NEUTRAL_SHOW_PROMPTS if world and rng.random() < 1 / 2 else SHOW_PROMPTS[modality]
-    prompt = ask(rng.choice(prompts), rng).format(caption)
+    prompt = with_filler(ask(rng.choice(prompts), rng).format(caption), caption, fillers, filler_rate)
     reply = rng.choice(SHOW_REPLIES).format(MARKER[modality])
     return [
         _turn("human", prompt),
@@ -317,8 +353,10 @@ def make_instructions(
     unfamiliar requests were often answered with a picture). Since version 5 each medium has its own
     request in every 9 dialogues (a picture also in the chat's second round): version 4 asked for a
     picture in 3 of 9 and for a clip or a sound in 1 of 18 each, and the tiny LLM answered most unseen
-    requests for a sound with a picture or text (docs/training.md has both builds)."""
+    requests for a sound with a picture or text (docs/training.md has both builds). A request or question
+    for a medium may hold a stray word (`WorldConfig.filler_rate`)."""
     rng = world_rng(cfg.seed, "instructions")
+    fillers = world_rng(cfg.seed, "fillers")
     pairs = {"image": images, "video": videos, "audio": audios}
     kinds = ["describe", "show_image", "show_video", "show_audio", "text", "describe", "text", "text", "chat"]
     records: list[dict[str, Any]] = []
@@ -331,7 +369,9 @@ def make_instructions(
             else:
                 modality = rng.choice(available)
                 item = rng.choice(pairs[modality])
-                prompt = ask(rng.choice(DESCRIBE_PROMPTS[modality]), rng)
+                prompt = with_filler(
+                    ask(rng.choice(DESCRIBE_PROMPTS[modality]), rng), "", fillers, cfg.filler_rate
+                )
                 answer = sentence_case(item["caption"]) + "."
                 records.append(
                     {
@@ -350,7 +390,10 @@ def make_instructions(
             else:
                 caption, world = image_caption(*rng.choice(train_combos)), True
             records.append(
-                {"image_captions": [caption], "conversations": _show("image", caption, rng, world=world)}
+                {
+                    "image_captions": [caption],
+                    "conversations": _show("image", caption, rng, fillers, cfg.filler_rate, world=world),
+                }
             )
         elif kind in ("show_video", "show_audio"):
             modality = kind.removeprefix("show_")
@@ -359,7 +402,10 @@ def make_instructions(
             else:
                 caption = rng.choice(SOUNDS)
             records.append(
-                {f"{modality}_captions": [caption], "conversations": _show(modality, caption, rng)}
+                {
+                    f"{modality}_captions": [caption],
+                    "conversations": _show(modality, caption, rng, fillers, cfg.filler_rate),
+                }
             )
         elif kind == "text":
             question, answer = text_task(rng)

@@ -61,6 +61,15 @@ class WorldConfig:
     """Audio-caption pairs (audiocaps.json)."""
     n_instructions: int = 320
     """Dialogues in instructions.json."""
+    filler_rate: float = 0.0
+    """Share of the requests for and questions about a medium that get one stray word outside the caption
+    (`synthetic.with_filler`): an "an", "on", "the", ... or a made-up word of 3-8 letters, drawn from
+    their own stream, so the dialogues are otherwise the same. Meant against single tokens of the few
+    phrasings taken for content: "an" comes only before "orange" in a caption, and seed 2's LLM drew
+    "Please animate ..." ("an im ate") orange; another answered "What is going on in this clip?" with "A
+    gray background." (the world's "on" is nearly always "on a ... background"). Measured at 0.3 (the LLM
+    stages alone, 2026-12-03): seed 2's text->video 100% instead of 42%, but seed 0's 71% (its video
+    alignment turned late, docs/training.md), so not the default yet."""
     n_heldout_images: int = 6
     """Image captions (colour, shape, background) kept out of all training data, asked for in heldout.json."""
     image_size: int = 64
@@ -79,6 +88,8 @@ class WorldConfig:
     sample_rate: int = 16000
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.filler_rate <= 1.0:
+            raise ValueError(f"filler_rate must be in [0, 1], got {self.filler_rate}")
         for name in ("n_images", "n_videos", "n_audios", "n_instructions", "n_heldout_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,17 @@ from typer.testing import CliRunner
 
 from nextgpt.media.decode import read_audio, read_image, read_video
 from nextgpt.training.data.synthetic import (
+    DESCRIBE_PROMPTS,
+    MARKER,
+    NEUTRAL_SHOW_PROMPTS,
     REQUEST_FRAMES,
+    SHOW_PROMPTS,
     SHOW_REPLIES,
     WORLD_VERSION,
     make_instructions,
     make_world,
+    prompt_sentences,
+    with_filler,
 )
 from nextgpt.training.data.world_media import BACKGROUNDS, COLOURS, WorldConfig
 from nextgpt_serve.cli import app
@@ -152,6 +159,47 @@ def test_every_request_frame_asks_for_text_media_and_descriptions():
     assert all(found == {"describe", "show", "text"} for found in kinds.values()), kinds
 
 
+def test_stray_words_come_outside_the_caption_and_only_in_requests_about_media():
+    """At `WorldConfig.filler_rate` 0.3, about as many requests for and questions about a medium hold one
+    stray word (an "an" among them, for every medium), never inside the caption; plain text requests
+    hold none."""
+    cfg = WorldConfig(seed=WORLD_VERSION, n_instructions=1800, filler_rate=0.3)
+    images = [{"caption": "a red circle on a white background", "image_name": "img.png"}]
+    videos = [{"caption": "a red circle moving up", "video_name": "vid.mp4"}]
+    audios = [{"caption": "a high tone", "audio_name": "aud.wav"}]
+    records = make_instructions(cfg, images, videos, audios, [("blue", "circle", "white")])
+    frames = {
+        m: set(prompt_sentences(DESCRIBE_PROMPTS[m] + SHOW_PROMPTS[m] + NEUTRAL_SHOW_PROMPTS)) for m in MARKER
+    }
+    stray: dict[str, int] = {m: 0 for m in MARKER}
+    with_an: set[str] = set()
+    for record in (r for r in records if len(r["conversations"]) == 2):
+        human, gpt = record["conversations"]
+        text = human["value"].split("\n")[-1]
+        modality = gpt.get("output_modality") or next(
+            (m for m, k in MARKER.items() if k in human["value"]), None
+        )
+        if modality is None:
+            continue
+        caption = gpt.get("caption", "")
+        assert caption in text
+        if (text.replace(caption, "{}") if caption else text) not in frames[modality]:
+            stray[modality] += 1
+            words = text.replace(caption, "").rstrip(".?").split()
+            with_an |= {modality} if "an" in words else set()
+    media = sum(1 for r in records if len(r["conversations"]) == 2 and "<" in json.dumps(r["conversations"]))
+    assert 0.2 < sum(stray.values()) / media < 0.4, (stray, media)
+    assert with_an == set(MARKER)
+
+
+def test_a_filler_never_lands_inside_what_it_must_keep():
+    rng = random.Random(0)
+    text, caption = "Can you draw a red circle on a white background?", "a red circle on a white background"
+    filled = {with_filler(text, caption, rng, 0.3) for _ in range(400)}
+    assert text in filled and len(filled) > 20
+    assert all(caption in f and len(f.split()) == len(text.split()) + 1 for f in filled - {text})
+
+
 def test_cli_make_synthetic(tmp_path):
     args = ["make-synthetic", str(tmp_path), "--seed", "1", "--n-images", "3", "--n-videos", "1"]
     result = CliRunner().invoke(app, args + ["--n-audios", "2", "--n-instructions", "5"])
@@ -159,3 +207,21 @@ def test_cli_make_synthetic(tmp_path):
     assert json.loads((tmp_path / "world.json").read_text())["counts"]["cc3m.json"] == 3
     bad = CliRunner().invoke(app, ["make-synthetic", str(tmp_path), "--n-images", "-1"])
     assert bad.exit_code == 2 and "n_images=-1" in bad.output
+
+
+def test_without_stray_words_the_dialogues_are_version_10s():
+    """`filler_rate` draws from its own stream: at 0 (the default) not one dialogue changes, and at 0.3
+    only the human turns that got a stray word do."""
+    args = (
+        [{"caption": "a red circle on a white background", "image_name": "img.png"}],
+        [{"caption": "a red circle moving up", "video_name": "vid.mp4"}],
+        [{"caption": "a high tone", "audio_name": "aud.wav"}],
+        [("blue", "circle", "white")],
+    )
+    plain = make_instructions(WorldConfig(seed=1, n_instructions=300), *args)
+    stray = make_instructions(WorldConfig(seed=1, n_instructions=300, filler_rate=0.3), *args)
+    changed = [(a, b) for a, b in zip(plain, stray, strict=True) if a != b]
+    assert 0 < len(changed) < len(plain) // 2
+    for a, b in changed:
+        assert a["conversations"][1:] == b["conversations"][1:]
+        assert len(b["conversations"][0]["value"].split()) == len(a["conversations"][0]["value"].split()) + 1
