@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--instruct-epochs", type=int, default=None, help="default: the build's plan")
     parser.add_argument("--decoder-epochs", type=int, default=None, help="default: the build's plan")
     parser.add_argument("--instruct-lr", type=float, default=None, help="default: the build's plan")
+    parser.add_argument("--projector-lr", type=float, default=None, help="stage 3's output projectors' peak")
+    parser.add_argument("--align-weight", type=float, default=1.0, help="stage 3's alignment loss weight")
     parser.add_argument("--filler-rate", type=float, default=0.0, help="WorldConfig.filler_rate")
     parser.add_argument("--zero-unseen", action="store_true", help="stage 0 zeroes never-seen token rows")
     parser.add_argument("--describe-only", action="store_true", help="score the medium->text tasks only")
@@ -90,6 +92,8 @@ def main() -> None:
         decoder_epochs=args.decoder_epochs or plan.decoder_epochs,
         instruct_lr=args.instruct_lr or plan.instruct_lr,
         zero_unseen_embeddings=args.zero_unseen,
+        instruct_projector_lr=args.projector_lr,
+        instruct_align_weight=args.align_weight,
     )
     base = build_world_llm_base(args.out / "llm" / "random-base", llm_seed)
     start = {"profile": "shapes", "llm": {"base_dir": str(base.resolve())}}

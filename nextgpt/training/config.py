@@ -81,6 +81,9 @@ class TrainConfig:
 
     lr: float = 5e-4
     """Peak learning rate (Adam)."""
+    projector_lr: float | None = None
+    """Peak rate of the output projectors (stages 2 and 3), on the same schedule; None = `lr`. Stage 3's
+    LoRA and projectors pull on each other's targets: this sets their pace apart."""
     epochs: int = 1
     max_steps: int | None = None
     """Optimizer steps in all; None = epochs over the data."""
@@ -127,6 +130,10 @@ class TrainConfig:
             self.lora = LoRAConfig(**self.lora)
         _check(self.stage in STAGES, f"stage={self.stage!r}: use one of {list(STAGES)}")
         _check(self.lr > 0, f"lr={self.lr} must be positive")
+        _check(
+            self.projector_lr is None or self.projector_lr > 0,
+            f"projector_lr={self.projector_lr} must be positive (or unset: lr)",
+        )
         _check(self.epochs >= 1, f"epochs={self.epochs} must be >= 1")
         _check(self.max_steps is None or self.max_steps >= 1, f"max_steps={self.max_steps} must be >= 1")
         _check(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")

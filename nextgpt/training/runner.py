@@ -106,6 +106,18 @@ def warmup_linear(total: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
+def param_groups(
+    params: dict[str, torch.nn.Parameter], lr: float, projector_lr: float | None
+) -> list[dict[str, Any]]:
+    """Adam's parameter groups: one at `lr`, or the output projectors apart at `projector_lr`."""
+    if projector_lr is None:
+        return [{"params": list(params.values())}]
+    projectors = [p for name, p in params.items() if name.startswith("output_projectors.")]
+    rest = [p for name, p in params.items() if not name.startswith("output_projectors.")]
+    groups = [{"params": rest, "lr": lr}, {"params": projectors, "lr": projector_lr}]
+    return [g for g in groups if g["params"]]
+
+
 class Runner:
     """One stage's run. `run()` trains and returns the summary (also written as `summary.json`)."""
 
@@ -140,7 +152,9 @@ class Runner:
         self.batches_per_epoch = math.ceil(len(self.data.examples) / (cfg.batch_size * self.dist.world))
         self.total_steps = cfg.max_steps or math.ceil(self.batches_per_epoch * cfg.epochs / cfg.grad_accum)
         self.optimizer = torch.optim.Adam(
-            list(self.trainables.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay
+            param_groups(self.trainables.params, cfg.lr, cfg.projector_lr),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
         )
         warmup = int(cfg.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

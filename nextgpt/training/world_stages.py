@@ -46,6 +46,10 @@ class StagePlan:
     decoder_lr: float = 1e-2
     instruct_epochs: int = 31
     instruct_lr: float = 5e-3
+    instruct_projector_lr: float | None = None
+    """Stage 3's `TrainConfig.projector_lr` (None: `instruct_lr`)."""
+    instruct_align_weight: float = 1.0
+    """Stage 3's `TrainConfig.align_weight` against its text loss."""
     batch_size: int = 8
     zero_unseen_embeddings: bool = False
     """Stage 0's `BaseChatConfig.zero_unseen_embeddings`."""
@@ -74,6 +78,8 @@ def stage_settings(world: Path, out: Path, plan: StagePlan) -> dict[str, dict[st
             "epochs": plan.instruct_epochs,
             "init": str(out / "decoder"),
             "lora": plan.lora,
+            "projector_lr": plan.instruct_projector_lr,
+            "align_weight": plan.instruct_align_weight,
         },
     }
 

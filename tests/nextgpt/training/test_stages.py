@@ -59,3 +59,25 @@ def test_stage3_lowers_total_loss(world: Path, tmp_path: Path, tiny_models_dir: 
     assert any("align" in r for r in records) and any(r.get("lr", 0) > 0 for r in records)
     summary = json.loads((cfg.output_dir / "summary.json").read_text())
     assert summary["stage"] == "instruct" and summary["steps"] == 60
+
+
+def test_stage3_projectors_at_their_own_rate(
+    world: Path, tmp_path: Path, tiny_models_dir: Path, tiny_profile
+) -> None:
+    cfg = stage_config("instruct", world, tmp_path, tiny_models_dir, max_steps=2, lr=5e-3, projector_lr=1e-3)
+    runner = Runner(cfg, profile=tiny_profile, progress=False)
+    projectors = {id(p) for n, p in runner.trainables.params.items() if n.startswith("output_projectors.")}
+    rates = {
+        group["initial_lr"]: {id(p) in projectors for p in group["params"]}
+        for group in runner.optimizer.param_groups
+    }
+    assert projectors and rates == {5e-3: {False}, 1e-3: {True}}
+    runner.run()
+    assert [g["lr"] for g in runner.optimizer.param_groups] == [0.0, 0.0]  # one schedule, to zero
+
+
+def test_projector_rate_must_be_positive(world: Path, tmp_path: Path, tiny_models_dir: Path) -> None:
+    from nextgpt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="projector_lr"):
+        stage_config("instruct", world, tmp_path, tiny_models_dir, projector_lr=0.0)
