@@ -52,10 +52,22 @@ def main() -> None:
     parser.add_argument("--instruct-epochs", type=int, default=None, help="default: the build's plan")
     parser.add_argument("--decoder-epochs", type=int, default=None, help="default: the build's plan")
     parser.add_argument("--instruct-lr", type=float, default=None, help="default: the build's plan")
-    parser.add_argument("--projector-lr", type=float, default=None, help="stage 3's output projectors' peak")
-    parser.add_argument("--align-weight", type=float, default=1.0, help="stage 3's alignment loss weight")
-    parser.add_argument("--filler-rate", type=float, default=0.0, help="WorldConfig.filler_rate")
-    parser.add_argument("--zero-unseen", action="store_true", help="stage 0 zeroes never-seen token rows")
+    parser.add_argument(
+        "--projector-lr",
+        type=float,
+        default=None,
+        help="stage 3's output projectors' peak (default: the build)",
+    )
+    parser.add_argument("--align-weight", type=float, default=None, help="stage 3's alignment loss weight")
+    parser.add_argument(
+        "--filler-rate", type=float, default=None, help="WorldConfig.filler_rate (default: the build)"
+    )
+    parser.add_argument(
+        "--zero-unseen",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stage 0 zeroes never-seen token rows (default: the build's)",
+    )
     parser.add_argument("--describe-only", action="store_true", help="score the medium->text tasks only")
     args = parser.parse_args()
 
@@ -67,7 +79,13 @@ def main() -> None:
     from nextgpt.training.data.synthetic import make_world
     from nextgpt.training.data.world_media import WorldConfig
     from nextgpt.training.foundation.llm_base import build_world_llm_base
-    from nextgpt.training.world_build import WorldBuildConfig, install, install_llm, llm_plan
+    from nextgpt.training.world_build import (
+        SHAPES_FILLER_RATE,
+        WorldBuildConfig,
+        install,
+        install_llm,
+        llm_plan,
+    )
     from nextgpt.training.world_eval.end_to_end import EvalWorldConfig, evaluate_world, markdown_table
     from nextgpt.training.world_stages import train_llm_stages
 
@@ -79,7 +97,7 @@ def main() -> None:
         n_videos=args.n_videos,
         n_audios=args.n_audios,
         n_instructions=args.n_instructions,
-        filler_rate=args.filler_rate,
+        filler_rate=SHAPES_FILLER_RATE if args.filler_rate is None else args.filler_rate,
     )
     make_world(args.out / "world", world)
     llm_seed = args.seed if args.llm_seed is None else args.llm_seed
@@ -91,9 +109,9 @@ def main() -> None:
         instruct_epochs=args.instruct_epochs or plan.instruct_epochs,
         decoder_epochs=args.decoder_epochs or plan.decoder_epochs,
         instruct_lr=args.instruct_lr or plan.instruct_lr,
-        zero_unseen_embeddings=args.zero_unseen,
-        instruct_projector_lr=args.projector_lr,
-        instruct_align_weight=args.align_weight,
+        zero_unseen_embeddings=plan.zero_unseen_embeddings if args.zero_unseen is None else args.zero_unseen,
+        instruct_projector_lr=args.projector_lr or plan.instruct_projector_lr,
+        instruct_align_weight=args.align_weight or plan.instruct_align_weight,
     )
     base = build_world_llm_base(args.out / "llm" / "random-base", llm_seed)
     start = {"profile": "shapes", "llm": {"base_dir": str(base.resolve())}}

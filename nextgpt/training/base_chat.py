@@ -43,7 +43,7 @@ class BaseChatConfig:
     """Seeds the model's dropout-free training order and torch's generator."""
     zero_unseen_embeddings: bool = False
     """Zero the input embeddings of tokens that no dialogue holds (`zero_unseen_embeddings`; measured
-    with `WorldConfig.filler_rate`, not the default yet: docs/training.md)."""
+    with `WorldConfig.filler_rate`; the `shapes` build's `llm_plan` sets it: docs/training.md)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:

@@ -69,7 +69,8 @@ class WorldConfig:
     "Please animate ..." ("an im ate") orange; another answered "What is going on in this clip?" with "A
     gray background." (the world's "on" is nearly always "on a ... background"). Measured at 0.3 (the LLM
     stages alone, 2026-12-03): seed 2's text->video 100% instead of 42%, but seed 0's 71% (its video
-    alignment turned late, docs/training.md), so not the default yet."""
+    alignment turned late) until stage 3's output projectors trained at half the LoRA's rate. The `shapes`
+    build uses 0.3 (`world_build.SHAPES_FILLER_RATE`); 0, the default, keeps version 10's dialogues."""
     n_heldout_images: int = 6
     """Image captions (colour, shape, background) kept out of all training data, asked for in heldout.json."""
     image_size: int = 64
