@@ -103,7 +103,7 @@ def test_rest_deadline_header_bounds_every_backend_call(make_cluster) -> None:
     response = chat(cluster, user("hold"), headers={"x-request-timeout": "0.3"})
     assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
     remaining = cluster.llm.calls[0].time_remaining
-    assert remaining is not None and 0 < remaining <= 0.31  # the header's budget; gRPC rounds the wire timeout up
+    assert remaining is not None and 0 < remaining <= 0.31  # the header's budget (gRPC rounds it up)
     bad = chat(cluster, user("hi"), headers={"x-request-timeout": "soon"})
     assert bad.status_code == 400 and "x-request-timeout" in bad.json()["error"]["message"]
 
